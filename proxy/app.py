@@ -1,0 +1,69 @@
+"""The aiohttp application: paths, the error boundary, start and stop of the gateway's parts."""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+
+from proxy.config import Config
+from proxy.errors import InvalidRequest, NotFound, PayloadTooLarge, ProxyError
+from proxy.gateway import GATEWAY, Gateway
+from proxy.routes import admin, chat, health, models
+
+log = structlog.get_logger("proxy.app")
+
+_PREFIXES = ("/openai/v1", "/openai", "/v1", "")
+
+
+def _status_error(exc: web.HTTPException) -> ProxyError:
+    if exc.status == 404:
+        return NotFound("no such endpoint")
+    if exc.status == 405:
+        return InvalidRequest("method not allowed on this endpoint", status=405, code="method_not_allowed")
+    if exc.status == 413:
+        return PayloadTooLarge("the request body is too large")
+    return ProxyError(exc.reason or "request failed", status=exc.status, code=None)
+
+
+@web.middleware
+async def errors(http_request: web.Request, handler):
+    """The one error boundary: everything leaves in OpenAI's shape, nothing as a trace."""
+    try:
+        return await handler(http_request)
+    except ProxyError as error:
+        return chat.error_response(error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return chat.error_response(_status_error(exc))
+    except Exception:
+        log.exception("unhandled", path=http_request.path)
+        return chat.error_response(ProxyError("internal error"))
+
+
+def add_routes(app: web.Application) -> None:
+    for prefix in _PREFIXES:
+        app.router.add_post(f"{prefix}/chat/completions", chat.chat)
+        app.router.add_post(f"{prefix}/embeddings", chat.embeddings)
+        app.router.add_get(f"{prefix}/models", models.list_models)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/metrics", health.metrics)
+    app.router.add_post("/v1/llm/providers", admin.register)
+    app.router.add_get("/v1/llm/providers", admin.list_providers)
+    app.router.add_delete("/v1/llm/providers/{name}", admin.delete_provider)
+
+
+def build(cfg: Config, gateway: Gateway | None = None) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=cfg.limits.max_body_bytes)
+    gw = gateway or Gateway(cfg)
+    app[GATEWAY] = gw
+
+    async def lifecycle(app: web.Application):
+        await gw.start()
+        yield
+        await gw.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    add_routes(app)
+    return app

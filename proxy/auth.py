@@ -1,0 +1,120 @@
+"""Who is calling (DESIGN §3): caller keys as SHA-256 hashes, the fallback key, dev mode, admin.
+
+Raw key material is only ever hashed; hashes are compared with `hmac.compare_digest`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+
+from proxy.config import Config, resolve_secret
+from proxy.errors import AuthError, PermissionDenied
+
+MAX_KEY_LENGTH = 4096
+
+
+class Caller:
+    __slots__ = ("id", "name", "admin", "models", "rpm", "tpm", "budget_usd")
+
+    def __init__(self, id: str, *, name: str | None = None, admin: bool = False,
+                 models: frozenset[str] | None = None, rpm=None, tpm=None, budget_usd=None) -> None:
+        self.id = id
+        self.name = name
+        self.admin = admin
+        self.models = models
+        self.rpm = rpm
+        self.tpm = tpm
+        self.budget_usd = budget_usd
+
+
+DEV = Caller("dev", name="local development")
+
+
+def digest(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def presented_key(headers) -> str | None:
+    """The caller's key from `X-API-Key` or `Authorization: Bearer`; 401 when they disagree."""
+    x_api_key = headers.get("X-API-Key")
+    bearer = None
+    authorization = headers.get("Authorization")
+    if authorization is not None:
+        scheme, _, value = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise AuthError("the Authorization header must be 'Bearer <key>'")
+        bearer = value.strip()
+    if x_api_key is not None:
+        x_api_key = x_api_key.strip()
+        if not x_api_key:
+            raise AuthError("the X-API-Key header is empty")
+    if x_api_key and bearer and not hmac.compare_digest(digest(x_api_key), digest(bearer)):
+        raise AuthError("X-API-Key and Authorization carry different keys")
+    key = x_api_key or bearer
+    if key is not None and len(key) > MAX_KEY_LENGTH:
+        raise AuthError("the API key is too long")
+    return key
+
+
+class Authenticator:
+    def __init__(self, cfg: Config, verifier=None) -> None:
+        self._by_hash: dict[str, tuple[str, Caller]] = {}
+        self._admin_hashes: list[str] = []
+        for key in cfg.auth.keys:
+            caller = Caller(key.id, name=key.name, admin=key.admin,
+                            models=frozenset(key.models) if key.models is not None else None,
+                            rpm=key.rpm, tpm=key.tpm, budget_usd=key.budget_usd)
+            self._by_hash[key.sha256.lower()] = (key.sha256.lower(), caller)
+            if key.admin:
+                self._admin_hashes.append(key.sha256.lower())
+        admin = resolve_secret(cfg.auth.admin_key)
+        if admin:
+            self._admin_hashes.append(digest(admin))
+        fallback = resolve_secret(cfg.auth.fallback_key)
+        self.fallback = fallback
+        self.verifier = verifier  # Cast AI key verification, when configured (a later layer)
+        self.dev_mode = not cfg.auth.keys and not cfg.auth.castai_verification
+        self.has_admin = bool(self._admin_hashes)
+
+    def _lookup(self, key: str) -> Caller | None:
+        hashed = digest(key)
+        found = self._by_hash.get(hashed)
+        if found is not None and hmac.compare_digest(found[0], hashed):
+            return found[1]
+        return None
+
+    def caller(self, headers) -> Caller:
+        """The authenticated caller, or 401."""
+        key = presented_key(headers)
+        if key is None:
+            key = self.fallback
+        if self.dev_mode:
+            return (self._lookup(key) if key else None) or DEV
+        if key is None:
+            raise AuthError("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+        found = self._lookup(key)
+        if found is None:
+            raise AuthError("invalid API key")
+        return found
+
+    def admin(self, headers) -> None:
+        """403 without an admin key configured; 401 for a missing or wrong one."""
+        if not self.has_admin:
+            raise PermissionDenied("the control plane is disabled: set ADMIN_API_KEY or an admin key")
+        key = presented_key(headers)
+        if key is None:
+            raise AuthError("missing admin API key")
+        hashed = digest(key)
+        if not any(hmac.compare_digest(hashed, h) for h in self._admin_hashes):
+            raise AuthError("invalid admin API key")

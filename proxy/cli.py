@@ -1,0 +1,140 @@
+"""`ai-enabler-proxy`: serve the gateway, hash a key for the config file."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import signal
+import sys
+
+import msgspec
+import structlog
+
+from proxy import __version__
+from proxy.config import Config, ConfigError, load
+
+log = structlog.get_logger("proxy")
+
+
+def _listen_check(cfg: Config) -> None:
+    from proxy.auth import is_loopback
+
+    if not cfg.auth.keys and not cfg.auth.castai_verification and not is_loopback(cfg.listen.host):
+        raise ConfigError(
+            f"refusing to listen on {cfg.listen.host} with no caller keys: add auth.keys to the config "
+            "file (see `ai-enabler-proxy hash-key`) or enable auth.castaiVerification, "
+            "or listen on 127.0.0.1 for local development")
+
+
+async def _serve(cfg: Config, reuse_port: bool) -> None:
+    from aiohttp import web
+
+    from proxy import logs
+    from proxy.app import build
+    from proxy.gateway import GATEWAY
+
+    logs.configure(cfg.log_level)
+    app = build(cfg)
+    gw = app[GATEWAY]
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=25)
+    await runner.setup()
+    sites = [web.TCPSite(runner, cfg.listen.host, cfg.listen.port, reuse_port=reuse_port, backlog=2048)]
+    if cfg.listen.health_port:
+        sites.append(web.TCPSite(runner, cfg.listen.host, cfg.listen.health_port, reuse_port=reuse_port))
+    for site in sites:
+        await site.start()
+    _announce(cfg, gw)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    gw.draining = True
+    log.info("draining")
+    await runner.cleanup()
+    log.info("stopped")
+
+
+def _announce(cfg: Config, gw) -> None:
+    where = f"http://{cfg.listen.host}:{cfg.listen.port}"
+    log.info("listening", url=where, version=__version__, providers=len(gw.registry.by_name),
+             data_dir=str(cfg.data_path))
+    if gw.auth.dev_mode:
+        log.warning("dev_mode", detail="no caller keys are configured: every request on loopback is accepted")
+    if not cfg.castai.api_key:
+        log.info("castai_sink_off", detail="API_KEY is not set: usage records are kept locally only")
+    if cfg.demo:
+        log.info("demo", detail=f"try: curl {where}/openai/v1/chat/completions -H 'Content-Type: application/json' "
+                 "-d '{\"model\":\"mock-gpt\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'")
+
+
+def _worker(cfg_raw: bytes, reuse_port: bool) -> None:
+    import uvloop
+
+    cfg = msgspec.json.decode(cfg_raw, type=Config)
+    uvloop.run(_serve(cfg, reuse_port))
+
+
+def serve(cfg: Config) -> int:
+    _listen_check(cfg)
+    workers = cfg.listen.workers
+    raw = msgspec.json.encode(cfg)
+    if workers == 1:
+        _worker(raw, reuse_port=False)
+        return 0
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker, args=(raw, True), name=f"worker-{i}") for i in range(workers)]
+    for proc in procs:
+        proc.start()
+
+    def forward(signum, _frame):
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for proc in procs:
+        proc.join()
+    return max((proc.exitcode or 0) for proc in procs)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ai-enabler-proxy", description="OpenAI-compatible LLM gateway")
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command")
+    run = sub.add_parser("serve", help="run the gateway (the default)")
+    run.add_argument("--config", help="YAML or JSON config file; embedded defaults without one")
+    run.add_argument("--host")
+    run.add_argument("--port", type=int)
+    run.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
+    hash_key = sub.add_parser("hash-key", help="print the sha256 of a caller key, for auth.keys")
+    hash_key.add_argument("key")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "hash-key":
+        from proxy.auth import digest
+
+        print(digest(args.key))
+        return 0
+    try:
+        cfg = load(getattr(args, "config", None))
+        listen = cfg.listen
+        listen = msgspec.structs.replace(
+            listen,
+            host=getattr(args, "host", None) or listen.host,
+            port=getattr(args, "port", None) or listen.port,
+            workers=getattr(args, "workers", None) or listen.workers,
+        )
+        cfg = msgspec.structs.replace(cfg, listen=listen)
+        return serve(cfg)
+    except ConfigError as exc:
+        print(f"ai-enabler-proxy: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"ai-enabler-proxy: cannot start: {exc.strerror or exc}", file=sys.stderr)
+        return 1

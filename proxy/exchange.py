@@ -1,0 +1,148 @@
+"""One request's bookkeeping: attempts, timings, usage, and its usage record, written once."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+
+from proxy.providers.base import Usage
+from proxy.telemetry.record import UsageRecord
+from proxy.vault import last4
+
+_UTC = datetime.UTC
+
+
+def new_id() -> str:
+    return os.urandom(12).hex()
+
+
+class Exchange:
+    __slots__ = ("gw", "id", "route", "started", "wall", "caller_id", "model_requested", "model_served",
+                 "stream", "tags", "provider", "key_last4", "attempts", "failures", "usage",
+                 "estimated", "status", "error_type", "ttft", "upstream_started", "upstream_done",
+                 "health", "prompt_estimate", "http_status", "_done")
+
+    def __init__(self, gw, route: str) -> None:
+        self.gw = gw
+        self.id = new_id()
+        self.route = route
+        self.started = time.monotonic()
+        self.wall = time.time()
+        self.caller_id: str | None = None
+        self.model_requested = ""
+        self.model_served: str | None = None
+        self.stream = False
+        self.tags: list[str] = []
+        self.provider = None
+        self.key_last4: str | None = None
+        self.attempts = 0
+        self.failures = 0
+        self.usage: Usage | None = None
+        self.estimated = False
+        self.status = "completed"
+        self.error_type: str | None = None
+        self.ttft: float | None = None
+        self.upstream_started: float | None = None
+        self.upstream_done: float | None = None
+        self.health = None
+        self.prompt_estimate = 0
+        self.http_status = 200
+        self._done = False
+
+    # -- attempts -------------------------------------------------------------------------
+    def begin_attempt(self, provider) -> None:
+        self.release()
+        self.attempts += 1
+        self.provider = provider
+        self.health = health = self.gw.router.state(provider.name)
+        health.in_flight += 1
+        self.gw.metrics.upstream_in_flight.inc()
+        if self.upstream_started is None:
+            self.upstream_started = time.monotonic()
+
+    def release(self) -> None:
+        """The provider is no longer being called for this request."""
+        if self.health is not None:
+            self.health.in_flight -= 1
+            self.health = None
+            self.gw.metrics.upstream_in_flight.dec()
+            self.upstream_done = time.monotonic()
+
+    def first_byte(self) -> None:
+        if self.ttft is None:
+            self.ttft = time.monotonic() - self.started
+
+    def fail(self, error) -> None:
+        self.http_status = error.status
+        self.error_type = error.code or error.type
+        if self.status == "completed":
+            self.status = "upstream_error" if error.status in (502, 504) else "rejected"
+            if error.status == 504:
+                self.status = "upstream_timeout"
+
+    # -- the record -----------------------------------------------------------------------
+    def finish(self) -> None:
+        """Write the usage record and metrics; safe to call more than once."""
+        if self._done:
+            return
+        self._done = True
+        self.release()
+        gw, now = self.gw, time.monotonic()
+        latency = now - self.started
+        record = self._record(latency)
+        gw.batcher.put(record)
+        provider_name = record.provider or "none"
+        metrics = gw.metrics
+        metrics.child(metrics.requests, self.route, str(self.http_status), provider_name).inc()
+        metrics.child(metrics.latency, self.route).observe(latency)
+        if self.ttft is not None:
+            metrics.child(metrics.ttft, self.route).observe(self.ttft)
+        if record.total_tokens:
+            metrics.child(metrics.tokens, provider_name, "prompt").inc(record.prompt_tokens)
+            metrics.child(metrics.tokens, provider_name, "completion").inc(record.completion_tokens)
+
+    def _tokens(self) -> Usage:
+        if self.usage is not None:
+            return self.usage
+        if self.status in ("rejected",) or self.provider is None:
+            return Usage()
+        self.estimated = True
+        return Usage(prompt_tokens=self.prompt_estimate, total_tokens=self.prompt_estimate)
+
+    def _record(self, latency: float) -> UsageRecord:
+        usage = self._tokens()
+        provider = self.provider
+        gw = self.gw
+        served = self.model_served
+        cost = gw.prices.cost(served, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+        listed = gw.prices.cost(self.model_requested, usage.prompt_tokens, usage.completion_tokens)
+        savings = max(listed - (cost or 0.0), 0.0) if listed is not None and served != self.model_requested else 0.0
+        upstream = 0.0
+        if self.upstream_started is not None:
+            upstream = (self.upstream_done or time.monotonic()) - self.upstream_started
+        wall = datetime.datetime.fromtimestamp(self.wall, _UTC)
+        return UsageRecord(
+            id=self.id, time=wall.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            cluster_id=gw.cfg.castai.cluster_id, api_key_id=self.caller_id,
+            provider=provider.name if provider else None,
+            provider_type=provider.item.supported_provider if provider else None,
+            provider_key_last4=self.key_last4, model_requested=self.model_requested,
+            model_served=served, stream=self.stream, status=self.status, error_type=self.error_type,
+            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens, reasoning_tokens=usage.reasoning_tokens,
+            total_tokens=usage.total_tokens or usage.prompt_tokens + usage.completion_tokens,
+            tokens_estimated=self.estimated, latency_ms=round(latency * 1000, 3),
+            ttft_ms=None if self.ttft is None else round(self.ttft * 1000, 3),
+            proxy_overhead_ms=round(max(latency - upstream, 0.0) * 1000, 3),
+            cost_usd=cost or 0.0, savings_usd=savings, attempts=self.attempts,
+            recovered=self.failures > 0 and self.status == "completed", cache_hit=False,
+            tags=self.tags, ts=self.wall)
+
+    def provider_key(self, key: str | None) -> None:
+        self.key_last4 = last4(key) if key else None
+
+
+def estimate_tokens(size_bytes: int) -> int:
+    """About four bytes of English text per token; the estimate when a provider reports none."""
+    return max(size_bytes // 4, 1)

@@ -1,0 +1,139 @@
+"""The adapter interface every provider implements, and the records it exchanges.
+
+Adapters are sans-IO: they build the upstream request and parse bytes. They never touch a
+session, retry, log or emit telemetry; `proxy.upstream` owns the I/O. Surface:
+
+    build_request(target, request) -> UpstreamRequest
+    parse_response(request, body) -> Parsed
+    stream_parser(request) -> StreamParser          (one per request)
+    parse_error(status, headers, body) -> UpstreamFailure
+    serve(upstream_request) -> response             (in-process upstreams only: MOCK)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Protocol
+
+import msgspec
+
+
+class Capabilities(msgspec.Struct, frozen=True):
+    """What a provider type can do, as data, so routing and relay never branch on names."""
+
+    needs_url: bool = False
+    default_url: str | None = None
+    passthrough: bool = True  # speaks OpenAI's wire: bodies and SSE relay as bytes
+    in_process: bool = False  # answers without a network call (MOCK)
+    hosted_by_default: bool = False
+    chat: bool = True
+    embeddings: bool = False
+    tools: bool = True
+    images: bool = True
+    needs_api_version: bool = False
+
+
+class Target(msgspec.Struct, frozen=True):
+    """The provider an attempt goes to, with its secrets already decrypted."""
+
+    name: str
+    url: str | None
+    api_key: str | None
+    api_version: str | None = None
+    headers: Mapping[str, str] = {}
+
+
+class UpstreamRequest(msgspec.Struct):
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
+    stream: bool = False
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+class Parsed(msgspec.Struct):
+    """A non-stream answer in OpenAI's shape, and what the record needs from it."""
+
+    body: bytes
+    usage: Usage | None
+    model: str | None
+
+
+class UpstreamFailure(msgspec.Struct):
+    """A provider's error answer, classified by status and structured fields."""
+
+    status: int
+    message: str
+    kind: str  # auth | rate_limit | server | client | not_found
+    retry_after: float | None = None
+    code: str | None = None
+    type: str | None = None
+
+
+class StreamParser(Protocol):
+    """Per-request: turns upstream bytes into OpenAI SSE bytes and tracks usage as they pass."""
+
+    usage: Usage | None
+    model: str | None
+    events: int  # events seen (content or not)
+    content_events: int  # events that carried output; the estimate when usage is missing
+    done: bool  # the upstream's terminal marker was seen
+    finished: bool  # a finish reason was seen
+    error: UpstreamFailure | None  # an error event
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def close(self) -> bytes: ...
+
+
+class Adapter(Protocol):
+    caps: Capabilities
+
+    def build_request(self, target: Target, request) -> UpstreamRequest: ...
+
+    def parse_response(self, request, body: bytes) -> Parsed: ...
+
+    def stream_parser(self, request) -> StreamParser: ...
+
+    def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamFailure: ...
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Parse `Retry-After` (seconds or an HTTP date); None when absent or unparseable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    import time
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(when.timestamp() - time.time(), 0.0)
+
+
+def kind_of_status(status: int) -> str:
+    if status in (401, 403):
+        return "auth"
+    if status == 429:
+        return "rate_limit"
+    if status == 404:
+        return "not_found"
+    if status >= 500:
+        return "server"
+    return "client"

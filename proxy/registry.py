@@ -1,0 +1,199 @@
+"""The provider registry: items from the config file and the admin API, indexed by model.
+
+Admin registrations persist in SQLite with their keys sealed by the vault; config items are
+read from the file at every start and cannot be changed through the API. Readers use the
+immutable index (`by_model`), swapped whole on every change.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import sqlite3
+import threading
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+import msgspec
+
+from proxy import providers
+from proxy.config import ProviderItem, resolve_secret
+from proxy.errors import Conflict, InvalidRequest, NotFound
+from proxy.providers.base import Adapter, Target
+from proxy.vault import Vault, last4
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+class Provider:
+    """A registered provider, ready to route to."""
+
+    __slots__ = ("item", "adapter", "source", "hosted", "weight", "_key", "_target")
+
+    def __init__(self, item: ProviderItem, adapter: Adapter, source: str, key: str | None) -> None:
+        self.item = item
+        self.adapter = adapter
+        self.source = source  # "config" | "api"
+        self.hosted = item.is_hosted
+        self.weight = max(item.weight, 1)
+        self._key = key
+        self._target = Target(item.name, item.url, None if (key or "").startswith("env:") else key,
+                              item.api_version, dict(item.headers))
+
+    @property
+    def name(self) -> str:
+        return self.item.name
+
+    def target(self) -> Target:
+        if self._key and self._key.startswith("env:"):
+            return msgspec.structs.replace(self._target, api_key=resolve_secret(self._key))
+        return self._target
+
+    def public(self) -> dict:
+        """The item as listed: the key only as its last 4 characters."""
+        out = msgspec.to_builtins(self.item)
+        key = self._key or ""
+        out["apiKey"] = key if key.startswith("env:") else last4(key)
+        out["source"] = self.source
+        return out
+
+
+def _bad(index: int, field: str, why: str) -> InvalidRequest:
+    return InvalidRequest(f"providers[{index}].{field}: {why}", param=f"providers[{index}].{field}")
+
+
+def check_url(url: str, index: int) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise _bad(index, "url", "must be an http(s) URL with a host")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise _bad(index, "url", "must not carry credentials, a query or a fragment")
+    try:
+        ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        if not all(c.isalnum() or c in "-." for c in parts.hostname):
+            raise _bad(index, "url", "has an invalid host name") from None
+
+
+def validate(items: Iterable[ProviderItem]) -> list[ProviderItem]:
+    """Check a whole registration; one bad item fails all of them."""
+    checked, seen = [], set()
+    for i, item in enumerate(items):
+        if not item.name or len(item.name) > 128 or not set(item.name) <= _NAME_CHARS:
+            raise _bad(i, "name", "must be 1-128 characters of letters, digits, '.', '_' or '-'")
+        if item.name in seen:
+            raise _bad(i, "name", f"duplicate name {item.name!r} in this request")
+        seen.add(item.name)
+        if item.supported_provider not in providers.TABLE:
+            raise _bad(i, "supportedProvider",
+                       f"unknown provider type {item.supported_provider!r}; one of {', '.join(providers.names())}")
+        caps = providers.adapter(item.supported_provider).caps
+        if not item.models or any(not m or len(m) > 256 or not m.isprintable() for m in item.models):
+            raise _bad(i, "models", "must be a non-empty list of model names")
+        if caps.needs_url and not item.url:
+            raise _bad(i, "url", f"is required for {item.supported_provider}")
+        if item.url:
+            check_url(item.url, i)
+        if caps.needs_api_version and not item.api_version:
+            raise _bad(i, "apiVersion", f"is required for {item.supported_provider}")
+        if item.weight < 1 or item.weight > 1000:
+            raise _bad(i, "weight", "must be between 1 and 1000")
+        for name, value in item.headers.items():
+            if not name.isascii() or not all(0x20 <= ord(c) < 0x7F for c in name + value):
+                raise _bad(i, "headers", "names and values must be printable ASCII")
+        if item.api_key is not None and not all(0x20 < ord(c) < 0x7F for c in item.api_key):
+            raise _bad(i, "apiKey", "must be printable ASCII without spaces")
+        checked.append(item)
+    return checked
+
+
+class _Table:
+    """SQLite persistence of admin registrations (keys sealed)."""
+
+    def __init__(self, path: str) -> None:
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS providers (name TEXT PRIMARY KEY, item BLOB NOT NULL, "
+                         "sealed_key TEXT)")
+        self._lock = threading.Lock()
+
+    def rows(self) -> list[tuple[bytes, str | None]]:
+        with self._lock:
+            return self._db.execute("SELECT item, sealed_key FROM providers ORDER BY name").fetchall()
+
+    def put(self, rows: list[tuple[str, bytes, str | None]]) -> None:
+        with self._lock:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT OR REPLACE INTO providers VALUES (?, ?, ?)", rows)
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM providers WHERE name = ?", (name,))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class Registry:
+    def __init__(self, config_items: Iterable[ProviderItem], vault: Vault, db_path: str | None) -> None:
+        self._vault = vault
+        self._table = _Table(db_path) if db_path else None
+        self._config = {p.name: p for p in self._make(validate(config_items), "config")}
+        self._api: dict[str, Provider] = {}
+        if self._table:
+            for raw, sealed in self._table.rows():
+                item = msgspec.json.decode(raw, type=ProviderItem)
+                key = vault.open(sealed) if sealed else None
+                self._api[item.name] = Provider(item, providers.adapter(item.supported_provider), "api", key)
+        self.by_name: dict[str, Provider] = {}
+        self.by_model: dict[str, tuple[Provider, ...]] = {}
+        self._reindex()
+
+    def _make(self, items: list[ProviderItem], source: str) -> list[Provider]:
+        made = []
+        for item in items:
+            key = item.api_key
+            stripped = msgspec.structs.replace(item, api_key=None)
+            made.append(Provider(stripped, providers.adapter(item.supported_provider), source, key))
+        return made
+
+    def _reindex(self) -> None:
+        by_name = {**self._api, **self._config}  # the file wins over the API
+        by_model: dict[str, list[Provider]] = {}
+        for provider in by_name.values():
+            for model in provider.item.models:
+                by_model.setdefault(model, []).append(provider)
+        self.by_name = by_name
+        self.by_model = {m: tuple(ps) for m, ps in by_model.items()}
+
+    def upsert(self, items: list[ProviderItem]) -> list[Provider]:
+        items = validate(items)
+        for i, item in enumerate(items):
+            if item.name in self._config:
+                raise Conflict(f"providers[{i}].name: {item.name!r} is defined in the config file",
+                               param=f"providers[{i}].name")
+        made = self._make(items, "api")
+        if self._table:
+            rows = []
+            for provider, item in zip(made, items, strict=True):
+                sealed = self._vault.seal(item.api_key) if item.api_key else None
+                rows.append((item.name, msgspec.json.encode(provider.item), sealed))
+            self._table.put(rows)
+        for provider in made:
+            self._api[provider.name] = provider
+        self._reindex()
+        return made
+
+    def delete(self, name: str) -> None:
+        if name in self._config:
+            raise Conflict(f"provider {name!r} is defined in the config file and cannot be removed here")
+        if name not in self._api:
+            raise NotFound(f"no provider named {name!r}", code="provider_not_found")
+        if self._table:
+            self._table.delete(name)
+        del self._api[name]
+        self._reindex()
+
+    def close(self) -> None:
+        if self._table:
+            self._table.close()

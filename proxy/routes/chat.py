@@ -1,0 +1,85 @@
+"""`chat/completions` and `embeddings`: authenticate, decode, route, relay, record."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from proxy import request as decoding
+from proxy import tags as tagging
+from proxy.errors import PayloadTooLarge, ProxyError
+from proxy.exchange import Exchange, estimate_tokens
+from proxy.gateway import GATEWAY, Gateway
+from proxy.streaming.relay import relay
+from proxy.upstream import dispatch
+
+_JSON = "application/json"
+
+
+async def read_body(http_request: web.Request, limit: int) -> bytes:
+    declared = http_request.content_length
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+    try:
+        return await http_request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"the request body is larger than {limit} bytes") from None
+
+
+def error_response(error: ProxyError, request_id: str | None = None) -> web.Response:
+    headers = error.headers()
+    if request_id:
+        headers["X-Request-Id"] = request_id
+    return web.Response(status=error.status, body=error.to_json(), content_type=_JSON, headers=headers)
+
+
+async def chat(http_request: web.Request) -> web.StreamResponse:
+    return await _serve(http_request, "chat")
+
+
+async def embeddings(http_request: web.Request) -> web.StreamResponse:
+    return await _serve(http_request, "embeddings")
+
+
+async def _serve(http_request: web.Request, kind: str) -> web.StreamResponse:
+    gw: Gateway = http_request.app[GATEWAY]
+    ex = Exchange(gw, kind)
+    gw.metrics.in_flight.inc()
+    try:
+        return await _exchange(http_request, gw, ex, kind)
+    except ProxyError as error:
+        ex.fail(error)
+        return error_response(error, ex.id)
+    except asyncio.CancelledError:
+        ex.status = "client_aborted"
+        ex.http_status = 499
+        raise
+    finally:
+        gw.metrics.in_flight.dec()
+        ex.finish()
+
+
+async def _exchange(http_request: web.Request, gw: Gateway, ex: Exchange, kind: str) -> web.StreamResponse:
+    caller = gw.auth.caller(http_request.headers)
+    ex.caller_id = caller.id
+    body = await read_body(http_request, gw.cfg.limits.max_body_bytes)
+    request = decoding.parse(body, kind)
+    ex.model_requested = request.model
+    ex.stream = request.stream
+    ex.tags = tagging.merge(request.tags, http_request.headers)
+    ex.prompt_estimate = estimate_tokens(len(body))
+    routes = gw.router.routes(request.model, caller.models)
+    opened = await dispatch(gw.upstream, routes, request, ex)
+    ex.model_served = opened.route.model
+    if request.stream:
+        provider = opened.route.provider
+        idle = (provider.item.timeouts and provider.item.timeouts.idle) or gw.cfg.timeouts.idle
+        return await relay(http_request, opened, ex, idle, gw.cfg.timeouts.max_stream)
+    ex.release()
+    parsed = opened.parsed
+    ex.usage = parsed.usage
+    if parsed.model:
+        ex.model_served = parsed.model
+    ex.first_byte()
+    return web.Response(body=parsed.body, content_type=_JSON, headers={"X-Request-Id": ex.id})

@@ -1,0 +1,23 @@
+"""`GET …/models`: the models the caller may use, in OpenAI's list shape."""
+
+from __future__ import annotations
+
+import msgspec
+from aiohttp import web
+
+from proxy.gateway import GATEWAY
+
+_CREATED = 1_700_000_000  # providers do not tell; a fixed time keeps the list stable
+
+
+async def list_models(http_request: web.Request) -> web.Response:
+    gw = http_request.app[GATEWAY]
+    caller = gw.auth.caller(http_request.headers)
+    data = []
+    for model, providers in sorted(gw.registry.by_model.items()):
+        if caller.models is not None and model not in caller.models:
+            continue
+        data.append({"id": model, "object": "model", "created": _CREATED,
+                     "owned_by": providers[0].item.supported_provider.lower()})
+    return web.Response(body=msgspec.json.encode({"object": "list", "data": data}),
+                        content_type="application/json")

@@ -1,0 +1,38 @@
+"""Request tags: body `tags` plus the `X-Tags` and `X-LiteLLM-Tags` headers, merged and checked."""
+
+from __future__ import annotations
+
+import re
+
+from proxy.errors import InvalidTag
+
+MAX_TAGS = 10
+_PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?"
+_TAG = re.compile(rf"{_PART}:{_PART}")
+HEADERS = ("X-Tags", "X-LiteLLM-Tags")
+
+
+def _shown(tag: str) -> str:
+    return tag if len(tag) <= 80 and tag.isprintable() else repr(tag[:80])
+
+
+def merge(body_tags: list[str] | None, headers) -> list[str]:
+    """Merge, de-duplicate (first seen wins the order) and validate; 400 names the bad tag."""
+    found: list[str] = list(body_tags or ())
+    for name in HEADERS:
+        value = headers.get(name)
+        if value:
+            found.extend(part.strip() for part in value.split(","))
+    if not found:
+        return []
+    tags = list(dict.fromkeys(found))
+    for tag in tags:
+        if not isinstance(tag, str) or not _TAG.fullmatch(tag):
+            raise InvalidTag(
+                f"invalid tag {_shown(str(tag))}: tags are key:value, each part 1-64 characters "
+                "of A-Z a-z 0-9 . _ - starting and ending with a letter or digit",
+                param="tags",
+            )
+    if len(tags) > MAX_TAGS:
+        raise InvalidTag(f"too many tags: {len(tags)} given, at most {MAX_TAGS}", param="tags")
+    return tags

@@ -1,0 +1,1 @@
+"""Usage records: built per request, enqueued without waiting, flushed in batches to sinks."""

@@ -1,0 +1,46 @@
+"""Cost from the bundled list-price table (`proxy/data/prices.json`), overridable per model."""
+
+from __future__ import annotations
+
+import importlib.resources
+from collections.abc import Mapping
+
+import msgspec
+
+
+class Price(msgspec.Struct, frozen=True, rename="camel"):
+    input: float  # USD per 1M prompt tokens
+    output: float  # USD per 1M completion tokens
+    cached_input: float | None = None
+
+
+class _Table(msgspec.Struct):
+    asOf: str
+    source: str
+    models: dict[str, Price]
+
+
+def bundled() -> dict[str, Price]:
+    raw = importlib.resources.files("proxy.data").joinpath("prices.json").read_bytes()
+    return msgspec.json.decode(raw, type=_Table).models
+
+
+class Prices:
+    def __init__(self, overrides: Mapping[str, Price] | None = None) -> None:
+        self.table = {**bundled(), **(overrides or {})}
+
+    def get(self, model: str | None) -> Price | None:
+        if not model:
+            return None
+        found = self.table.get(model)
+        if found is None and "/" in model:
+            found = self.table.get(model.rsplit("/", 1)[1])
+        return found
+
+    def cost(self, model: str | None, prompt: int, completion: int, cached: int = 0) -> float | None:
+        price = self.get(model)
+        if price is None:
+            return None
+        cached = min(cached, prompt)
+        cached_rate = price.input if price.cached_input is None else price.cached_input
+        return ((prompt - cached) * price.input + cached * cached_rate + completion * price.output) / 1e6

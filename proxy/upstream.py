@@ -1,0 +1,304 @@
+"""The one place that talks to providers: client session, timeouts, attempts and failover.
+
+Failover (RELIABILITY policy 2) happens only before a byte reached the client, and only on a
+connect error or timeout, a reset while the request was still being written, or an answer of
+401/403, 429 or 5xx (including a 200 stream whose first event is an error). A first-byte
+timeout or a reset after the request was fully sent is final: the provider may have charged it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+
+from proxy import __version__
+from proxy.config import Config, ProviderTimeouts
+from proxy.errors import (
+    InvalidRequest,
+    NotFound,
+    ProxyError,
+    RateLimited,
+    UpstreamAuthError,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from proxy.providers.base import UpstreamFailure
+from proxy.router import Route, Router
+from proxy.vault import last4
+
+_FAILOVER_KINDS = frozenset({"auth", "rate_limit", "server"})
+_ERROR_PEEK_BYTES = 64 * 1024
+
+
+class Watchdog:
+    """Ends the guarded block with TimeoutError after `idle` s without `touch()`, or at `deadline`.
+
+    One timer per idle period rather than one per chunk: `touch()` only stores the time.
+    """
+
+    __slots__ = ("idle", "deadline", "last", "reason", "_cm", "_loop", "_handle")
+
+    def __init__(self, idle: float, deadline: float | None = None) -> None:
+        self.idle = idle
+        self.deadline = deadline
+        self.reason: str | None = None
+
+    async def __aenter__(self) -> Watchdog:
+        self._loop = asyncio.get_running_loop()
+        self._cm = asyncio.timeout(None)
+        await self._cm.__aenter__()
+        self.last = self._loop.time()
+        self._arm()
+        return self
+
+    def _arm(self) -> None:
+        at = self.last + self.idle
+        if self.deadline is not None and self.deadline < at:
+            at = self.deadline
+        self._handle = self._loop.call_at(at, self._check)
+
+    def _check(self) -> None:
+        now = self._loop.time()
+        if self.deadline is not None and now >= self.deadline:
+            self.reason = "max_duration"
+        elif now - self.last >= self.idle:
+            self.reason = "idle"
+        else:
+            self._arm()
+            return
+        self._cm.reschedule(now)
+
+    def touch(self) -> None:
+        self.last = self._loop.time()
+
+    async def __aexit__(self, *exc) -> bool | None:
+        self._handle.cancel()
+        return await self._cm.__aexit__(*exc)
+
+
+class HttpResponse:
+    """An upstream answer: the small surface the relay uses (in-process fakes have the same)."""
+
+    __slots__ = ("_resp", "status", "headers")
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self._resp = resp
+        self.status = resp.status
+        self.headers = resp.headers
+
+    async def chunk(self) -> bytes:
+        return await self._resp.content.readany()
+
+    def close(self) -> None:
+        self._resp.close()
+
+
+class Retry(Exception):
+    """This attempt failed in a way that allows the next candidate."""
+
+    def __init__(self, error: ProxyError, kind: str, retry_after: float | None = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.kind = kind
+        self.retry_after = retry_after
+
+
+class Opened:
+    """A successful attempt, before any byte was sent to the client."""
+
+    __slots__ = ("route", "response", "parser", "first", "body", "parsed", "sent_at")
+
+    def __init__(self, route: Route, response, sent_at: float) -> None:
+        self.route = route
+        self.response = response
+        self.sent_at = sent_at
+        self.parser = None
+        self.first = b""
+        self.parsed = None
+
+
+def redact(text: str, secret: str | None) -> str:
+    if secret and len(secret) >= 4 and secret in text:
+        return text.replace(secret, last4(secret))
+    return text
+
+
+async def read_body(response, limit: int, watchdog: Watchdog | None = None) -> bytes:
+    """Read a whole upstream body, refusing one larger than `limit` (502)."""
+    parts, size = [], 0
+    while chunk := await response.chunk():
+        if watchdog is not None:
+            watchdog.touch()
+        size += len(chunk)
+        if size > limit:
+            raise UpstreamError(f"the provider's answer is larger than {limit} bytes",
+                                code="upstream_response_too_large")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def error_for(failure: UpstreamFailure, secret: str | None) -> ProxyError:
+    """The client-facing error for a provider's error answer."""
+    message = redact(failure.message, secret)
+    if failure.kind == "auth":
+        return UpstreamAuthError("the provider refused the gateway's credentials for it")
+    if failure.kind == "rate_limit":
+        retry = None if failure.retry_after is None else int(failure.retry_after + 0.999)
+        return RateLimited(message or "the provider is rate limiting", retry_after=retry or 1,
+                           code="upstream_rate_limited")
+    if failure.kind == "server":
+        return UpstreamError(f"the provider failed (HTTP {failure.status}): {message}")
+    if failure.kind == "not_found":
+        return NotFound(message, code=failure.code or "not_found")
+    return InvalidRequest(message, code=failure.code or "invalid_request", status=failure.status
+                          if 400 <= failure.status < 500 else 400)
+
+
+class Upstream:
+    def __init__(self, cfg: Config, router: Router, metrics) -> None:
+        self.cfg = cfg
+        self.router = router
+        self.metrics = metrics
+        self.session: aiohttp.ClientSession | None = None
+        self.in_flight = 0
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=30)
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.timeouts.connect),
+            headers={"User-Agent": f"ai-enabler-proxy/{__version__}"},
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=True,
+        )
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    def _timeouts(self, override: ProviderTimeouts | None) -> tuple[float, float, float]:
+        base = self.cfg.timeouts
+        if override is None:
+            return base.connect, base.first_byte, base.idle
+        return (override.connect or base.connect, override.first_byte or base.first_byte,
+                override.idle or base.idle)
+
+    async def open(self, adapter, upstream_request, timeouts: ProviderTimeouts | None):
+        """Send a request and wait for the answer's headers."""
+        if adapter.caps.in_process:
+            return adapter.serve(upstream_request)
+        connect, first_byte, _ = self._timeouts(timeouts)
+        headers = upstream_request.headers
+        if upstream_request.stream:
+            headers = {**headers, "Accept-Encoding": "identity"}
+        try:
+            async with asyncio.timeout(first_byte):
+                resp = await self.session.request(
+                    upstream_request.method, upstream_request.url, data=upstream_request.body,
+                    headers=headers, allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect))
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise Retry(UpstreamTimeout("connecting to the provider timed out"), "connect_timeout") from exc
+        except TimeoutError as exc:
+            raise UpstreamTimeout("the provider did not answer in time") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise Retry(UpstreamError("the provider could not be reached"), "connect") from exc
+        except aiohttp.ClientConnectionResetError as exc:
+            raise Retry(UpstreamError("the connection was reset before the request was sent"),
+                        "reset_before_sent") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamError("the provider closed the connection without answering",
+                                code="upstream_reset") from exc
+        return HttpResponse(resp)
+
+    async def attempt(self, route: Route, request, watchdog_idle: float | None = None) -> Opened:
+        """One attempt at one provider, up to the first event (stream) or the whole body."""
+        provider = route.provider
+        adapter = provider.adapter
+        target = provider.target()
+        request.model = route.model
+        upstream_request = adapter.build_request(target, request)
+        _, _, idle = self._timeouts(provider.item.timeouts)
+        sent_at = time.monotonic()
+        response = await self.open(adapter, upstream_request, provider.item.timeouts)
+        opened = Opened(route, response, sent_at)
+        try:
+            async with Watchdog(watchdog_idle or idle) as watchdog:
+                await self._settle(opened, request, target.api_key, watchdog)
+        except TimeoutError:
+            response.close()
+            raise UpstreamTimeout("the provider stopped sending") from None
+        except BaseException:
+            response.close()
+            raise
+        return opened
+
+    async def _settle(self, opened: Opened, request, secret, watchdog: Watchdog) -> None:
+        response, adapter = opened.response, opened.route.provider.adapter
+        limit = self.cfg.limits.max_response_bytes
+        status = response.status
+        if 300 <= status < 400:
+            raise UpstreamError(f"the provider answered a redirect (HTTP {status}); redirects are not followed")
+        if status >= 400:
+            body = await read_body(response, _ERROR_PEEK_BYTES * 16, watchdog)
+            failure = adapter.parse_error(status, response.headers, body)
+            error = error_for(failure, secret)
+            if failure.kind in _FAILOVER_KINDS:
+                raise Retry(error, failure.kind, failure.retry_after)
+            raise error
+        if not request.stream:
+            body = await read_body(response, limit, watchdog)
+            opened.parsed = self._parse(adapter, request, body)
+            return
+        parser = opened.parser = adapter.stream_parser(request)
+        first = []
+        while parser.events == 0:
+            chunk = await response.chunk()
+            if not chunk:
+                raise UpstreamError("the provider ended the stream before any event",
+                                    code="upstream_truncated")
+            watchdog.touch()
+            first.append(parser.feed(chunk))
+        if parser.error is not None and parser.events == 1:
+            raise Retry(error_for(parser.error, secret), "error_event")
+        opened.first = b"".join(first)
+
+    @staticmethod
+    def _parse(adapter, request, body: bytes):
+        try:
+            return adapter.parse_response(request, body)
+        except Exception as exc:  # a body the adapter cannot read is the provider's fault
+            raise UpstreamError("the provider's answer could not be read", code="upstream_bad_response") from exc
+
+
+async def dispatch(upstream: Upstream, routes: list[Route], request, ex) -> Opened:
+    """Try candidates in order until one answers; every attempt is counted on the exchange."""
+    router, metrics = upstream.router, upstream.metrics
+    last: ProxyError | None = None
+    for route in routes[: upstream.cfg.routing.max_attempts]:
+        provider = route.provider
+        ex.begin_attempt(provider)
+        metrics.child(metrics.attempts, provider.name).inc()
+        try:
+            opened = await upstream.attempt(route, request)
+        except Retry as retry:
+            ex.failures += 1
+            metrics.child(metrics.upstream_errors, provider.name, retry.kind).inc()
+            router.failed(provider.name, retry.retry_after if retry.kind == "rate_limit" else None)
+            last = retry.error
+            continue
+        except UpstreamTimeout:
+            metrics.child(metrics.upstream_errors, provider.name, "timeout").inc()
+            router.failed(provider.name)
+            raise
+        except UpstreamError as exc:
+            metrics.child(metrics.upstream_errors, provider.name, exc.code or "upstream").inc()
+            router.failed(provider.name)
+            raise
+        router.succeeded(provider.name)
+        ex.provider_key(provider.target().api_key)
+        return opened
+    assert last is not None
+    raise last

@@ -1,0 +1,50 @@
+"""Provider keys at rest: Fernet-encrypted, the data key from `PROXY_SECRET_KEY` or a 0600 file."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import pathlib
+
+from cryptography.fernet import Fernet, InvalidToken
+
+KEY_FILE = "secret.key"
+
+
+def last4(secret: str | None) -> str:
+    """The only form a secret is ever shown in."""
+    if not secret:
+        return ""
+    return "…" + secret[-4:] if len(secret) > 4 else "…"
+
+
+def _key_file(data_dir: pathlib.Path) -> bytes:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / KEY_FILE
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes().strip()
+    key = Fernet.generate_key()
+    with os.fdopen(fd, "wb") as out:
+        out.write(key)
+    return key
+
+
+class Vault:
+    def __init__(self, secret: str | None, data_dir: pathlib.Path) -> None:
+        if secret:
+            key = base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest())
+        else:
+            key = _key_file(data_dir)
+        self._fernet = Fernet(key)
+
+    def seal(self, secret: str) -> str:
+        return self._fernet.encrypt(secret.encode()).decode()
+
+    def open(self, token: str) -> str:
+        try:
+            return self._fernet.decrypt(token.encode()).decode()
+        except InvalidToken:
+            raise ValueError("a stored provider key cannot be decrypted with this secret key") from None
