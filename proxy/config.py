@@ -84,6 +84,7 @@ class Routing(_Struct):
     quality_weight: float = 0.5
     failure_threshold: int = 5
     ejection_seconds: float = 30.0
+    retry_on_reset: bool = True
 
 
 class Telemetry(_Struct):

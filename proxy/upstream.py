@@ -208,9 +208,16 @@ class Upstream:
         except aiohttp.ClientConnectionResetError as exc:
             raise Retry(UpstreamError("the connection was reset before the request was sent"),
                         "reset_before_sent") from exc
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            # A reset with no answer at all: from the client side it cannot be told whether the
+            # provider read the request. In practice it is a balancer or a restarting server
+            # refusing the connection, so it is retried unless `routing.retryOnReset` is off.
+            error = UpstreamError("the provider closed the connection without answering", code="upstream_reset")
+            if self.cfg.routing.retry_on_reset:
+                raise Retry(error, "reset") from exc
+            raise error from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamError("the provider closed the connection without answering",
-                                code="upstream_reset") from exc
+            raise UpstreamError("the provider could not be called", code="upstream_error") from exc
         return HttpResponse(resp)
 
     async def attempt(self, route: Route, request, watchdog_idle: float | None = None) -> Opened:

@@ -1,0 +1,243 @@
+"""The SSE relay: cancellation, truncation, stalls, latency (RELIABILITY R01b, R02, R03, R06, R08, R12)."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.conftest import openai_provider
+from tests.fakes.openai import Behaviour
+
+MESSAGES = [{"role": "user", "content": "count"}]
+
+
+def _stream_body(model: str, **extra) -> dict:
+    return {"model": model, "messages": MESSAGES, "stream": True, **extra}
+
+
+def _events(raw: bytes) -> list[bytes]:
+    return [block[len(b"data: "):] for block in raw.split(b"\n\n") if block.startswith(b"data: ")]
+
+
+async def _upstream_gauge(gw) -> float:
+    return gw.gw.metrics.upstream_in_flight._value.get()
+
+
+async def test_r01b_client_disconnect_mid_stream_cancels_upstream(gateway, fake_openai):
+    fake_openai.on("slow", Behaviour(content=["x"] * 200, delay_chunk=0.01))
+    gw = await gateway({"providers": [openai_provider(fake_openai, models=("slow",))]})
+    lags = []
+    for _ in range(100):
+        closed_before = len(fake_openai.closed_at)
+        resp = await gw.session.post(gw.url + "/v1/chat/completions", json=_stream_body("slow"))
+        for _ in range(5):
+            await resp.content.readline()
+        resp.close()  # the client goes away after five relayed lines
+        gone = time.monotonic()
+        for _ in range(200):
+            if len(fake_openai.closed_at) > closed_before:
+                break
+            await asyncio.sleep(0.005)
+        assert len(fake_openai.closed_at) > closed_before, "the upstream call was not cancelled"
+        lags.append(fake_openai.closed_at[-1] - gone)
+    assert max(lags) <= 1.0
+    for _ in range(100):
+        if await _upstream_gauge(gw) == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert await _upstream_gauge(gw) == 0
+    assert gw.gw.router.state("fake").in_flight == 0
+
+
+async def test_r02_every_aborted_request_has_exactly_one_record(gateway, fake_openai):
+    fake_openai.on("slow", Behaviour(content=["tok"] * 100, delay_chunk=0.005))
+    gw = await gateway({"providers": [openai_provider(fake_openai, models=("slow",))]})
+    relayed: dict[int, int] = {}
+
+    async def abort_after(i: int) -> None:
+        resp = await gw.session.post(gw.url + "/v1/chat/completions", json=_stream_body("slow"))
+        seen = 0
+        while seen < 3 + i % 5:
+            line = await resp.content.readline()
+            if line.startswith(b"data: "):
+                seen += 1
+        relayed[i] = seen
+        resp.close()
+
+    total = 1000
+    sem = asyncio.Semaphore(50)
+
+    async def bounded(i):
+        async with sem:
+            await abort_after(i)
+
+    await asyncio.wait_for(asyncio.gather(*(bounded(i) for i in range(total))), 120)
+    for _ in range(200):
+        records = await gw.records()
+        if len(records) >= total:
+            break
+        await asyncio.sleep(0.05)
+    assert len(records) == total
+    assert len({r.id for r in records}) == total
+    assert {r.status for r in records} == {"client_aborted"}
+    assert all(r.tokens_estimated for r in records)
+    # Content events relayed (the role chunk carries no text) within one chunk of the count.
+    counts = sorted(r.completion_tokens for r in records)
+    expected = sorted(n for n in relayed.values())
+    assert all(abs(a - b) <= 1 for a, b in zip(counts, expected, strict=True))
+
+
+@pytest.mark.parametrize("end", ["fin", "rst"])
+async def test_r03_truncation_ends_with_an_error_event_never_done(gateway, fake_openai, end):
+    fake_openai.on("cut", Behaviour(content=["w"] * 60, cut_after=40, end=end))
+    gw = await gateway({"providers": [openai_provider(fake_openai, models=("cut",))]})
+
+    async def one() -> float:
+        async with gw.post("/v1/chat/completions", json=_stream_body("cut")) as resp:
+            raw = await resp.read()
+        events = _events(raw)
+        assert b"[DONE]" not in events
+        assert orjson.loads(events[-1])["error"]["code"] == "upstream_truncated"
+        return len(events)
+
+    counts = await asyncio.gather(*(one() for _ in range(100)))
+    if end == "fin":
+        assert set(counts) == {42}  # role chunk + 40 content chunks + the error event
+    else:  # an RST discards what the gateway had not read yet: fewer chunks, same ending
+        assert max(counts) <= 42
+    records = await gw.records()
+    assert len(records) == 100 and {r.status for r in records} == {"upstream_truncated"}
+
+
+async def test_r06_stalled_stream_ends_after_idle_and_keepalives_keep_it(gateway, fake_openai):
+    idle = 0.5
+    fake_openai.on("stall", Behaviour(content=["a", "b", "c"], cut_after=3, end="stall"))
+    fake_openai.on("alive", Behaviour(content=["a", "b", "c"], cut_after=3, end="stall", keepalive=idle / 2))
+    gw = await gateway({"providers": [openai_provider(fake_openai, models=("stall", "alive"))],
+                        "timeouts": {"idle": idle}})
+
+    async def stalled() -> float:
+        async with gw.post("/v1/chat/completions", json=_stream_body("stall")) as resp:
+            started = None
+            async for line in resp.content:
+                if line.startswith(b"data: ") and b"content" in line:
+                    started = time.monotonic()
+                if b"upstream_timeout" in line:
+                    return time.monotonic() - started
+        raise AssertionError("no timeout event")
+
+    waits = await asyncio.gather(*(stalled() for _ in range(100)))
+    assert idle * 0.9 <= min(waits) and max(waits) <= idle + 1.0
+
+    async with gw.post("/v1/chat/completions", json=_stream_body("alive")) as resp:
+        started = time.monotonic()
+        comments = 0
+        while time.monotonic() - started < 10 * idle:
+            line = await asyncio.wait_for(resp.content.readline(), idle * 2)
+            assert b"upstream_timeout" not in line
+            comments += line.startswith(b": keep-alive")
+    assert comments >= 10
+
+
+async def test_r08_relay_adds_no_buffering(gateway, fake_openai):
+    stamp_content = [f"{i}" for i in range(40)]
+    fake_openai.on("paced", Behaviour(content=stamp_content, delay_chunk=0.02))
+    gw = await gateway({"providers": [openai_provider(fake_openai, models=("paced",))]})
+    sent: dict[int, float] = {}
+    original = fake_openai._stream
+
+    async def stamped(request, body, b):  # note when each chunk leaves the fake
+        from aiohttp import web
+
+        from tests.fakes.openai import stream_events
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        await out.prepare(request)
+        key = id(request)
+        for i, data in enumerate(stream_events(body["model"], b, True)):
+            sent[(key, i)] = time.monotonic()
+            await out.write(data)
+            await asyncio.sleep(b.delay_chunk)
+        return out
+
+    fake_openai._stream = stamped
+    added, ttfb = [], []
+
+    async def one():
+        t0 = time.monotonic()
+        async with gw.post("/v1/chat/completions", json=_stream_body("paced")) as resp:
+            first = True
+            async for line in resp.content:
+                if not line.startswith(b"data: ") or b"[DONE]" in line:
+                    continue
+                now = time.monotonic()
+                if first:
+                    ttfb.append(now - t0)
+                    first = False
+                event = orjson.loads(line[6:])
+                delta = event["choices"][0]["delta"].get("content") if event["choices"] else None
+                if delta and delta.isdigit():
+                    matches = [t for (k, i), t in sent.items() if i == int(delta) + 1]
+                    added.append(now - max(t for t in matches if t <= now))
+
+    await asyncio.gather(*(one() for _ in range(50)))
+    fake_openai._stream = original
+    added.sort()
+    p50, p99 = statistics.median(added), added[int(len(added) * 0.99) - 1]
+    assert p50 <= 0.002 and p99 <= 0.010, (p50, p99)
+
+
+async def test_r12_no_retry_once_bytes_reached_the_client(gateway, fake_openai, aiohttp_server):
+    from tests.fakes.openai import FakeOpenAI
+    backup = await FakeOpenAI().start(aiohttp_server)
+    fake_openai.on("m", Behaviour(content=["one", "two", "three", "four", "five", "six"], cut_after=5, end="rst"))
+    gw = await gateway({"providers": [openai_provider(fake_openai, name="a", models=("m",), weight=1000),
+                                      openai_provider(backup, name="b", models=("m",), isHosted=False)]})
+    for trial in range(100):
+        async with gw.post("/v1/chat/completions", json=_stream_body("m")) as resp:
+            raw = await resp.read()
+        text = "".join((orjson.loads(e)["choices"][0]["delta"].get("content") or "")
+                       for e in _events(raw) if b'"choices"' in e)
+        assert text == "onetwothreefourfive"
+        assert b"upstream_truncated" in raw and b"[DONE]" not in raw
+        assert len(fake_openai.requests) == trial + 1 and backup.requests == []
+
+
+async def test_headers_of_a_stream(gateway, fake_openai):
+    fake_openai.default = Behaviour(headers={"Set-Cookie": "session=upstream"})
+    gw = await gateway({"providers": [openai_provider(fake_openai)]})
+    async with gw.post("/v1/chat/completions", json=_stream_body("gpt-4o-mini")) as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        assert "Set-Cookie" not in resp.headers
+        assert "Content-Encoding" not in resp.headers
+        await resp.read()
+
+
+async def test_usage_chunk_kept_when_the_caller_asks(gateway, fake_openai):
+    gw = await gateway({"providers": [openai_provider(fake_openai)]})
+    body = _stream_body("gpt-4o-mini", stream_options={"include_usage": True})
+    async with gw.post("/v1/chat/completions", json=body) as resp:
+        events = _events(await resp.read())
+    usage = [orjson.loads(e) for e in events if e != b"[DONE]" and orjson.loads(e).get("usage")]
+    assert len(usage) == 1 and usage[0]["usage"]["completion_tokens"] == 10 and usage[0]["choices"] == []
+
+
+async def test_client_disconnect_record_counts_relayed_tokens(gateway, fake_openai):
+    fake_openai.on("slow", Behaviour(content=["x"] * 50, delay_chunk=0.01))
+    gw = await gateway({"providers": [openai_provider(fake_openai, models=("slow",))]})
+    conn = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        resp = await session.post(gw.url + "/v1/chat/completions", json=_stream_body("slow"))
+        seen = 0
+        while seen < 10:
+            if (await resp.content.readline()).startswith(b"data: "):
+                seen += 1
+        resp.close()
+    await asyncio.sleep(0.3)
+    (record,) = await gw.records()
+    assert record.status == "client_aborted" and record.tokens_estimated
+    assert abs(record.completion_tokens - 9) <= 1

@@ -1,0 +1,234 @@
+"""Attempts, timeouts and failover (RELIABILITY R01a, R01c, R04, R05, R11; policy 2)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+
+import aiohttp
+import orjson
+import pytest
+
+from proxy.upstream import Watchdog, redact
+from tests.conftest import openai_provider
+from tests.fakes.openai import Behaviour, FakeOpenAI
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+def _body(model: str, stream: bool = False) -> dict:
+    return {"model": model, "messages": MESSAGES, "stream": stream}
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["a-waiting-first-byte", "c-non-stream"])
+async def test_r01_disconnect_before_the_answer_cancels_upstream(gateway, fake_openai, stream):
+    fake_openai.on("wait", Behaviour(delay_headers=30))
+    gw = await gateway({"providers": [openai_provider(fake_openai, models=("wait",))]})
+    lags = []
+    for trial in range(100):
+        task = asyncio.ensure_future(gw.session.post(gw.url + "/v1/chat/completions", json=_body("wait", stream)))
+        while len(fake_openai.requests) <= trial:
+            await asyncio.sleep(0.002)
+        closed = len(fake_openai.closed_at)
+        task.cancel()  # the client goes away while the gateway waits for the provider
+        gone = time.monotonic()
+        for _ in range(200):
+            if len(fake_openai.closed_at) > closed:
+                break
+            await asyncio.sleep(0.005)
+        assert len(fake_openai.closed_at) > closed
+        lags.append(fake_openai.closed_at[-1] - gone)
+    assert max(lags) <= 1.0
+    await asyncio.sleep(0.05)
+    assert gw.gw.metrics.upstream_in_flight._value.get() == 0
+    records = await gw.records()
+    assert len(records) == 100 and {r.status for r in records} == {"client_aborted"}
+
+
+async def test_r04_error_only_stream_fails_over_or_is_an_error(gateway, fake_openai, aiohttp_server):
+    backup = await FakeOpenAI().start(aiohttp_server)
+    fake_openai.on("m", Behaviour(end="error_first"))
+    gw = await gateway({"providers": [openai_provider(fake_openai, name="a", models=("m",)),
+                                      openai_provider(backup, name="b", models=("m",), isHosted=False)]})
+    for _ in range(100):
+        async with gw.post("/v1/chat/completions", json=_body("m", True)) as resp:
+            assert resp.status == 200
+            raw = await resp.read()
+        assert raw.endswith(b"data: [DONE]\n\n") and b"error" not in raw
+    assert len(backup.requests) == 100
+    alone = await gateway({"providers": [openai_provider(fake_openai, name="a", models=("m",))]})
+    async with alone.post("/v1/chat/completions", json=_body("m", True)) as resp:
+        assert resp.status == 502
+        assert resp.content_type == "application/json"
+        assert (await resp.json())["error"]["type"] == "upstream_error"
+
+
+async def test_r05_silent_upstream_is_a_504_at_the_first_byte_timeout(gateway, fake_openai):
+    t1 = 0.5
+    fake_openai.on("silent", Behaviour(delay_headers=3600))
+    gw = await gateway({"providers": [openai_provider(fake_openai, models=("silent",))],
+                        "timeouts": {"firstByte": t1}})
+    fds_before = len(os.listdir("/proc/self/fd"))
+    session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
+
+    async def one(stream: bool) -> float:
+        started = time.monotonic()
+        async with session.post(gw.url + "/v1/chat/completions", json=_body("silent", stream)) as resp:
+            assert resp.status == 504
+            assert (await resp.json())["error"]["code"] == "upstream_timeout"
+        return time.monotonic() - started
+
+    took = await asyncio.gather(*(one(i % 2 == 0) for i in range(100)))
+    await session.close()
+    assert t1 <= min(took) and max(took) <= t1 + 0.5
+    assert len(fake_openai.requests) == 100  # no retry after the request was sent
+    await asyncio.sleep(0.3)
+    assert abs(len(os.listdir("/proc/self/fd")) - fds_before) <= 2
+    records = await gw.records()
+    assert {r.status for r in records} == {"upstream_timeout"}
+
+
+class _Resetter:
+    """Accepts and resets at once, before reading anything."""
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._reset, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _reset(self, reader, writer):
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        writer.transport.abort()
+
+
+async def test_r11_safe_retry_before_the_first_byte(gateway, fake_openai, aiohttp_server):
+    failing = await FakeOpenAI().start(aiohttp_server)
+    failing.default = Behaviour(status=503)
+    resetter = _Resetter()
+    reset_port = await resetter.start()
+    refused = {"name": "refused", "supportedProvider": "OPENAI_COMPATIBLE", "isHosted": True, "weight": 1000,
+               "url": f"http://127.0.0.1:{_closed_port()}/v1", "models": ["m"]}
+    reset = {**refused, "name": "reset", "url": f"http://127.0.0.1:{reset_port}/v1"}
+    busy = openai_provider(failing, name="busy", models=("m",), weight=1000)
+    healthy = openai_provider(fake_openai, name="healthy", models=("m",), isHosted=False)
+    gw = await gateway({"providers": [refused, reset, busy, healthy], "routing": {"maxAttempts": 4}})
+    sem = asyncio.Semaphore(20)
+
+    async def one():
+        async with sem, gw.post("/v1/chat/completions", json=_body("m", stream=False)) as resp:
+            assert resp.status == 200, await resp.text()
+
+    started = time.monotonic()
+    await asyncio.gather(*(one() for _ in range(500)))
+    assert time.monotonic() - started < 60
+    records = await gw.records()
+    assert len(records) == 500 and all(r.provider == "healthy" for r in records)
+    assert all(1 <= r.attempts <= 4 for r in records)
+    assert any(r.recovered for r in records)
+    resetter.server.close()
+
+
+@pytest.mark.parametrize(("status", "code", "client_status"), [
+    (401, "upstream_auth_error", 502), (403, "upstream_auth_error", 502),
+    (429, "upstream_rate_limited", 429), (500, "upstream_error", 502), (502, "upstream_error", 502),
+    (503, "upstream_error", 502), (504, "upstream_error", 502)])
+async def test_failover_causes_and_the_error_left_when_none_remains(gateway, fake_openai, aiohttp_server,
+                                                                    status, code, client_status):
+    second = await FakeOpenAI().start(aiohttp_server)
+    for fake, name in ((fake_openai, "a"), (second, "b")):  # each echoes the key it was sent
+        fake.default = Behaviour(status=status, headers={"Retry-After": "7"} if status == 429 else {},
+                                 error={"message": f"Incorrect API key provided: sk-fake-provider-key-{name}",
+                                        "type": "invalid_request_error", "param": None, "code": "x"})
+    gw = await gateway({"providers": [openai_provider(fake_openai, name="a"), openai_provider(second, name="b")]})
+    async with gw.post("/v1/chat/completions", json=_body("gpt-4o-mini")) as resp:
+        assert resp.status == client_status
+        error = (await resp.json())["error"]
+        text = await resp.text()
+    assert error["code"] == code
+    assert "sk-fake-provider-key" not in text
+    assert len(fake_openai.requests) == 1 and len(second.requests) == 1
+    if status == 429:
+        assert resp.headers["Retry-After"] == "7"
+        assert gw.gw.router.is_open("a") and gw.gw.router.is_open("b")
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+async def test_client_errors_are_not_retried_and_keep_their_status(gateway, fake_openai, aiohttp_server, status):
+    second = await FakeOpenAI().start(aiohttp_server)
+    fake_openai.default = Behaviour(status=status, error={"message": "bad thing", "type": "invalid_request_error",
+                                                          "param": "messages", "code": "bad"})
+    gw = await gateway({"providers": [openai_provider(fake_openai, name="a", weight=1000),
+                                      openai_provider(second, name="b", isHosted=False)]})
+    async with gw.post("/v1/chat/completions", json=_body("gpt-4o-mini")) as resp:
+        assert resp.status == status
+        assert (await resp.json())["error"]["message"] == "bad thing"
+    assert second.requests == []
+
+
+async def test_redirects_are_never_followed_and_html_is_not_reflected(gateway, fake_openai):
+    fake_openai.on("moved", Behaviour(status=302, headers={"Location": "http://169.254.169.254/latest"}, body=b""))
+    fake_openai.on("html", Behaviour(status=500, body=b"<html>" + b"secret page " * 1000 + b"</html>",
+                                     headers={"Content-Type": "text/html"}))
+    gw = await gateway({"providers": [openai_provider(fake_openai, models=("moved", "html"))]})
+    async with gw.post("/v1/chat/completions", json=_body("moved")) as resp:
+        assert resp.status == 502
+    async with gw.post("/v1/chat/completions", json=_body("html")) as resp:
+        assert resp.status == 502
+        assert b"secret page" not in await resp.read()
+
+
+async def test_response_larger_than_the_cap_is_a_502(gateway, fake_openai):
+    fake_openai.on("big", Behaviour(content=["x" * 1024] * 2000))
+    gw = await gateway({"providers": [openai_provider(fake_openai, models=("big",))],
+                        "limits": {"maxResponseBytes": 1024 * 1024}})
+    async with gw.post("/v1/chat/completions", json=_body("big")) as resp:
+        assert resp.status == 502
+        assert (await resp.json())["error"]["code"] == "upstream_response_too_large"
+
+
+async def test_circuit_opens_after_consecutive_failures_and_sends_traffic_elsewhere(gateway, fake_openai,
+                                                                                   aiohttp_server):
+    broken = await FakeOpenAI().start(aiohttp_server)
+    broken.default = Behaviour(status=500)
+    gw = await gateway({"providers": [openai_provider(broken, name="broken", weight=1000),
+                                      openai_provider(fake_openai, name="ok", isHosted=False)],
+                        "routing": {"failureThreshold": 5, "ejectionSeconds": 60}})
+    for _ in range(20):
+        async with gw.post("/v1/chat/completions", json=_body("gpt-4o-mini")) as resp:
+            assert resp.status == 200
+    assert len(broken.requests) == 5  # ejected after five failures in a row
+    assert gw.gw.router.is_open("broken")
+
+
+async def test_watchdog_fires_after_idle_and_not_while_touched():
+    async def busy():
+        async with Watchdog(0.2) as dog:
+            for _ in range(10):
+                await asyncio.sleep(0.05)
+                dog.touch()
+        return dog.reason
+
+    assert await busy() is None
+    with pytest.raises(TimeoutError):
+        async with Watchdog(0.1) as dog:
+            await asyncio.sleep(1)
+    assert dog.reason == "idle"
+    with pytest.raises(TimeoutError):
+        async with Watchdog(10, asyncio.get_running_loop().time() + 0.1) as dog:
+            while True:
+                await asyncio.sleep(0.01)
+                dog.touch()
+    assert dog.reason == "max_duration"
+
+
+def test_redact_keeps_only_the_last_four():
+    assert redact("key sk-abcdef123456 bad", "sk-abcdef123456") == "key …3456 bad"
+    assert orjson.dumps(redact("nothing", None))
