@@ -80,7 +80,7 @@ class Router:
 
     def succeeded(self, name: str) -> None:
         health = self.health.get(name)
-        if health is not None and health.failures:
+        if health is not None and (health.failures or health.ejections):
             health.failures = 0
             health.ejections = 0
 

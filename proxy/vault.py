@@ -9,7 +9,13 @@ import pathlib
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from proxy.config import ConfigError
+
 KEY_FILE = "secret.key"
+
+
+class SecretKeyError(ConfigError, ValueError):
+    """Stored secrets do not open with this data key (PROXY_SECRET_KEY changed or the key file lost)."""
 
 
 def last4(secret: str | None) -> str:
@@ -47,4 +53,5 @@ class Vault:
         try:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken:
-            raise ValueError("a stored provider key cannot be decrypted with this secret key") from None
+            raise SecretKeyError("a stored provider key cannot be decrypted with this secret key: "
+                                 "set PROXY_SECRET_KEY (or restore the key file) used when it was stored") from None

@@ -146,8 +146,8 @@ class Adapter(OpenAIAdapter):
                 data = data[: len(data) // 2]
             return MockResponse(200, [data], stream=False)
         if "errorstream" in words:
-            return MockResponse(200, [_sse({"error": _error(500, "mock stream error", "server_error",
-                                                            "server_error")})], stream=True)
+            error = _error(500, "mock stream error", "server_error", "server_error")
+            return MockResponse(200, [b"data: " + error + b"\n\n"], stream=True)
         include = bool(body.stream_options and body.stream_options.get("include_usage"))
         chunks = _stream(body.model, pieces, usage, include, "truncated" in words)
         return MockResponse(200, chunks, stream=True, delay=0.05 if "slow" in words else 0.0)

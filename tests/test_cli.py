@@ -1,0 +1,112 @@
+"""The command line, as a user runs it: a real process on a free loopback port."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from proxy.auth import digest
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env(tmp_path, **extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "ADMIN_API_KEY", "PORT")}
+    return {**env, "DATA_DIR": str(tmp_path / "data"), **extra}
+
+
+def _wait_ready(port: int, proc, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "exited"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("the gateway did not become ready")
+
+
+def _chat(port: int) -> dict:
+    body = json.dumps({"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/openai/v1/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def test_serve_on_embedded_defaults_answers_the_demo_model_and_stops_on_sigterm(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--port", str(port)], env=_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_ready(port, proc)
+        answer = _chat(port)
+        assert answer["model"] == "mock-gpt" and answer["choices"][0]["finish_reason"] == "stop"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith(b"{")]
+    events = [line["event"] for line in lines]
+    assert "listening" in events and "dev_mode" in events and "castai_sink_off" in events and "stopped" in events
+    assert (tmp_path / "data" / "usage.db").exists()
+
+
+def test_refuses_a_public_address_without_caller_keys(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "proxy", "serve", "--host", "0.0.0.0", "--port", str(_free_port())],
+                          env=_env(tmp_path), capture_output=True, timeout=30)
+    assert proc.returncode == 2
+    assert b"auth.keys" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_a_bad_config_stops_the_start_naming_the_field(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("listen: {port: 8080}\ntimeouts: {firstByte: soon}\n")
+    proc = subprocess.run([sys.executable, "-m", "proxy", "serve", "--config", str(config)], env=_env(tmp_path),
+                          capture_output=True, timeout=30)
+    assert proc.returncode == 2
+    assert b"$.timeouts.firstByte" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+def test_workers_share_the_port(tmp_path):
+    port = _free_port()
+    config = tmp_path / "c.yaml"
+    config.write_text("providers: [{name: mock, supportedProvider: MOCK, models: [mock-gpt], isHosted: true}]\n"
+                      f"auth: {{keys: [{{id: a, sha256: {digest('worker-key')}}}]}}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(config), "--port", str(port),
+                             "--workers", "2", "--host", "0.0.0.0"], env=_env(tmp_path),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_ready(port, proc)
+        time.sleep(1.0)  # let both workers bind
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True, text=True).stdout
+        assert len(out.split()) >= 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 0
+
+
+def test_hash_key():
+    out = subprocess.run([sys.executable, "-m", "proxy", "hash-key", "abc"], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == digest("abc")
+
+
+@pytest.mark.parametrize("argv", [["--version"]])
+def test_version(argv):
+    out = subprocess.run([sys.executable, "-m", "proxy", *argv], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip()
