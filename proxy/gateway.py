@@ -23,7 +23,8 @@ class Gateway:
         data.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics()
         self.vault = Vault(cfg.secret_key, data)
-        self.registry = Registry(cfg.providers, self.vault, str(data / "registry.db"))
+        self.registry = Registry(cfg.providers, self.vault, str(data / "registry.db"),
+                                 allow_private=cfg.security.allow_private_upstreams)
         self.router = Router(self.registry, cfg.routing)
         self.auth = Authenticator(cfg)
         self.prices = Prices()

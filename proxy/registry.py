@@ -7,7 +7,6 @@ immutable index (`by_model`), swapped whole on every change.
 
 from __future__ import annotations
 
-import ipaddress
 import sqlite3
 import threading
 from collections.abc import Iterable
@@ -15,7 +14,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from proxy import providers
+from proxy import netguard, providers
 from proxy.config import ProviderItem, resolve_secret
 from proxy.errors import Conflict, InvalidRequest, NotFound
 from proxy.providers.base import Adapter, Target
@@ -61,20 +60,27 @@ def _bad(index: int, field: str, why: str) -> InvalidRequest:
     return InvalidRequest(f"providers[{index}].{field}: {why}", param=f"providers[{index}].{field}")
 
 
-def check_url(url: str, index: int) -> None:
-    parts = urlsplit(url)
+def check_url(url: str, index: int, private_ok: bool = True) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        raise _bad(index, "url", "is not a valid URL") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise _bad(index, "url", "must be an http(s) URL with a host")
-    if parts.username or parts.password or parts.query or parts.fragment:
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc or parts.query \
+            or parts.fragment:
         raise _bad(index, "url", "must not carry credentials, a query or a fragment")
+    if netguard.literal_address(parts.hostname) is None and \
+            not all(c.isalnum() or c in "-." for c in parts.hostname):
+        raise _bad(index, "url", "has an invalid host name")
     try:
-        ipaddress.ip_address(parts.hostname)
-    except ValueError:
-        if not all(c.isalnum() or c in "-." for c in parts.hostname):
-            raise _bad(index, "url", "has an invalid host name") from None
+        netguard.check_host(parts.hostname, private_ok)
+    except netguard.Refused as exc:
+        raise _bad(index, "url", str(exc)) from None
 
 
-def validate(items: Iterable[ProviderItem]) -> list[ProviderItem]:
+def validate(items: Iterable[ProviderItem], allow_private: bool = True) -> list[ProviderItem]:
     """Check a whole registration; one bad item fails all of them."""
     checked, seen = [], set()
     for i, item in enumerate(items):
@@ -92,7 +98,7 @@ def validate(items: Iterable[ProviderItem]) -> list[ProviderItem]:
         if caps.needs_url and not item.url:
             raise _bad(i, "url", f"is required for {item.supported_provider}")
         if item.url:
-            check_url(item.url, i)
+            check_url(item.url, i, private_ok=allow_private or item.is_hosted)
         if caps.needs_api_version and not item.api_version:
             raise _bad(i, "apiVersion", f"is required for {item.supported_provider}")
         if item.weight < 1 or item.weight > 1000:
@@ -135,10 +141,13 @@ class _Table:
 
 
 class Registry:
-    def __init__(self, config_items: Iterable[ProviderItem], vault: Vault, db_path: str | None) -> None:
+    def __init__(self, config_items: Iterable[ProviderItem], vault: Vault, db_path: str | None,
+                 allow_private: bool = True) -> None:
         self._vault = vault
+        self.allow_private = allow_private
+        self._private_hosts: frozenset[str] = frozenset()
         self._table = _Table(db_path) if db_path else None
-        self._config = {p.name: p for p in self._make(validate(config_items), "config")}
+        self._config = {p.name: p for p in self._make(validate(config_items, allow_private), "config")}
         self._api: dict[str, Provider] = {}
         if self._table:
             for raw, sealed in self._table.rows():
@@ -165,9 +174,15 @@ class Registry:
                 by_model.setdefault(model, []).append(provider)
         self.by_name = by_name
         self.by_model = {m: tuple(ps) for m, ps in by_model.items()}
+        self._private_hosts = frozenset(urlsplit(p.item.url).hostname or "" for p in by_name.values()
+                                        if p.item.url and p.hosted)
+
+    def private_ok(self, host: str) -> bool:
+        """May a connection to `host` reach loopback or private addresses? (connect-time check)"""
+        return self.allow_private or host in self._private_hosts
 
     def upsert(self, items: list[ProviderItem]) -> list[Provider]:
-        items = validate(items)
+        items = validate(items, self.allow_private)
         for i, item in enumerate(items):
             if item.name in self._config:
                 raise Conflict(f"providers[{i}].name: {item.name!r} is defined in the config file",

@@ -13,7 +13,7 @@ import time
 
 import aiohttp
 
-from proxy import __version__
+from proxy import __version__, netguard
 from proxy.config import Config, ProviderTimeouts
 from proxy.errors import (
     InvalidRequest,
@@ -165,7 +165,8 @@ class Upstream:
         self.in_flight = 0
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=30)
+        resolver = netguard.GuardedResolver(self.router.registry.private_ok)
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=30, resolver=resolver)
         self.session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.timeouts.connect),
@@ -269,13 +270,18 @@ class Upstream:
             watchdog.touch()
             first.append(parser.feed(chunk))
         if parser.error is not None and parser.events == 1:
-            raise Retry(error_for(parser.error, secret), "error_event")
+            error = error_for(parser.error, secret)
+            if parser.error.kind in _FAILOVER_KINDS:
+                raise Retry(error, "error_event")
+            raise error  # the caller's own fault (a prompt refused by the provider): no failover
         opened.first = b"".join(first)
 
     @staticmethod
     def _parse(adapter, request, body: bytes):
         try:
             return adapter.parse_response(request, body)
+        except ProxyError:  # the adapter read the answer and it refuses the request (a blocked prompt)
+            raise
         except Exception as exc:  # a body the adapter cannot read is the provider's fault
             raise UpstreamError("the provider's answer could not be read", code="upstream_bad_response") from exc
 

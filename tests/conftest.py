@@ -46,7 +46,9 @@ async def gateway(aiohttp_server, tmp_path):
     sessions = []
 
     async def make(config: dict | None = None, **kw) -> Running:
-        raw = {"dataDir": str(tmp_path / "data"), "telemetry": {"flushMs": 50}, **(config or {})}
+        # Fakes listen on loopback, so tests allow private upstreams (RELIABILITY policy 4).
+        raw = {"dataDir": str(tmp_path / "data"), "telemetry": {"flushMs": 50},
+               "security": {"allowPrivateUpstreams": True}, **(config or {})}
         cfg = msgspec.convert(raw, type=Config)
         app = build(cfg)
         server = await aiohttp_server(app, **kw)  # aiohttp's TestServer cancels handlers on disconnect
