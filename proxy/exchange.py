@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import time
 
@@ -13,15 +14,19 @@ from proxy.vault import last4
 _UTC = datetime.UTC
 
 
+_PREFIX = os.urandom(8).hex()  # per process: ids stay unique across workers and restarts
+_counter = itertools.count(1)
+
+
 def new_id() -> str:
-    return os.urandom(12).hex()
+    return f"{_PREFIX}{next(_counter):012x}"
 
 
 class Exchange:
     __slots__ = ("gw", "id", "route", "started", "wall", "caller_id", "model_requested", "model_served",
                  "stream", "tags", "provider", "key_last4", "attempts", "failures", "usage",
                  "estimated", "status", "error_type", "ttft", "upstream_started", "upstream_done",
-                 "health", "prompt_estimate", "http_status", "_done")
+                 "health", "prompt_estimate", "http_status", "savings_baseline", "_done")
 
     def __init__(self, gw, route: str) -> None:
         self.gw = gw
@@ -48,6 +53,9 @@ class Exchange:
         self.health = None
         self.prompt_estimate = 0
         self.http_status = 200
+        # The model whose list price savings are measured against; None: the requested one.
+        # Cost routing sets it for `auto`, which has no price: the best-quality candidate.
+        self.savings_baseline: str | None = None
         self._done = False
 
     # -- attempts -------------------------------------------------------------------------
@@ -57,7 +65,7 @@ class Exchange:
         self.provider = provider
         self.health = health = self.gw.router.state(provider.name)
         health.in_flight += 1
-        self.gw.metrics.upstream_in_flight.inc()
+        self.gw.metrics.upstream_in_flight += 1
         if self.upstream_started is None:
             self.upstream_started = time.monotonic()
 
@@ -66,7 +74,7 @@ class Exchange:
         if self.health is not None:
             self.health.in_flight -= 1
             self.health = None
-            self.gw.metrics.upstream_in_flight.dec()
+            self.gw.metrics.upstream_in_flight -= 1
             self.upstream_done = time.monotonic()
 
     def first_byte(self) -> None:
@@ -94,13 +102,13 @@ class Exchange:
         gw.batcher.put(record)
         provider_name = record.provider or "none"
         metrics = gw.metrics
-        metrics.child(metrics.requests, self.route, str(self.http_status), provider_name).inc()
-        metrics.child(metrics.latency, self.route).observe(latency)
+        metrics.requests.inc((self.route, str(self.http_status), provider_name))
+        metrics.latency.observe((self.route,), latency)
         if self.ttft is not None:
-            metrics.child(metrics.ttft, self.route).observe(self.ttft)
+            metrics.ttft.observe((self.route,), self.ttft)
         if record.total_tokens:
-            metrics.child(metrics.tokens, provider_name, "prompt").inc(record.prompt_tokens)
-            metrics.child(metrics.tokens, provider_name, "completion").inc(record.completion_tokens)
+            metrics.tokens.inc((provider_name, "prompt"), record.prompt_tokens)
+            metrics.tokens.inc((provider_name, "completion"), record.completion_tokens)
 
     def _tokens(self) -> Usage:
         if self.usage is not None:
@@ -116,8 +124,9 @@ class Exchange:
         gw = self.gw
         served = self.model_served
         cost = gw.prices.cost(served, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
-        listed = gw.prices.cost(self.model_requested, usage.prompt_tokens, usage.completion_tokens)
-        savings = max(listed - (cost or 0.0), 0.0) if listed is not None and served != self.model_requested else 0.0
+        baseline = self.savings_baseline or self.model_requested
+        listed = gw.prices.cost(baseline, usage.prompt_tokens, usage.completion_tokens)
+        savings = max(listed - (cost or 0.0), 0.0) if listed is not None and served != baseline else 0.0
         upstream = 0.0
         if self.upstream_started is not None:
             upstream = (self.upstream_done or time.monotonic()) - self.upstream_started

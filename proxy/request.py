@@ -87,7 +87,7 @@ def parse(body: bytes, kind: str = "chat") -> ChatRequest:
     model = _field(fields, "model", _str, "a string")
     if not model:
         raise InvalidRequest("'model' is required", param="model")
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in model) or len(model) > 256:
+    if len(model) > 256 or not model.isprintable():
         raise InvalidRequest("'model' has control characters or is too long", param="model")
     if kind == "chat":
         messages = _field(fields, "messages", _messages, "an array of message objects with a role")

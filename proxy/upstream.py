@@ -293,21 +293,21 @@ async def dispatch(upstream: Upstream, routes: list[Route], request, ex) -> Open
     for route in routes[: upstream.cfg.routing.max_attempts]:
         provider = route.provider
         ex.begin_attempt(provider)
-        metrics.child(metrics.attempts, provider.name).inc()
+        metrics.attempts.inc((provider.name,))
         try:
             opened = await upstream.attempt(route, request)
         except Retry as retry:
             ex.failures += 1
-            metrics.child(metrics.upstream_errors, provider.name, retry.kind).inc()
+            metrics.upstream_errors.inc((provider.name, retry.kind))
             router.failed(provider.name, retry.retry_after if retry.kind == "rate_limit" else None)
             last = retry.error
             continue
         except UpstreamTimeout:
-            metrics.child(metrics.upstream_errors, provider.name, "timeout").inc()
+            metrics.upstream_errors.inc((provider.name, "timeout"))
             router.failed(provider.name)
             raise
         except UpstreamError as exc:
-            metrics.child(metrics.upstream_errors, provider.name, exc.code or "upstream").inc()
+            metrics.upstream_errors.inc((provider.name, exc.code or "upstream"))
             router.failed(provider.name)
             raise
         router.succeeded(provider.name)

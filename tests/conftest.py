@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import msgspec
 import pytest
@@ -36,8 +38,16 @@ class Running:
         return self.session.get(self.url + path, **kwargs)
 
     async def records(self):
-        await self.gw.batcher.flush()
-        return await self.gw.store.records()
+        """Every record written so far: flush, then read until a batch in flight has landed."""
+        previous = None
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            await self.gw.batcher.flush()
+            found = await self.gw.store.records()
+            if previous is not None and len(found) == len(previous) and not len(self.gw.batcher):
+                return found
+            previous = found
+        return found
 
 
 @pytest.fixture

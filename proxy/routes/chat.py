@@ -6,6 +6,7 @@ import asyncio
 
 from aiohttp import web
 
+from proxy import autoroute
 from proxy import request as decoding
 from proxy import tags as tagging
 from proxy.errors import PayloadTooLarge, ProxyError
@@ -45,7 +46,8 @@ async def embeddings(http_request: web.Request) -> web.StreamResponse:
 async def _serve(http_request: web.Request, kind: str) -> web.StreamResponse:
     gw: Gateway = http_request.app[GATEWAY]
     ex = Exchange(gw, kind)
-    gw.metrics.in_flight.inc()
+    metrics = gw.metrics
+    metrics.in_flight += 1
     try:
         return await _exchange(http_request, gw, ex, kind)
     except ProxyError as error:
@@ -54,10 +56,13 @@ async def _serve(http_request: web.Request, kind: str) -> web.StreamResponse:
     except asyncio.CancelledError:
         ex.status = "client_aborted"
         ex.http_status = 499
+        ex.finish()  # now: a cancelled task may not get another turn
         raise
     finally:
-        gw.metrics.in_flight.dec()
-        ex.finish()
+        metrics.in_flight -= 1
+        ex.release()
+        # The record is built on the next loop turn, after aiohttp has written the answer.
+        asyncio.get_running_loop().call_soon(ex.finish)
 
 
 async def _exchange(http_request: web.Request, gw: Gateway, ex: Exchange, kind: str) -> web.StreamResponse:
@@ -69,6 +74,7 @@ async def _exchange(http_request: web.Request, gw: Gateway, ex: Exchange, kind: 
     ex.stream = request.stream
     ex.tags = tagging.merge(request.tags, http_request.headers)
     ex.prompt_estimate = estimate_tokens(len(body))
+    autoroute.apply(gw, request, caller, http_request.headers, ex)  # `auto`: the model to route
     routes = gw.router.routes(request.model, caller.models)
     opened = await dispatch(gw.upstream, routes, request, ex)
     ex.model_served = opened.route.model

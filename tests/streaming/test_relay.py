@@ -25,7 +25,7 @@ def _events(raw: bytes) -> list[bytes]:
 
 
 async def _upstream_gauge(gw) -> float:
-    return gw.gw.metrics.upstream_in_flight._value.get()
+    return gw.gw.metrics.upstream_in_flight
 
 
 async def test_r01b_client_disconnect_mid_stream_cancels_upstream(gateway, fake_openai):
