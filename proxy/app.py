@@ -8,7 +8,7 @@ from aiohttp import web
 from proxy.config import Config
 from proxy.errors import InvalidRequest, NotFound, PayloadTooLarge, ProxyError
 from proxy.gateway import GATEWAY, Gateway
-from proxy.routes import admin, chat, health, models
+from proxy.routes import admin, catalog, chat, health, models
 
 log = structlog.get_logger("proxy.app")
 
@@ -52,6 +52,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/llm/providers", admin.register)
     app.router.add_get("/v1/llm/providers", admin.list_providers)
     app.router.add_delete("/v1/llm/providers/{name}", admin.delete_provider)
+    app.router.add_get("/v1/llm/openai/supported-providers", catalog.supported_providers)
+    app.router.add_get("/ai-optimizer/v1beta/hosted-model-specs", catalog.hosted_model_specs)
 
 
 def build(cfg: Config, gateway: Gateway | None = None) -> web.Application:

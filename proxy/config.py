@@ -13,6 +13,8 @@ from collections.abc import Mapping
 import msgspec
 import yaml
 
+from proxy.catalog import CatalogConfig
+
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the field and the reason."""
@@ -115,6 +117,7 @@ class Config(_Struct):
     telemetry: Telemetry = Telemetry()
     castai: CastAI = CastAI()
     limits: Limits = Limits()
+    catalog: CatalogConfig = CatalogConfig()  # hosted specs, quality scores, auto aliases
     store_url: str | None = None
     cache_url: str | None = None
     secret_key: str | None = None

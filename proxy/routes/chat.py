@@ -6,6 +6,7 @@ import asyncio
 
 from aiohttp import web
 
+from proxy import autoroute
 from proxy import request as decoding
 from proxy import tags as tagging
 from proxy.errors import PayloadTooLarge, ProxyError
@@ -73,6 +74,7 @@ async def _exchange(http_request: web.Request, gw: Gateway, ex: Exchange, kind: 
     ex.stream = request.stream
     ex.tags = tagging.merge(request.tags, http_request.headers)
     ex.prompt_estimate = estimate_tokens(len(body))
+    autoroute.apply(gw, request, caller, http_request.headers, ex)  # `auto`: the model to route
     routes = gw.router.routes(request.model, caller.models)
     opened = await dispatch(gw.upstream, routes, request, ex)
     ex.model_served = opened.route.model
