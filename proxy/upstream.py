@@ -12,6 +12,7 @@ import asyncio
 import time
 
 import aiohttp
+import structlog
 
 from proxy import __version__, netguard
 from proxy.config import Config, ProviderTimeouts
@@ -27,6 +28,8 @@ from proxy.errors import (
 from proxy.providers.base import UpstreamFailure
 from proxy.router import Route, Router
 from proxy.vault import last4
+
+log = structlog.get_logger("proxy.upstream")
 
 _FAILOVER_KINDS = frozenset({"auth", "rate_limit", "server"})
 _ERROR_PEEK_BYTES = 64 * 1024
@@ -299,6 +302,8 @@ async def dispatch(upstream: Upstream, routes: list[Route], request, ex) -> Open
         except Retry as retry:
             ex.failures += 1
             metrics.upstream_errors.inc((provider.name, retry.kind))
+            log.warning("upstream_failed", provider=provider.name, kind=retry.kind, request_id=ex.id,
+                        status=retry.error.status, retrying=True)
             router.failed(provider.name, retry.retry_after if retry.kind == "rate_limit" else None)
             last = retry.error
             continue
@@ -308,6 +313,8 @@ async def dispatch(upstream: Upstream, routes: list[Route], request, ex) -> Open
             raise
         except UpstreamError as exc:
             metrics.upstream_errors.inc((provider.name, exc.code or "upstream"))
+            log.warning("upstream_failed", provider=provider.name, kind=exc.code, request_id=ex.id,
+                        status=exc.status, retrying=False)
             router.failed(provider.name)
             raise
         router.succeeded(provider.name)
