@@ -23,6 +23,9 @@ TABLE: dict[str, str] = {
     "VLLM": "proxy.providers.family:hosted",
     "OPENAI_COMPATIBLE": "proxy.providers.family:hosted",
     "MOCK": "proxy.providers.mock:Adapter",
+    "ANTHROPIC": "proxy.providers.anthropic:Adapter",
+    "GEMINI": "proxy.providers.gemini:Adapter",
+    "VERTEXAIGEMINI": "proxy.providers.vertex:Adapter",
 }
 
 _loaded: dict[str, Adapter] = {}

@@ -100,7 +100,7 @@ def _completion(model: str, pieces: list[str], usage: dict) -> bytes:
     return orjson.dumps({
         "id": f"chatcmpl-mock{zlib.crc32(model.encode()):08x}", "object": "chat.completion",
         "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces).strip(),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(pieces),
                                              "refusal": None},
                      "logprobs": None, "finish_reason": "stop"}],
         "usage": usage, "system_fingerprint": None})
