@@ -202,7 +202,8 @@ async def test_r08_relay_adds_no_buffering(served_gateway, fake_openai):
     fake_openai._stream = stamped
     added, first_byte = [], {"gateway": [], "direct": []}
 
-    async def one(session, base: str, kind: str):
+    async def one(session, base: str, kind: str, delay: float = 0.0):
+        await asyncio.sleep(delay)  # arrivals 10 ms apart: all 50 streams still overlap (each lasts ~0.8 s)
         started = time.monotonic()
         async with session.post(base + "/chat/completions", json=_stream_body("paced")) as resp:
             async for line in resp.content:
@@ -221,8 +222,8 @@ async def test_r08_relay_adds_no_buffering(served_gateway, fake_openai):
         await one(session, url + "/v1", "gateway")  # warm up the connection pools
         added.clear()
         first_byte["gateway"].clear()
-        await asyncio.gather(*(one(session, fake_openai.url, "direct") for _ in range(50)))
-        await asyncio.gather(*(one(session, url + "/v1", "gateway") for _ in range(50)))
+        await asyncio.gather(*(one(session, fake_openai.url, "direct", i * 0.01) for i in range(50)))
+        await asyncio.gather(*(one(session, url + "/v1", "gateway", i * 0.01) for i in range(50)))
     added.sort()
     p50, p99 = statistics.median(added), added[int(len(added) * 0.99) - 1]
     assert len(added) == 50 * 40
