@@ -1,0 +1,279 @@
+"""The run's results: derived numbers, ratios, the gateway's goals, one table, JSON, RESULTS.md."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import pathlib
+import platform
+import shutil
+import subprocess
+import sys
+
+from bench import wrk
+
+BASELINES = ("direct", "passthrough")
+NOTES = "## Notes"  # RESULTS.md from this heading on is written by hand and kept by --record
+_PACKAGES = ("ai-enabler-proxy", "aiohttp", "uvloop", "msgspec", "orjson", "prometheus_client", "structlog")
+
+
+def _get(result: dict, name: str, scenario: str, key: str):
+    return result["targets"].get(name, {}).get("scenarios", {}).get(scenario, {}).get(key)
+
+
+def _minus(a, b):
+    return None if a is None or b is None else round(a - b, 3)
+
+
+def _div(a, b):
+    return None if a is None or not b else round(a / b, 3)
+
+
+def derive(result: dict) -> None:
+    """Add, per target, latency added over `direct` and rates relative to both baselines."""
+    for name, target in result["targets"].items():
+        s = target["scenarios"]
+        g = lambda sc, key, who=name: _get(result, who, sc, key)  # noqa: E731 - a local shorthand
+        target["derived"] = {
+            "c1_added_p50_ms": _minus(g("c1", "p50_ms"), g("c1", "p50_ms", "direct")),
+            "c1_added_p99_ms": _minus(g("c1", "p99_ms"), g("c1", "p99_ms", "direct")),
+            "delayed_added_ttfb_p50_ms": _minus(g("delayed", "ttfb_p50_ms"), g("delayed", "ttfb_p50_ms", "direct")),
+            "s32_added_ttfb_p50_ms": _minus(g("s32", "ttfb_p50_ms"), g("s32", "ttfb_p50_ms", "direct")),
+            "nonstream_errors": sum(s.get(c, {}).get("errors", 0) for c in ("c1", "c32", "c256")),
+        }
+        ratios = {}
+        for base in BASELINES:
+            if base == name or base not in result["targets"]:
+                continue
+            for sc, key in (("c1", "rps"), ("c32", "rps"), ("c256", "rps"), ("c256", "req_per_cpu_s"),
+                            ("s32", "chunks_per_s"), ("s1000", "chunks_per_s")):
+                ratios[f"{sc}_{key}_vs_{base}"] = _div(g(sc, key), g(sc, key, base))
+        target["ratios"] = ratios
+
+
+def _idle(result, name, key):
+    return _get(result, name, "idle", key)
+
+
+# (label, value(result, target name), format, goal) — goal: (op, limit, on) with `on` "value"
+# (the gateway's own number) or "ratio" (gateway ÷ passthrough).
+ROWS = [
+    ("c1 RPS", lambda r, n: _get(r, n, "c1", "rps"), "{:,.0f}", None),
+    ("c1 p50 / p99 ms", lambda r, n: _pair(_get(r, n, "c1", "p50_ms"), _get(r, n, "c1", "p99_ms")), "{}", None),
+    ("c1 added p50 ms vs direct", lambda r, n: _d(r, n, "c1_added_p50_ms"), "{:.3f}", ("<=", 0.5, "value")),
+    ("c1 added p99 ms vs direct", lambda r, n: _d(r, n, "c1_added_p99_ms"), "{:.3f}", ("<=", 2.0, "value")),
+    ("c32 RPS", lambda r, n: _get(r, n, "c32", "rps"), "{:,.0f}", (">=", 0.8, "ratio")),
+    ("c32 p50 / p99 ms", lambda r, n: _pair(_get(r, n, "c32", "p50_ms"), _get(r, n, "c32", "p99_ms")), "{}", None),
+    ("c256 RPS", lambda r, n: _get(r, n, "c256", "rps"), "{:,.0f}", None),
+    ("c256 p50 / p99 ms", lambda r, n: _pair(_get(r, n, "c256", "p50_ms"), _get(r, n, "c256", "p99_ms")), "{}",
+     None),
+    ("c256 requests per server CPU-s", lambda r, n: _get(r, n, "c256", "req_per_cpu_s"), "{:,.0f}",
+     (">=", 3500, "value")),
+    ("c256 server CPU use (cores)", lambda r, n: _get(r, n, "c256", "server_cpu_util"), "{:.2f}", None),
+    ("non-stream errors", lambda r, n: _d(r, n, "nonstream_errors"), "{:,}", None),
+    ("s32 chunks/s", lambda r, n: _get(r, n, "s32", "chunks_per_s"), "{:,.0f}", (">=", 0.9, "ratio")),
+    ("s32 chunks per server CPU-s", lambda r, n: _get(r, n, "s32", "chunks_per_cpu_s"), "{:,.0f}", None),
+    ("s32 server CPU use (cores)", lambda r, n: _get(r, n, "s32", "server_cpu_util"), "{:.2f}", None),
+    ("s32 TTFB p50 / p99 ms", lambda r, n: _pair(_get(r, n, "s32", "ttfb_p50_ms"), _get(r, n, "s32", "ttfb_p99_ms")),
+     "{}", None),
+    ("s32 errors / stalls", lambda r, n: _pair(_get(r, n, "s32", "errors"), _get(r, n, "s32", "stalls"), "{:,}"),
+     "{}", None),
+    ("s1000 chunks/s (paced)", lambda r, n: _get(r, n, "s1000", "chunks_per_s"), "{:,.0f}", None),
+    ("s1000 TTFB p50 / p99 ms",
+     lambda r, n: _pair(_get(r, n, "s1000", "ttfb_p50_ms"), _get(r, n, "s1000", "ttfb_p99_ms")), "{}", None),
+    ("s1000 errors", lambda r, n: _get(r, n, "s1000", "errors"), "{:,}", ("==", 0, "value")),
+    ("s1000 stalls", lambda r, n: _get(r, n, "s1000", "stalls"), "{:,}", ("==", 0, "value")),
+    ("s1000 max chunk gap ms", lambda r, n: _get(r, n, "s1000", "max_gap_ms"), "{:,.1f}", None),
+    ("delayed TTFB p50 ms", lambda r, n: _get(r, n, "delayed", "ttfb_p50_ms"), "{:.2f}", None),
+    ("delayed added TTFB p50 ms", lambda r, n: _d(r, n, "delayed_added_ttfb_p50_ms"), "{:.2f}",
+     ("<=", 2.0, "value")),
+    ("other load on server CPU, max (cores)", lambda r, n: _max(r, n, "other_load_on_server_cpu"), "{:.2f}", None),
+    ("s32 load CPU busy (cores)", lambda r, n: _get(r, n, "s32", "load_cpu_busy"), "{:.2f}", None),
+    ("RSS idle MB", lambda r, n: r["targets"][n].get("rss_idle_mb"), "{:.1f}", ("<=", 60, "value")),
+    ("idle streams open / failed", lambda r, n: _pair(_idle(r, n, "open"), _idle(r, n, "errors"), "{:,}"), "{}", None),
+    ("RSS with idle streams MB", lambda r, n: _idle(r, n, "rss_open_mb"), "{:.1f}", None),
+    ("KB per idle stream", lambda r, n: _idle(r, n, "per_stream_kb"), "{:.1f}", ("<=", 40, "value")),
+]
+
+
+def _max(result, name, key):
+    values = [s.get(key) for s in result["targets"][name]["scenarios"].values() if isinstance(s, dict)]
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def _d(result, name, key):
+    return result["targets"][name].get("derived", {}).get(key)
+
+
+def _pair(a, b, fmt="{:.2f}"):
+    if a is None and b is None:
+        return None
+    return " / ".join("-" if v is None else fmt.format(v) for v in (a, b))
+
+
+def _fmt(value, fmt: str) -> str:
+    if value is None:
+        return "-"
+    return fmt.format(value) if not isinstance(value, str) else value
+
+
+def _verdict(op: str, limit: float, value) -> tuple[bool | None, str]:
+    if value is None:
+        return None, "not measured"
+    if op == ">=":
+        ok = value >= limit
+        return ok, "ok" if ok else f"MISS: {value:g} (needs x{limit / value:.2f})" if value > 0 else f"MISS: {value:g}"
+    if op == "<=":
+        ok = value <= limit
+        return ok, "ok" if ok else f"MISS: {value:g} ({value / limit:.2f}x the limit)"
+    ok = value == limit
+    return ok, "ok" if ok else f"MISS: {value:g}"
+
+
+def warnings(result: dict) -> list[str]:
+    """What makes this run's numbers less trustworthy, said plainly."""
+    out = []
+    for name in result["targets"]:
+        other = _max(result, name, "other_load_on_server_cpu")
+        if other is not None and other > 0.1:
+            out.append(f"{name}: other processes took up to {other:.2f} of the server CPU during a scenario; "
+                       "rates and latencies are understated, rerun on a quiet machine")
+    s32 = [_get(result, n, "s32", "load_cpu_busy") for n in result["targets"] if n != "direct"]
+    if any(v is not None and v > 0.9 for v in s32):
+        out.append("s32: the load CPU (driver + mock) was saturated for some target; its chunks/s is the load "
+                   "side's limit, compare chunks per server CPU-s instead")
+    return out
+
+
+def goals(result: dict) -> list[dict]:
+    out = []
+    if "gateway" not in result["targets"]:
+        return out
+    for label, value, _, goal in ROWS:
+        if goal is None:
+            continue
+        op, limit, on = goal
+        if on == "ratio":
+            got = _div(value(result, "gateway"), value(result, "passthrough")) if "passthrough" in result[
+                "targets"] else None
+            what = f"gateway / passthrough {label}"
+        else:
+            got, what = value(result, "gateway"), f"gateway {label}"
+        met, text = _verdict(op, limit, got)
+        out.append({"goal": f"{what} {op} {limit:g}", "value": got, "met": met, "verdict": text})
+    return out
+
+
+def table(result: dict) -> list[list[str]]:
+    """The one results table: a row per metric, a column per target, ratios and the goals."""
+    names = list(result["targets"])
+    extra = [n for n in names if n not in BASELINES]
+    has_pt = "passthrough" in names
+    header = ["metric", *names, *(f"{n} / passthrough" for n in extra if has_pt), "gateway goal", "verdict"]
+    rows = [header]
+    by_goal = {g["goal"]: g for g in goals(result)}
+    for label, value, fmt, goal in ROWS:
+        values = [value(result, n) for n in names]
+        if all(v is None for v in values):
+            continue
+        row = [label, *(_fmt(v, fmt) for v in values)]
+        if has_pt:
+            for n in extra:
+                a, b = value(result, n), value(result, "passthrough")
+                ratio = _div(a, b) if isinstance(a, int | float) and isinstance(b, int | float) else None
+                row.append(_fmt(ratio, "{:.2f}"))
+        if goal and "gateway" in names:
+            op, limit, on = goal
+            key = (f"gateway / passthrough {label}" if on == "ratio" else f"gateway {label}") + f" {op} {limit:g}"
+            found = by_goal.get(key, {})
+            row += [("ratio " if on == "ratio" else "") + f"{op} {limit:g}", found.get("verdict", "-")]
+        else:
+            row += ["", ""]
+        rows.append(row)
+    return rows
+
+
+def render_text(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        cells = [c.ljust(widths[i]) if i == 0 or i >= len(row) - 2 else c.rjust(widths[i]) for i, c in enumerate(row)]
+        lines.append("  ".join(cells).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render_markdown(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "|".join(
+        "---" if i == 0 or i >= len(rows[0]) - 2 else "---:" for i in range(len(rows[0]))) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows[1:]]
+    return "\n".join(lines)
+
+
+def machine() -> dict:
+    model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+    except OSError:
+        pass
+    mem = None
+    try:
+        with open("/proc/meminfo") as f:
+            mem = round(int(next(ln for ln in f if ln.startswith("MemTotal")).split()[1]) / 1024 / 1024, 1)
+    except (OSError, StopIteration):
+        pass
+    return {"nproc": os.cpu_count(), "cpu_model": model, "mem_gib": mem, "kernel": platform.release(),
+            "python": platform.python_version()}
+
+
+def versions() -> dict:
+    out = {}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    text = wrk.version()  # "wrk debian/4.1.0-3+b2 [epoll] Copyright (C) 2012 Will Glozer"
+    out["wrk"] = text.split(" Copyright")[0].removeprefix("wrk ").strip() if text else None
+    try:
+        spy = subprocess.run([py_spy(), "--version"], capture_output=True, text=True, timeout=5)
+        out["py-spy"] = spy.stdout.strip().removeprefix("py-spy ") or None
+    except OSError:
+        out["py-spy"] = None
+    return out
+
+
+def py_spy() -> str:
+    """py-spy from PATH, or next to this interpreter (a venv that is not activated)."""
+    return shutil.which("py-spy") or str(pathlib.Path(sys.executable).with_name("py-spy"))
+
+
+def results_md(result: dict, rows: list[list[str]]) -> str:
+    m, v = result["machine"], result["versions"]
+    lines = [
+        "# Bench results", "",
+        "Written by `python -m bench --record`; see bench/README.md for what each row means.", "",
+        f"- When: {result['when']}",
+        f"- Command: `{result['command']}`",
+        f"- Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['mem_gib']} GiB, Linux {m['kernel']}, "
+        f"Python {m['python']}; servers pinned to CPU 0, load generator and mock to CPU 1"
+        if result.get("pinned") else f"- Machine: {m['nproc']} CPUs ({m['cpu_model']}), not pinned",
+        "- Versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if val),
+        "- Settings: " + ", ".join(f"{k} {val}" for k, val in result["settings"].items()),
+    ]
+    note = result.get("idle_streams", {}).get("note")
+    if note:
+        lines.append(f"- Idle streams: {note}")
+    flame = result["targets"].get("gateway", {}).get("scenarios", {}).get("flamegraph")
+    if flame:
+        svg = flame.get("svg")
+        lines.append(f"- Flame graph (py-spy, gateway under c32): "
+                     f"{'bench/results/' + pathlib.Path(svg).name if svg else flame.get('error')}")
+    lines += ["", render_markdown(rows), ""]
+    lines += [f"- Warning: {w}" for w in result.get("warnings", [])]
+    if result.get("warnings"):
+        lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,271 @@
+"""One bench run: start the servers, run every scenario against every target, stop everything.
+
+Scenarios run target after target (direct, passthrough, gateway, others) so that the ratios
+compare numbers taken minutes apart at most, on the same machine state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+from bench import drivers, report, wrk
+from bench.procs import LOAD_CPU, SERVER_CPU, cpu_busy, pinned, pinning
+from bench.targets import Target, start_gateway, start_mock, start_passthrough
+
+SCENARIOS = ("c1", "c32", "c256", "s32", "s1000", "delayed", "idle")
+BUILTIN = ("direct", "passthrough", "gateway")
+MODEL = "bench-model"
+IDLE_MODEL = "bench-ttfb0-chunk600000"  # one chunk, then nothing for ten minutes
+RESULTS = pathlib.Path(__file__).with_name("results")
+
+
+@dataclass(frozen=True)
+class Settings:
+    duration: float = 5.0
+    idle_streams: int = 10_000
+    idle_hold: float = 1.0
+    stall_ms: float = 1000.0
+    delayed_ttfb_ms: int = 50
+    delayed_chunk_ms: int = 5
+    paced_chunk_ms: int = 40
+    warmup: float = 1.0
+    scenarios: tuple[str, ...] = SCENARIOS
+    builtin: tuple[str, ...] = BUILTIN
+    use_wrk: bool = True
+    flamegraph: bool = False
+    keep: bool = False
+    mock_port: int = 0
+
+    @property
+    def delayed_model(self) -> str:
+        return f"bench-ttfb{self.delayed_ttfb_ms}-chunk{self.delayed_chunk_ms}"
+
+    @property
+    def paced_model(self) -> str:
+        return f"bench-ttfb0-chunk{self.paced_chunk_ms}"
+
+    def models(self) -> list[str]:
+        return [MODEL, self.delayed_model, self.paced_model, IDLE_MODEL]
+
+
+def body(model: str, stream: bool) -> bytes:
+    return json.dumps({"model": model, "stream": stream, "temperature": 0.2, "max_tokens": 128, "messages": [
+        {"role": "system", "content": "You are a concise assistant."},
+        {"role": "user", "content": "Say hello to the benchmark in one short sentence."}]},
+        separators=(",", ":")).encode()
+
+
+def request(target: Target, model: str, stream: bool) -> bytes:
+    from bench.client import Endpoint
+
+    headers = {"Authorization": f"Bearer {target.key}", "X-Tags": "team:bench"}
+    return Endpoint(target.url).request(body(model, stream), headers)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+async def _nonstream(target: Target, concurrency: int, cfg: Settings) -> dict:
+    if cfg.use_wrk and wrk.available():
+        return await asyncio.to_thread(wrk.run, target.url, body(MODEL, False), target.key, concurrency,
+                                       cfg.duration)
+    return await drivers.requests(target.url, request(target, MODEL, False), concurrency, cfg.duration)
+
+
+async def _streams(target: Target, concurrency: int, model: str, cfg: Settings, ramp: float = 0.0) -> dict:
+    return await drivers.streams(target.url, request(target, model, True), concurrency, cfg.duration,
+                                 stall_s=cfg.stall_ms / 1000, ramp=ramp)
+
+
+async def _idle(target: Target, count: int, cfg: Settings) -> dict:
+    baseline = _fds(target)
+    result = await drivers.idle_streams(target.url, request(target, IDLE_MODEL, True), count, target.rss,
+                                        hold=cfg.idle_hold)
+    await _settle(target, baseline)
+    return result
+
+
+def _fds(target: Target) -> int | None:
+    try:
+        return len(os.listdir(f"/proc/{target.pid}/fd")) if target.pid else None
+    except OSError:
+        return None
+
+
+async def _settle(target: Target, baseline: int | None, timeout: float = 15.0) -> None:
+    """Wait until the server has let go of the streams' sockets (bounded)."""
+    if baseline is None:
+        await asyncio.sleep(2)
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fds = _fds(target)
+        if fds is None or fds <= baseline + 100:
+            return
+        await asyncio.sleep(0.2)
+
+
+async def scenario(name: str, target: Target, cfg: Settings, idle_count: int) -> dict:
+    """Run one scenario on one target, with the server's CPU time and RSS around it."""
+    gc.collect()
+    gc.disable()  # the load generator's own collector pauses would show up as server latency
+    try:
+        return await _scenario(name, target, cfg, idle_count)
+    finally:
+        gc.enable()
+
+
+async def _scenario(name: str, target: Target, cfg: Settings, idle_count: int) -> dict:
+    cpu0, start = target.cpu(), time.monotonic()
+    busy0 = cpu_busy(target.cpu_index) if target.cpu_index is not None else None
+    load0 = cpu_busy(int(LOAD_CPU)) if pinning() else None
+    if name in ("c1", "c32", "c256"):
+        result = await _nonstream(target, int(name[1:]), cfg)
+    elif name == "s32":
+        result = await _streams(target, 32, MODEL, cfg)
+    elif name == "s1000":
+        result = await _streams(target, 1000, cfg.paced_model, cfg, ramp=1.0)  # 1,000 new streams/s
+    elif name == "delayed":
+        result = await _streams(target, 16, cfg.delayed_model, cfg)
+    else:
+        result = await _idle(target, idle_count, cfg)
+    cpu1, elapsed = target.cpu(), time.monotonic() - start
+    if cpu0 is not None and cpu1 is not None:
+        cpu = cpu1 - cpu0
+        result["server_cpu_s"] = round(cpu, 2)
+        result["server_cpu_util"] = round(cpu / elapsed, 3)
+        if cpu > 0 and result.get("requests"):
+            result["req_per_cpu_s"] = round(result["requests"] / cpu, 1)
+        if cpu > 0 and result.get("events"):
+            result["chunks_per_cpu_s"] = round(result["events"] / cpu, 1)
+        if busy0 is not None:
+            # Busy time of the server's CPU not spent by the server: other processes competing.
+            other = (cpu_busy(target.cpu_index) - busy0 - cpu) / elapsed
+            result["other_load_on_server_cpu"] = round(max(other, 0.0), 3)
+    if load0 is not None:  # near 1.0: the load generator and mock, not the server, set the pace
+        result["load_cpu_busy"] = round((cpu_busy(int(LOAD_CPU)) - load0) / elapsed, 3)
+    result["rss_mb"] = target.rss()
+    return result
+
+
+async def warm(target: Target, cfg: Settings) -> None:
+    """Connections opened, lazy imports done, caches filled: nothing of it is measured."""
+    if cfg.warmup <= 0:
+        return
+    await drivers.requests(target.url, request(target, MODEL, False), 8, cfg.warmup / 2)
+    await drivers.streams(target.url, request(target, MODEL, True), 8, cfg.warmup / 2)
+
+
+def flamegraph(target: Target, cfg: Settings) -> dict:
+    """A py-spy flame graph of the gateway under the c32 load (a separate, unmeasured run)."""
+    spy = report.py_spy()
+    if not os.path.exists(spy):
+        return {"error": "py-spy is not installed (pip install py-spy)"}
+    out = RESULTS / f"{target.name}-c32.svg"
+    seconds = max(int(cfg.duration), 2)
+    cmd = pinned([spy, "record", "--pid", str(target.pid), "--duration", str(seconds), "--rate", "250",
+                  "--format", "flamegraph", "--output", str(out)], LOAD_CPU)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(0.5)
+    load = None
+    if proc.poll() is None:
+        if cfg.use_wrk and wrk.available():
+            load = wrk.run(target.url, body(MODEL, False), target.key, 32, seconds)
+        else:
+            load = asyncio.run(drivers.requests(target.url, request(target, MODEL, False), 32, seconds))
+    try:
+        text, _ = proc.communicate(timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        text, _ = proc.communicate()
+    if proc.returncode != 0 or not out.exists():
+        return {"error": f"py-spy failed (exit {proc.returncode}): {text.strip()[-600:]}"}
+    return {"svg": str(out), "load": load}
+
+
+def idle_cap(requested: int, nofile: int) -> tuple[int, str | None]:
+    """A proxy holds two sockets per stream: cap the count to what the fd limit allows."""
+    cap = max((nofile - 256) // 2, 0)
+    if requested <= cap:
+        return requested, None
+    return cap, f"capped from {requested} to {cap}: RLIMIT_NOFILE is {nofile} and a proxy holds 2 fds per stream"
+
+
+async def _measure(targets: list[Target], cfg: Settings, idle_count: int, results: dict) -> None:
+    for target in targets:
+        target.rss_start_mb = target.rss()
+        await warm(target, cfg)
+        target.rss_idle_mb = target.rss()
+    for name in cfg.scenarios:
+        for target in targets:
+            log(f"{name} -> {target.name}")
+            results[target.name][name] = await scenario(name, target, cfg, idle_count)
+            if name == "c32" and cfg.flamegraph and target.name == "gateway":
+                results[target.name]["flamegraph"] = await asyncio.to_thread(flamegraph, target, cfg)
+            await asyncio.sleep(0.3)
+    for target in targets:
+        target.rss_end_mb = target.rss()
+
+
+async def run(cfg: Settings, externals: list[Target], nofile: int) -> dict:
+    """Start the builtin servers, measure every target, always stop what was started."""
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="bench-"))
+    servers, targets = [], []
+    idle_count, idle_note = idle_cap(cfg.idle_streams, nofile)
+    try:
+        mock = start_mock(workdir, cfg.mock_port)
+        servers.append(mock)
+        log(f"mock upstream at {mock.url} (point other gateways' providers here)")
+        server_cpu = int(SERVER_CPU) if pinning() else None
+        if "direct" in cfg.builtin:
+            targets.append(Target("direct", mock.url, mock))
+        if "passthrough" in cfg.builtin:
+            servers.append(start_passthrough(workdir, mock))
+            targets.append(Target("passthrough", servers[-1].url, servers[-1], cpu_index=server_cpu))
+        if "gateway" in cfg.builtin:
+            servers.append(start_gateway(workdir, mock, cfg.models(), connections=max(4096, idle_count + 2048)))
+            targets.append(Target("gateway", servers[-1].url, servers[-1], cpu_index=server_cpu))
+        targets += externals
+        results: dict[str, dict] = {t.name: {} for t in targets}
+        await _measure(targets, cfg, idle_count, results)
+        gateway_log = _log_summary(workdir / "gateway.log") if "gateway" in cfg.builtin else None
+    finally:
+        for server in reversed(servers):
+            server.stop()
+        if not cfg.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+        else:
+            log(f"kept {workdir}")
+    return {"targets": {t.name: {"url": t.url, "pid": t.pid, "rss_start_mb": t.rss_start_mb,
+                                 "rss_idle_mb": t.rss_idle_mb, "rss_end_mb": t.rss_end_mb,
+                                 "scenarios": results[t.name]} for t in targets},
+            "idle_streams": {"requested": cfg.idle_streams, "used": idle_count, "note": idle_note},
+            "gateway_log": gateway_log}
+
+
+def _log_summary(path: pathlib.Path) -> dict:
+    lines = levels = 0
+    warnings = []
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                lines += 1
+                if b'"level":"error"' in line or b'"level":"warning"' in line:
+                    levels += 1
+                    if len(warnings) < 5:
+                        warnings.append(line.decode(errors="replace").strip()[:300])
+    except OSError:
+        pass
+    return {"lines": lines, "warnings_or_errors": levels, "first": warnings}
+
