@@ -16,13 +16,26 @@ def _shown(tag: str) -> str:
     return tag if len(tag) <= 80 and tag.isprintable() else repr(tag[:80])
 
 
+_seen: dict[str, list[str]] = {}  # header values already split: apps send the same ones
+
+
+def _split(value: str) -> list[str]:
+    parts = _seen.get(value)
+    if parts is None:
+        parts = [part.strip() for part in value.split(",")]
+        if len(_seen) >= 4096:
+            _seen.clear()
+        _seen[value] = parts
+    return parts
+
+
 def merge(body_tags: list[str] | None, headers) -> list[str]:
     """Merge, de-duplicate (first seen wins the order) and validate; 400 names the bad tag."""
     found: list[str] = list(body_tags or ())
     for name in HEADERS:
         value = headers.get(name)
         if value:
-            found.extend(part.strip() for part in value.split(","))
+            found.extend(_split(value))
     if not found:
         return []
     tags = list(dict.fromkeys(found))

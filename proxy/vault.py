@@ -7,8 +7,6 @@ import hashlib
 import os
 import pathlib
 
-from cryptography.fernet import Fernet, InvalidToken
-
 from proxy.config import ConfigError
 
 KEY_FILE = "secret.key"
@@ -25,6 +23,12 @@ def last4(secret: str | None) -> str:
     return "…" + secret[-4:] if len(secret) > 4 else "…"
 
 
+def _fernet(key: bytes):
+    from cryptography.fernet import Fernet  # ~7 MB: loaded when a key is first sealed or opened
+
+    return Fernet(key)
+
+
 def _key_file(data_dir: pathlib.Path) -> bytes:
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / KEY_FILE
@@ -32,7 +36,7 @@ def _key_file(data_dir: pathlib.Path) -> bytes:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         return path.read_bytes().strip()
-    key = Fernet.generate_key()
+    key = base64.urlsafe_b64encode(os.urandom(32))  # what Fernet.generate_key() makes
     with os.fdopen(fd, "wb") as out:
         out.write(key)
     return key
@@ -41,15 +45,23 @@ def _key_file(data_dir: pathlib.Path) -> bytes:
 class Vault:
     def __init__(self, secret: str | None, data_dir: pathlib.Path) -> None:
         if secret:
-            key = base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest())
+            self._key = base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest())
         else:
-            key = _key_file(data_dir)
-        self._fernet = Fernet(key)
+            self._key = _key_file(data_dir)
+        self._cipher = None
+
+    @property
+    def _fernet(self):
+        if self._cipher is None:
+            self._cipher = _fernet(self._key)
+        return self._cipher
 
     def seal(self, secret: str) -> str:
         return self._fernet.encrypt(secret.encode()).decode()
 
     def open(self, token: str) -> str:
+        from cryptography.fernet import InvalidToken
+
         try:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken:
