@@ -5,10 +5,12 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 
+from proxy import limits, server
 from proxy.config import Config
 from proxy.errors import InvalidRequest, NotFound, PayloadTooLarge, ProxyError
 from proxy.gateway import GATEWAY, Gateway
-from proxy.routes import admin, catalog, chat, health, models
+from proxy.routes import admin, budget, catalog, chat, health, models, openapi, ui, usage
+from proxy.telemetry import journal
 
 log = structlog.get_logger("proxy.app")
 
@@ -28,6 +30,9 @@ def _status_error(exc: web.HTTPException) -> ProxyError:
 @web.middleware
 async def errors(http_request: web.Request, handler):
     """The one error boundary: everything leaves in OpenAI's shape, nothing as a trace."""
+    refused = server.framing_error(http_request)  # framing the HTTP parser let through (R24)
+    if refused is not None:
+        return server.closing(refused)
     try:
         return await handler(http_request)
     except ProxyError as error:
@@ -35,7 +40,10 @@ async def errors(http_request: web.Request, handler):
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return chat.error_response(_status_error(exc))
+        response = chat.error_response(_status_error(exc))
+        if "Allow" in exc.headers:  # a 405 lists the methods the path does serve (RFC 9110)
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
     except Exception:
         log.exception("unhandled", path=http_request.path)
         return chat.error_response(ProxyError("internal error"))
@@ -49,17 +57,26 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)
+    app.router.add_get("/openapi.json", openapi.document)
     app.router.add_post("/v1/llm/providers", admin.register)
     app.router.add_get("/v1/llm/providers", admin.list_providers)
     app.router.add_delete("/v1/llm/providers/{name}", admin.delete_provider)
     app.router.add_get("/v1/llm/openai/supported-providers", catalog.supported_providers)
     app.router.add_get("/ai-optimizer/v1beta/hosted-model-specs", catalog.hosted_model_specs)
+    app.router.add_get("/v1/llm/usage", usage.report)
+    app.router.add_get("/v1/llm/api-keys/{id}/budget", budget.get_budget)
+    app.router.add_put("/v1/llm/api-keys/{id}/budget", budget.put_budget)
+    app.router.add_delete("/v1/llm/api-keys/{id}/budget", budget.delete_budget)
+    app.router.add_get("/ui", ui.page)  # the dashboard; its data calls need the admin key
+    app.router.add_get("/ui/{name:[^/]*}", ui.asset)
 
 
 def build(cfg: Config, gateway: Gateway | None = None) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=cfg.limits.max_body_bytes)
     gw = gateway or Gateway(cfg)
     app[GATEWAY] = gw
+    limits.install(app, cfg.limits, gw.metrics)  # fast 503s: in-flight and memory caps
+    app.middlewares.append(journal.middleware(gw))  # in-flight journal; whenFull: reject gate
 
     async def lifecycle(app: web.Application):
         await gw.start()

@@ -83,7 +83,7 @@ class Authenticator:
             self._admin_hashes.append(digest(admin))
         fallback = resolve_secret(cfg.auth.fallback_key)
         self.fallback = fallback
-        self.verifier = verifier  # Cast AI key verification, when configured (a later layer)
+        self.verifier = verifier  # Cast AI key verification (proxy.verify), when configured
         self.dev_mode = not cfg.auth.keys and not cfg.auth.castai_verification
         self.has_admin = bool(self._admin_hashes)
 
@@ -94,8 +94,8 @@ class Authenticator:
             return found[1]
         return None
 
-    def caller(self, headers) -> Caller:
-        """The authenticated caller, or 401."""
+    def _resolve(self, headers) -> Caller | str:
+        """The caller, or the presented key when the config does not know it."""
         key = presented_key(headers)
         if key is None:
             key = self.fallback
@@ -103,9 +103,22 @@ class Authenticator:
             return (self._lookup(key) if key else None) or DEV
         if key is None:
             raise AuthError("missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
-        found = self._lookup(key)
-        if found is None:
+        return self._lookup(key) or key
+
+    def caller(self, headers) -> Caller:
+        """The authenticated caller from the config's keys, or 401."""
+        found = self._resolve(headers)
+        if isinstance(found, str):
             raise AuthError("invalid API key")
+        return found
+
+    async def authenticate(self, headers) -> Caller:
+        """`caller`, and a key the config does not know asked of the verifier (Cast AI), if any."""
+        found = self._resolve(headers)
+        if isinstance(found, str):
+            if self.verifier is None:
+                raise AuthError("invalid API key")
+            return await self.verifier.caller(found)
         return found
 
     def admin(self, headers) -> None:

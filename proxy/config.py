@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import pathlib
 from collections.abc import Mapping
+from typing import Annotated, Literal
 
 import msgspec
 import yaml
+from msgspec import Meta
 
 from proxy.catalog import CatalogConfig
 
@@ -42,11 +44,36 @@ class CallerKey(_Struct):
     models: tuple[str, ...] | None = None  # None: every model
 
 
+class Verification(_Struct):
+    """Cast AI key verification (`auth.castaiVerification`): cache lifetimes and the outage policy.
+
+    While the Cast AI API is down (no answer, or one that is not 200/401/403), `serveCached`
+    accepts keys it verified within `staleTtl` seconds; `refuse` accepts only fresh answers.
+    Every other key gets 503 with `Retry-After: retryAfter`.
+    """
+
+    positive_ttl: Annotated[float, Meta(gt=0)] = 60.0
+    negative_ttl: Annotated[float, Meta(gt=0)] = 5.0
+    outage: Literal["serveCached", "refuse"] = "serveCached"
+    stale_ttl: Annotated[float, Meta(gt=0)] = 86400.0
+    timeout: Annotated[float, Meta(gt=0)] = 5.0
+    retry_after: Annotated[int, Meta(ge=1)] = 5
+
+
 class Auth(_Struct):
     keys: tuple[CallerKey, ...] = ()
     fallback_key: str | None = None
     castai_verification: bool = False
     admin_key: str | None = None
+    verification: Verification = Verification()
+
+
+class Cache(_Struct):
+    """The response cache (proxy.cache): off unless enabled here, and then per request opt-in."""
+
+    enabled: bool = False
+    ttl: Annotated[float, Meta(gt=0)] = 300.0
+    max_entry_bytes: Annotated[int, Meta(ge=1)] = 1024 * 1024
 
 
 class Timeouts(_Struct):
@@ -81,18 +108,54 @@ class Security(_Struct):
     allow_private_upstreams: bool = False
 
 
+class RetryBudget(_Struct):
+    """Retries (any attempt after a request's first) allowed over the last `window` seconds:
+    `ratio` of the requests in it plus `minPerSecond` × `window` (R16: while every provider is
+    down, the providers see at most 1.2 × the client rate + 3/s)."""
+
+    ratio: Annotated[float, Meta(ge=0)] = 0.2
+    min_per_second: Annotated[float, Meta(ge=0)] = 3.0
+    window: Annotated[float, Meta(gt=0)] = 10.0
+
+
 class Routing(_Struct):
     max_attempts: int = 3
     quality_weight: float = 0.5
     failure_threshold: int = 5
     ejection_seconds: float = 30.0
     retry_on_reset: bool = True
+    retry_budget: RetryBudget = RetryBudget()
+    # The longest a request waits on a provider's 429 (its Retry-After, or a backoff when that is
+    # missing or unreadable) to try it again; a longer wait returns the 429 at once. 0: never wait.
+    retry_after_cap: Annotated[float, Meta(ge=0)] = 0.0
 
 
 class Telemetry(_Struct):
-    batch_size: int = 500
-    flush_ms: int = 1000
-    queue_size: int = 100_000
+    """Usage records: batching, the disk spool, the sinks (DESIGN §7, RELIABILITY policy 1)."""
+
+    batch_size: Annotated[int, Meta(ge=1, le=100_000)] = 500  # a sink gets a batch every N records…
+    flush_ms: Annotated[int, Meta(ge=1)] = 1000  # …or every T ms
+    queue_size: Annotated[int, Meta(ge=1)] = 100_000  # records held in memory while the disk refuses writes
+    commit_ms: Annotated[int, Meta(ge=1, le=100)] = 50  # group commit (fsync) of the spool
+    spool_max_bytes: Annotated[int, Meta(ge=1024 * 1024)] = 256 * 1024 * 1024
+    when_full: Literal["drop_oldest", "reject"] = "drop_oldest"
+    otlp_url: str | None = None  # any OTLP/HTTP collector (its logs endpoint, or a base URL)
+    otlp_headers: dict[str, str] = {}
+    export_timeout: Annotated[float, Meta(gt=0)] = 10.0  # seconds per export request
+    retry_initial: Annotated[float, Meta(gt=0)] = 1.0  # first retry after ≥ this many seconds
+    retry_max: Annotated[float, Meta(gt=0)] = 32.0  # backoff cap (jitter adds up to half again)
+    heartbeat_seconds: Annotated[float, Meta(gt=0)] = 60.0
+    retention_days: Annotated[float, Meta(gt=0)] = 30.0  # the local usage store
+    dead_letter_max_bytes: Annotated[int, Meta(ge=0)] = 64 * 1024 * 1024
+
+
+class Drain(_Struct):
+    """SIGTERM: readiness fails at once; the listener stays open `acceptSeconds` (preStop), then
+    in-flight requests get until `deadlineSeconds` after the signal; telemetry gets `flushSeconds`."""
+
+    accept_seconds: Annotated[float, Meta(ge=0)] = 5.0
+    deadline_seconds: Annotated[float, Meta(ge=0)] = 20.0
+    flush_seconds: Annotated[float, Meta(ge=0)] = 3.0
 
 
 class CastAI(_Struct):
@@ -102,8 +165,20 @@ class CastAI(_Struct):
 
 
 class Limits(_Struct):
+    """Admission and HTTP server limits (RELIABILITY policy 5; R18-R23). 0 turns a cap off."""
+
     max_body_bytes: int = 32 * 1024 * 1024
     max_response_bytes: int = 32 * 1024 * 1024
+    max_in_flight: Annotated[int, Meta(ge=0)] = 0  # chat/embeddings served at once; more: fast 503
+    max_rss_mib: Annotated[int, Meta(ge=0)] = 0  # above this resident size new requests get 503
+    max_connections: Annotated[int, Meta(ge=0)] = 4096  # open client connections
+    keep_alive: Annotated[float, Meta(gt=0)] = 75.0  # idle keep-alive connections close after
+    header_timeout: Annotated[float, Meta(gt=0)] = 10.0  # first byte of a request to its last header
+    min_body_rate: Annotated[int, Meta(ge=0)] = 1024  # bytes/s a request body must keep up…
+    body_rate_window: Annotated[float, Meta(gt=0)] = 10.0  # …measured over windows this long
+    max_header_line: Annotated[int, Meta(ge=256)] = 8190  # request line and each header line
+    max_headers: Annotated[int, Meta(ge=8)] = 100
+    max_header_bytes: Annotated[int, Meta(ge=1024)] = 64 * 1024  # the whole header section
 
 
 class Config(_Struct):
@@ -117,7 +192,9 @@ class Config(_Struct):
     telemetry: Telemetry = Telemetry()
     castai: CastAI = CastAI()
     limits: Limits = Limits()
+    drain: Drain = Drain()
     catalog: CatalogConfig = CatalogConfig()  # hosted specs, quality scores, auto aliases
+    cache: Cache = Cache()  # the response cache
     store_url: str | None = None
     cache_url: str | None = None
     secret_key: str | None = None

@@ -26,7 +26,8 @@ class Exchange:
     __slots__ = ("gw", "id", "route", "started", "wall", "caller_id", "model_requested", "model_served",
                  "stream", "tags", "provider", "key_last4", "attempts", "failures", "usage",
                  "estimated", "status", "error_type", "ttft", "upstream_started", "upstream_done",
-                 "health", "prompt_estimate", "http_status", "savings_baseline", "_done")
+                 "health", "prompt_estimate", "http_status", "savings_baseline", "rule", "charged", "cache_hit",
+                 "_done")
 
     def __init__(self, gw, route: str) -> None:
         self.gw = gw
@@ -56,6 +57,9 @@ class Exchange:
         # The model whose list price savings are measured against; None: the requested one.
         # Cost routing sets it for `auto`, which has no price: the best-quality candidate.
         self.savings_baseline: str | None = None
+        self.rule = None  # the caller's limits (proxy.quota), None when it has none
+        self.charged = False  # its tokens and cost were counted against them
+        self.cache_hit = False
         self._done = False
 
     # -- attempts -------------------------------------------------------------------------
@@ -100,6 +104,8 @@ class Exchange:
         latency = now - self.started
         record = self._record(latency)
         gw.batcher.put(record)
+        if self.rule is not None:
+            gw.quota.record(self, record)
         provider_name = record.provider or "none"
         metrics = gw.metrics
         metrics.requests.inc((self.route, str(self.http_status), provider_name))
@@ -127,6 +133,8 @@ class Exchange:
         baseline = self.savings_baseline or self.model_requested
         listed = gw.prices.cost(baseline, usage.prompt_tokens, usage.completion_tokens)
         savings = max(listed - (cost or 0.0), 0.0) if listed is not None and served != baseline else 0.0
+        if self.cache_hit:  # nothing was paid: what the answer cost when it was made is saved
+            savings, cost = cost or 0.0, 0.0
         upstream = 0.0
         if self.upstream_started is not None:
             upstream = (self.upstream_done or time.monotonic()) - self.upstream_started
@@ -145,8 +153,17 @@ class Exchange:
             ttft_ms=None if self.ttft is None else round(self.ttft * 1000, 3),
             proxy_overhead_ms=round(max(latency - upstream, 0.0) * 1000, 3),
             cost_usd=cost or 0.0, savings_usd=savings, attempts=self.attempts,
-            recovered=self.failures > 0 and self.status == "completed", cache_hit=False,
+            recovered=self.failures > 0 and self.status == "completed", cache_hit=self.cache_hit,
             tags=self.tags, ts=self.wall)
+
+    def spent(self) -> tuple[int, float]:
+        """The tokens and USD this request costs its caller's limits (a cache hit is free)."""
+        if self.cache_hit:
+            return 0, 0.0
+        usage = self._tokens()
+        cost = self.gw.prices.cost(self.model_served, usage.prompt_tokens, usage.completion_tokens,
+                                   usage.cached_tokens)
+        return usage.total_tokens or usage.prompt_tokens + usage.completion_tokens, cost or 0.0
 
     def provider_key(self, key: str | None) -> None:
         self.key_last4 = last4(key) if key else None

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from proxy import state
 from proxy.auth import Authenticator
+from proxy.cache import ResponseCache
 from proxy.config import Config
 from proxy.metrics import Metrics
+from proxy.quota import Quota
 from proxy.registry import Registry
 from proxy.router import Router
-from proxy.telemetry.batcher import Batcher
+from proxy.telemetry.pipeline import UsagePipeline
 from proxy.telemetry.prices import Prices
-from proxy.telemetry.store import UsageStore
 from proxy.upstream import Upstream
 from proxy.vault import Vault
+from proxy.verify import Verifier
 
 
 class Gateway:
@@ -23,29 +26,33 @@ class Gateway:
         data.mkdir(parents=True, exist_ok=True)
         self.metrics = Metrics()
         self.vault = Vault(cfg.secret_key, data)
+        self.state = state.open_store(cfg)  # shared state: embedded, or Redis with STORE_URL
         self.registry = Registry(cfg.providers, self.vault, str(data / "registry.db"),
-                                 allow_private=cfg.security.allow_private_upstreams)
+                                 allow_private=cfg.security.allow_private_upstreams, shared=self.state.providers)
         self.router = Router(self.registry, cfg.routing)
-        self.auth = Authenticator(cfg)
+        verifier = Verifier(cfg, self.state.cache("verify")) if cfg.auth.castai_verification else None
+        self.auth = Authenticator(cfg, verifier)
+        self.quota = Quota(cfg, self.state)  # per-key RPM, TPM and budget
+        self.cache = ResponseCache(cfg.cache, self.state)
         self.prices = Prices()
-        self.store = UsageStore(str(data / "usage.db"))
-        self.batcher = Batcher([self.store], batch_size=cfg.telemetry.batch_size,
-                               flush_ms=cfg.telemetry.flush_ms, queue_size=cfg.telemetry.queue_size,
-                               metrics=self.metrics)
+        self.telemetry = UsagePipeline(cfg, data, self.metrics)  # spool, sinks, heartbeat
+        self.store = self.telemetry.store
+        self.batcher = self.telemetry.batcher
         self.upstream = Upstream(cfg, self.router, self.metrics)
         self.ready = False
         self.draining = False
 
     async def start(self) -> None:
+        await state.connect(self)  # registry, budgets and circuits loaded before traffic
         await self.upstream.start()
-        self.batcher.start()
+        await self.telemetry.start()
         self.ready = True
 
     async def stop(self) -> None:
         self.ready = False
         await self.upstream.close()
-        await self.batcher.close()
-        self.store.close()
+        await self.telemetry.stop()  # flushes for drain.flushSeconds; the rest stays spooled
+        await state.disconnect(self)
         self.registry.close()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import bisect
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -90,6 +90,16 @@ class Metrics:
                                     ["sink"], registry=r)
         self.records_dropped = Counter("usage_records_dropped", "Usage records dropped, by reason",
                                        ["reason"], registry=r)
+        self.records_dead_lettered = Counter("usage_records_dead_lettered",
+                                             "Usage records a sink refused for good, written to the dead-letter file",
+                                             ["sink"], registry=r)
+        self.sink_retries = Counter("usage_sink_retries", "Failed exports that will be retried", ["sink", "reason"],
+                                    registry=r)
+        self.spool_bytes = Gauge("usage_spool_bytes", "Bytes in the usage spool on disk", registry=r)
+        self.spool_corrupt = Counter("usage_spool_corrupt_records", "Damaged spool frames skipped at recovery",
+                                     registry=r)
+        self.spool_write_errors = Counter("usage_spool_write_errors", "Failed writes to the usage spool", registry=r)
+        self.heartbeats = Counter("castai_heartbeats", "Heartbeats sent to the Cast AI API", ["result"], registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

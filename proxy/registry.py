@@ -16,8 +16,9 @@ import msgspec
 
 from proxy import netguard, providers
 from proxy.config import ProviderItem, resolve_secret
-from proxy.errors import Conflict, InvalidRequest, NotFound
+from proxy.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from proxy.providers.base import Adapter, Target
+from proxy.state.base import StateUnavailable
 from proxy.vault import Vault, last4
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -141,22 +142,31 @@ class _Table:
 
 
 class Registry:
+    """Config items and admin registrations. With a `shared` table (proxy.state, Redis mode)
+    the registrations live there, shared by every replica, and `refresh` reloads them when
+    another replica changed them; otherwise they persist in this process's SQLite file."""
+
     def __init__(self, config_items: Iterable[ProviderItem], vault: Vault, db_path: str | None,
-                 allow_private: bool = True) -> None:
+                 allow_private: bool = True, shared=None) -> None:
         self._vault = vault
         self.allow_private = allow_private
         self._private_hosts: frozenset[str] = frozenset()
-        self._table = _Table(db_path) if db_path else None
+        self._shared = shared
+        self._writes = 0  # admin changes completed here through shared state
+        self._table = _Table(db_path) if db_path and shared is None else None
         self._config = {p.name: p for p in self._make(validate(config_items, allow_private), "config")}
-        self._api: dict[str, Provider] = {}
-        if self._table:
-            for raw, sealed in self._table.rows():
-                item = msgspec.json.decode(raw, type=ProviderItem)
-                key = vault.open(sealed) if sealed else None
-                self._api[item.name] = Provider(item, providers.adapter(item.supported_provider), "api", key)
+        self._api: dict[str, Provider] = self._load(self._table.rows()) if self._table else {}
         self.by_name: dict[str, Provider] = {}
         self.by_model: dict[str, tuple[Provider, ...]] = {}
         self._reindex()
+
+    def _load(self, rows: list[tuple[bytes, str | None]]) -> dict[str, Provider]:
+        loaded = {}
+        for raw, sealed in rows:
+            item = msgspec.json.decode(raw, type=ProviderItem)
+            key = self._vault.open(sealed) if sealed else None
+            loaded[item.name] = Provider(item, providers.adapter(item.supported_provider), "api", key)
+        return loaded
 
     def _make(self, items: list[ProviderItem], source: str) -> list[Provider]:
         made = []
@@ -181,32 +191,82 @@ class Registry:
         """May a connection to `host` reach loopback or private addresses? (connect-time check)"""
         return self.allow_private or host in self._private_hosts
 
-    def upsert(self, items: list[ProviderItem]) -> list[Provider]:
+    def _prepare(self, items: list[ProviderItem]) -> tuple[list[Provider], list[tuple[str, bytes, str | None]]]:
+        """Validate a registration; the providers and their rows, keys sealed."""
         items = validate(items, self.allow_private)
         for i, item in enumerate(items):
             if item.name in self._config:
                 raise Conflict(f"providers[{i}].name: {item.name!r} is defined in the config file",
                                param=f"providers[{i}].name")
         made = self._make(items, "api")
-        if self._table:
-            rows = []
-            for provider, item in zip(made, items, strict=True):
-                sealed = self._vault.seal(item.api_key) if item.api_key else None
-                rows.append((item.name, msgspec.json.encode(provider.item), sealed))
-            self._table.put(rows)
+        rows = []
+        for provider, item in zip(made, items, strict=True):
+            sealed = self._vault.seal(item.api_key) if item.api_key else None
+            rows.append((item.name, msgspec.json.encode(provider.item), sealed))
+        return made, rows
+
+    def _adopt(self, made: list[Provider]) -> None:
         for provider in made:
             self._api[provider.name] = provider
         self._reindex()
+
+    def upsert(self, items: list[ProviderItem]) -> list[Provider]:
+        made, rows = self._prepare(items)
+        if self._table:
+            self._table.put(rows)
+        self._adopt(made)
         return made
 
-    def delete(self, name: str) -> None:
+    def _removable(self, name: str) -> None:
         if name in self._config:
             raise Conflict(f"provider {name!r} is defined in the config file and cannot be removed here")
+
+    def delete(self, name: str) -> None:
+        self._removable(name)
         if name not in self._api:
             raise NotFound(f"no provider named {name!r}", code="provider_not_found")
         if self._table:
             self._table.delete(name)
         del self._api[name]
+        self._reindex()
+
+    # -- the admin API: through shared state when there is one -------------------------------
+    async def register(self, items: list[ProviderItem]) -> list[Provider]:
+        if self._shared is None:
+            return self.upsert(items)
+        made, rows = self._prepare(items)
+        try:
+            await self._shared.put(rows)  # stored and announced before this replica answers
+        except StateUnavailable:
+            raise Unavailable("the shared registry cannot be reached", retry_after=1) from None
+        self._writes += 1
+        self._adopt(made)
+        return made
+
+    async def remove(self, name: str) -> None:
+        if self._shared is None:
+            return self.delete(name)
+        self._removable(name)
+        try:
+            deleted = await self._shared.delete(name)
+        except StateUnavailable:
+            raise Unavailable("the shared registry cannot be reached", retry_after=1) from None
+        self._writes += 1
+        if not deleted:
+            raise NotFound(f"no provider named {name!r}", code="provider_not_found")
+        self._api.pop(name, None)
+        self._reindex()
+
+    async def refresh(self) -> None:
+        """Reload the admin registrations from shared state (another replica changed them)."""
+        if self._shared is None:
+            return
+        while True:  # rows read before a write of this replica completed would undo it here
+            writes = self._writes
+            rows = await self._shared.rows()
+            if writes == self._writes:
+                break
+        self._api = self._load(rows)
         self._reindex()
 
     def close(self) -> None:

@@ -72,6 +72,8 @@ def _field(fields, name: str, decoder, what: str):
         raise InvalidRequest(f"'{name}' is nested too deeply", param=name) from None
     except msgspec.ValidationError:
         raise InvalidRequest(f"'{name}' must be {what}", param=name) from None
+    except (UnicodeDecodeError, msgspec.DecodeError):  # msgspec checks UTF-8 only where it decodes text (RELIABILITY R25)
+        raise InvalidRequest(f"'{name}' is not valid UTF-8", param=name) from None
 
 
 def parse(body: bytes, kind: str = "chat") -> ChatRequest:
@@ -84,6 +86,8 @@ def parse(body: bytes, kind: str = "chat") -> ChatRequest:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise InvalidRequest("the request body is nested too deeply") from None
+    except UnicodeDecodeError:
+        raise InvalidRequest("the request body is not valid UTF-8") from None
     model = _field(fields, "model", _str, "a string")
     if not model:
         raise InvalidRequest("'model' is required", param="model")

@@ -41,6 +41,7 @@ class Router:
         self.cfg = cfg
         self.clock = clock
         self.health: dict[str, Health] = {}
+        self.on_open = None  # (name, seconds) -> None: shared state tells the other replicas
 
     def state(self, name: str) -> Health:
         found = self.health.get(name)
@@ -78,6 +79,11 @@ class Router:
         in_flight, closed = (0, True) if health is None else (health.in_flight, health.open_until <= now)
         return (not closed, not provider.hosted, in_flight / provider.weight, random.random())
 
+    def open_for(self, name: str, seconds: float) -> None:
+        """Open a circuit another replica opened (it stays open at least as long as it was)."""
+        health = self.state(name)
+        health.open_until = max(health.open_until, self.clock() + seconds)
+
     def succeeded(self, name: str) -> None:
         health = self.health.get(name)
         if health is not None and (health.failures or health.ejections):
@@ -89,6 +95,7 @@ class Router:
         health = self.state(name)
         health.failures += 1
         now = self.clock()
+        before = health.open_until
         if retry_after is not None:
             health.open_until = max(health.open_until, now + retry_after)
         elif health.failures >= self.cfg.failure_threshold:
@@ -96,3 +103,5 @@ class Router:
             backoff = self.cfg.ejection_seconds * min(health.ejections, 10)
             health.open_until = now + backoff
             health.failures = 0
+        if self.on_open is not None and health.open_until > before:
+            self.on_open(name, health.open_until - now)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import time
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 import structlog
 
-from proxy import __version__, netguard
+from proxy import __version__, netguard, retries
 from proxy.config import Config, ProviderTimeouts
 from proxy.errors import (
     InvalidRequest,
@@ -33,37 +34,51 @@ log = structlog.get_logger("proxy.upstream")
 
 _FAILOVER_KINDS = frozenset({"auth", "rate_limit", "server"})
 _ERROR_PEEK_BYTES = 64 * 1024
+READ_BUFSIZE = 16 * 1024
 
 
 class Watchdog:
     """Ends the guarded block with TimeoutError after `idle` s without `touch()`, or at `deadline`.
 
     One timer per idle period rather than one per chunk: `touch()` only stores the time.
+    `progress`, when given, is sampled four times per idle period: a different answer than the
+    last one counts as a touch (the relay passes the client's unsent byte count, so a reader that
+    is slow but reading is not cut, and one that stopped is, within 1.25 × idle: RELIABILITY R09).
     """
 
-    __slots__ = ("idle", "deadline", "last", "reason", "_cm", "_loop", "_handle")
+    __slots__ = ("idle", "deadline", "last", "reason", "progress", "_mark", "_cm", "_loop", "_handle")
 
-    def __init__(self, idle: float, deadline: float | None = None) -> None:
+    def __init__(self, idle: float, deadline: float | None = None, progress=None) -> None:
         self.idle = idle
         self.deadline = deadline
         self.reason: str | None = None
+        self.progress = progress
+        self._mark = None
 
     async def __aenter__(self) -> Watchdog:
         self._loop = asyncio.get_running_loop()
         self._cm = asyncio.timeout(None)
         await self._cm.__aenter__()
         self.last = self._loop.time()
+        if self.progress is not None:
+            self._mark = self.progress()
         self._arm()
         return self
 
     def _arm(self) -> None:
         at = self.last + self.idle
+        if self.progress is not None:
+            at = min(at, self._loop.time() + self.idle / 4)
         if self.deadline is not None and self.deadline < at:
             at = self.deadline
         self._handle = self._loop.call_at(at, self._check)
 
     def _check(self) -> None:
         now = self._loop.time()
+        if self.progress is not None:
+            mark = self.progress()
+            if mark != self._mark:
+                self._mark, self.last = mark, max(self.last, now)
         if self.deadline is not None and now >= self.deadline:
             self.reason = "max_duration"
         elif now - self.last >= self.idle:
@@ -105,7 +120,7 @@ class Retry(Exception):
         super().__init__(error.message)
         self.error = error
         self.kind = kind
-        self.retry_after = retry_after
+        self.retry_after = retries.retry_after(retry_after)
 
 
 class Opened:
@@ -142,14 +157,25 @@ async def read_body(response, limit: int, watchdog: Watchdog | None = None) -> b
     return b"".join(parts)
 
 
+def check_path(url: str) -> None:
+    """Refuse an upstream URL whose path has dot segments (RELIABILITY R29): the client library
+    would resolve them (`/deployments/../x` is `/x`), so a model name would change the path."""
+    if "/." not in url and "%2e" not in url and "%2E" not in url:  # the usual case: one scan, no copy
+        return
+    if any(unquote(segment) in (".", "..") for segment in urlsplit(url).path.split("/")):
+        raise InvalidRequest("this model name cannot be used in the provider's URL", param="model",
+                             code="invalid_model_name")
+
+
 def error_for(failure: UpstreamFailure, secret: str | None) -> ProxyError:
     """The client-facing error for a provider's error answer."""
     message = redact(failure.message, secret)
     if failure.kind == "auth":
         return UpstreamAuthError("the provider refused the gateway's credentials for it")
     if failure.kind == "rate_limit":
-        retry = None if failure.retry_after is None else int(failure.retry_after + 0.999)
-        return RateLimited(message or "the provider is rate limiting", retry_after=retry or 1,
+        wait = retries.retry_after(failure.retry_after)
+        return RateLimited(message or "the provider is rate limiting",
+                           retry_after=1 if wait is None else retries.header_seconds(wait),
                            code="upstream_rate_limited")
     if failure.kind == "server":
         return UpstreamError(f"the provider failed (HTTP {failure.status}): {message}")
@@ -165,7 +191,10 @@ class Upstream:
         self.router = router
         self.metrics = metrics
         self.session: aiohttp.ClientSession | None = None
+        self._client_timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self.in_flight = 0
+        self.budget = retries.Budget(cfg.routing.retry_budget)
+        self.cooldowns = retries.Cooldowns()
 
     async def start(self) -> None:
         resolver = netguard.GuardedResolver(self.router.registry.private_ok)
@@ -176,11 +205,19 @@ class Upstream:
             headers={"User-Agent": f"ai-enabler-proxy/{__version__}"},
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=True,
+            # Read-ahead per upstream connection while the client is slower (R09): 2 × this.
+            read_bufsize=READ_BUFSIZE,
         )
 
     async def close(self) -> None:
         if self.session is not None:
             await self.session.close()
+
+    def _client_timeout(self, connect: float) -> aiohttp.ClientTimeout:
+        found = self._client_timeouts.get(connect)
+        if found is None:
+            found = self._client_timeouts[connect] = aiohttp.ClientTimeout(total=None, sock_connect=connect)
+        return found
 
     def _timeouts(self, override: ProviderTimeouts | None) -> tuple[float, float, float]:
         base = self.cfg.timeouts
@@ -202,7 +239,7 @@ class Upstream:
                 resp = await self.session.request(
                     upstream_request.method, upstream_request.url, data=upstream_request.body,
                     headers=headers, allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect))
+                    timeout=self._client_timeout(connect))
         except aiohttp.ConnectionTimeoutError as exc:
             raise Retry(UpstreamTimeout("connecting to the provider timed out"), "connect_timeout") from exc
         except TimeoutError as exc:
@@ -231,6 +268,7 @@ class Upstream:
         target = provider.target()
         request.model = route.model
         upstream_request = adapter.build_request(target, request)
+        check_path(upstream_request.url)
         _, _, idle = self._timeouts(provider.item.timeouts)
         sent_at = time.monotonic()
         response = await self.open(adapter, upstream_request, provider.item.timeouts)
@@ -290,11 +328,28 @@ class Upstream:
 
 
 async def dispatch(upstream: Upstream, routes: list[Route], request, ex) -> Opened:
-    """Try candidates in order until one answers; every attempt is counted on the exchange."""
-    router, metrics = upstream.router, upstream.metrics
+    """Try candidates in order until one answers; every attempt is counted on the exchange.
+
+    Providers cooling down after a 429 with Retry-After for this model (rate limits are per model)
+    are left out (all of them: a 429 here);
+    open circuits are still tried, last (panic mode). An attempt after the first goes to a provider
+    with a clean record (no failure since its last success) freely, to any other only if the retry
+    budget allows, else that provider is skipped. A 429 from the last candidate is waited out and
+    retried when the wait fits `routing.retryAfterCap`.
+    """
+    router, metrics, routing = upstream.router, upstream.metrics, upstream.cfg.routing
+    upstream.budget.request()
+    routes = await _usable(upstream, routes)
     last: ProxyError | None = None
-    for route in routes[: upstream.cfg.routing.max_attempts]:
+    index = attempts = waits = 0
+    while index < len(routes) and attempts < routing.max_attempts:
+        route = routes[index]
         provider = route.provider
+        if attempts and not upstream.budget.try_retry(_clean(router, provider.name)):
+            metrics.upstream_errors.inc((provider.name, "retry_budget"))
+            index += 1
+            continue
+        attempts += 1
         ex.begin_attempt(provider)
         metrics.attempts.inc((provider.name,))
         try:
@@ -304,8 +359,20 @@ async def dispatch(upstream: Upstream, routes: list[Route], request, ex) -> Open
             metrics.upstream_errors.inc((provider.name, retry.kind))
             log.warning("upstream_failed", provider=provider.name, kind=retry.kind, request_id=ex.id,
                         status=retry.error.status, retrying=True)
-            router.failed(provider.name, retry.retry_after if retry.kind == "rate_limit" else None)
+            rate_limited = retry.kind == "rate_limit"
+            router.failed(provider.name, retry.retry_after if rate_limited else None)
+            if rate_limited and retry.retry_after is not None:
+                upstream.cooldowns.hold((provider.name, route.model), retry.retry_after)
             last = retry.error
+            wait = None
+            if rate_limited and index == len(routes) - 1 and attempts < routing.max_attempts:
+                wait = _rate_limit_wait(routing.retry_after_cap, retry.retry_after, waits)
+            if wait is None:
+                index += 1
+            else:  # the same provider again, no sooner than it asked
+                waits += 1
+                ex.release()
+                await asyncio.sleep(wait)
             continue
         except UpstreamTimeout:
             metrics.upstream_errors.inc((provider.name, "timeout"))
@@ -322,3 +389,34 @@ async def dispatch(upstream: Upstream, routes: list[Route], request, ex) -> Open
         return opened
     assert last is not None
     raise last
+
+
+def _clean(router: Router, name: str) -> bool:
+    """No failure recorded since the provider's last success (or it was never called)."""
+    health = router.health.get(name)
+    return health is None or not (health.failures or health.ejections or health.open_until > router.clock())
+
+
+def _rate_limit_wait(cap: float, retry_after: float | None, waits: int) -> float | None:
+    """How long to wait before asking a provider that answered 429 again; None: do not wait."""
+    if not cap:
+        return None
+    wait = retries.backoff(waits) if retry_after is None else retry_after
+    return wait if wait <= cap else None
+
+
+async def _usable(upstream: Upstream, routes: list[Route]) -> list[Route]:
+    """The candidates not cooling down; when every one is, wait if that fits the cap, else 429."""
+    cooling = upstream.cooldowns
+    if not cooling.until:
+        return routes
+    usable = [route for route in routes if not cooling.remaining((route.provider.name, route.model))]
+    if usable:
+        return usable
+    wait = min(cooling.remaining((route.provider.name, route.model)) for route in routes)
+    if wait <= upstream.cfg.routing.retry_after_cap:
+        await asyncio.sleep(wait)
+        return routes
+    seconds = retries.header_seconds(wait)
+    raise RateLimited(f"every provider of this model asked the gateway to wait; retry in {seconds} s",
+                      retry_after=seconds, code="upstream_rate_limited")

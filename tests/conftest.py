@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import aiohttp
 import msgspec
@@ -29,6 +30,7 @@ class Running:
         self.app = server.app
         self.gw = server.app[GATEWAY]
         self.url = f"http://127.0.0.1:{server.port}"
+        self.port = server.port
         self.session = session
 
     def post(self, path: str, **kwargs):
@@ -74,3 +76,95 @@ async def gateway(aiohttp_server, tmp_path):
 def openai_provider(fake: FakeOpenAI, name: str = "fake", models=("gpt-4o-mini",), **extra) -> dict:
     return {"name": name, "supportedProvider": "OPENAI_COMPATIBLE", "url": fake.url, "apiKey": "sk-fake-provider-key-" + name,
             "models": list(models), "isHosted": True, **extra}
+
+
+@pytest.fixture
+async def served(tmp_path):
+    """Like `gateway`, but served the way `ai-enabler-proxy serve` serves it: through
+    `proxy.server.Runner` (header limits, keep-alive, connection cap, header and body deadlines)."""
+    from aiohttp import web
+
+    from proxy.server import Runner
+
+    runners, sessions = [], []
+
+    class _Site:
+        def __init__(self, app, port: int) -> None:
+            self.app, self.port = app, port
+
+    async def make(config: dict | None = None) -> Running:
+        raw = {"dataDir": str(tmp_path / "data"), "telemetry": {"flushMs": 50},
+               "security": {"allowPrivateUpstreams": True}, **(config or {})}
+        cfg = msgspec.convert(raw, type=Config)
+        app = build(cfg)
+        runner = Runner(app, cfg.limits, handler_cancellation=True, access_log=None, shutdown_timeout=1)
+        await runner.setup()
+        runners.append(runner)
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=2048)  # as `serve` listens
+        await site.start()
+        session = aiohttp.ClientSession()
+        sessions.append(session)
+        running = Running(_Site(app, runner.addresses[0][1]), session)
+        running.runner = runner
+        return running
+
+    yield make
+    for session in sessions:
+        await session.close()
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.fixture
+def gateway_process(tmp_path):
+    """`await gateway_process({...config...})`: `python -m proxy serve` in its own process, for
+    figures that must not include the test's own memory, descriptors or tasks."""
+    from tests.procs import GatewayProcess
+
+    started: list[GatewayProcess] = []
+
+    async def make(config: dict | None = None, **kw) -> GatewayProcess:
+        proc = GatewayProcess(tmp_path / f"gw{len(started)}", config or {}, **kw)
+        started.append(proc)
+        await proc.start()
+        return proc
+
+    yield make
+    for proc in started:
+        proc.stop()
+
+
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+async def redis_reachable(url: str = REDIS_URL) -> str | None:
+    """None when Redis answers at `url`, else why not."""
+    from redis import asyncio as aioredis
+
+    client = aioredis.from_url(url, socket_connect_timeout=1)
+    try:
+        await client.ping()
+        return None
+    except Exception as exc:  # any failure means: no Redis for this run
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def redis_url():
+    """A Redis URL (DB 15) with a key prefix of its own; its keys are deleted afterwards.
+
+    Skips, saying so, when no Redis server answers (`.ci/run` starts one when it can).
+    """
+    from redis import asyncio as aioredis
+
+    why = await redis_reachable()
+    if why is not None:
+        pytest.skip(f"Redis is not reachable at {REDIS_URL} ({why}): start redis-server to run this test")
+    prefix = f"t{os.urandom(5).hex()}:"
+    yield f"{REDIS_URL}?prefix={prefix}"
+    client = aioredis.from_url(REDIS_URL)
+    async for key in client.scan_iter(match=prefix + "*", count=1000):
+        await client.delete(key)
+    await client.aclose()

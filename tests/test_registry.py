@@ -46,3 +46,27 @@ def test_env_key_resolved_per_use(tmp_path, monkeypatch):
     monkeypatch.setenv("P_KEY", "rotated")
     assert reg.by_name["p"].target().api_key == "rotated"
     assert reg.by_name["p"].public()["apiKey"] == "env:P_KEY"
+
+
+async def test_shared_registrations_are_stored_sealed_and_seen_by_another_registry(tmp_path, redis_url):
+    from proxy.state.redis import RedisStore
+
+    one_store, two_store = RedisStore(redis_url), RedisStore(redis_url)
+    await one_store.start()
+    await two_store.start()
+    one = Registry([_item(name="file")], Vault("shared-secret", tmp_path), None, shared=one_store.providers)
+    two = Registry([], Vault("shared-secret", tmp_path / "other"), None, shared=two_store.providers)
+    await one.register([_item(name="api", models=["m"], apiKey="sk-secret-1234")])
+    (raw, sealed), = await two_store.providers.rows()
+    assert b"sk-secret" not in raw and "sk-secret" not in sealed
+    await two.refresh()
+    assert two.by_name["api"].target().api_key == "sk-secret-1234"
+    with pytest.raises(Conflict):
+        await one.register([_item(name="file")])
+    with pytest.raises(NotFound):
+        await two.remove("ghost")
+    await two.remove("api")
+    await one.refresh()
+    assert [p.name for p in one.by_model["m"]] == ["file"]
+    await one_store.close()
+    await two_store.close()

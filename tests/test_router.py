@@ -71,3 +71,19 @@ def test_pinning_unknown_and_not_allowed(tmp_path):
         router.routes("a/org/model")
     with pytest.raises(PermissionDenied):
         router.routes("m", allowed=frozenset({"other"}))
+
+
+def test_opening_a_circuit_is_told_once_per_extension_and_others_can_open_it(tmp_path):
+    clock = Clock()
+    router = _router(tmp_path, {"name": "a"}, {"name": "b"}, clock=clock)
+    told = []
+    router.on_open = lambda name, seconds: told.append((name, seconds))
+    router.failed("a", retry_after=5)
+    router.failed("a", retry_after=2)  # already open longer: nothing new to tell
+    for _ in range(3):
+        router.failed("b")
+    assert told == [("a", 5), ("b", 10)]
+    router.open_for("b", 3)  # another replica's shorter opening does not shorten this one
+    assert router.state("b").open_until == clock.now + 10
+    router.open_for("c", 7)
+    assert router.is_open("c") and told == [("a", 5), ("b", 10)]

@@ -31,7 +31,7 @@ async def register(http_request: web.Request) -> web.Response:
         raise InvalidRequest(f"invalid registration: {exc}") from None
     except (msgspec.DecodeError, RecursionError):
         raise InvalidRequest("the request body is not valid JSON") from None
-    made = gw.registry.upsert(registration.providers)
+    made = await gw.registry.register(registration.providers)
     return _json({"providers": [p.public() for p in made]})
 
 
@@ -52,5 +52,5 @@ async def delete_provider(http_request: web.Request) -> web.Response:
     gw = http_request.app[GATEWAY]
     gw.auth.admin(http_request.headers)
     name = http_request.match_info["name"]
-    gw.registry.delete(name)
+    await gw.registry.remove(name)
     return _json({"name": name, "deleted": True})

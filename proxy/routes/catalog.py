@@ -55,7 +55,7 @@ def _paged(keyed: list[tuple[str, dict]], query: dict[str, str]) -> web.Response
 
 async def hosted_model_specs(http_request: web.Request) -> web.Response:
     gw = http_request.app[GATEWAY]
-    gw.auth.caller(http_request.headers)
+    await gw.auth.authenticate(http_request.headers)
     query = _query(http_request, _HOSTED)
     quantization = query.get("quantization")
     if quantization is not None and quantization.upper() not in catalog.BITS_PER_WEIGHT:
@@ -69,6 +69,6 @@ async def hosted_model_specs(http_request: web.Request) -> web.Response:
 
 async def supported_providers(http_request: web.Request) -> web.Response:
     gw = http_request.app[GATEWAY]
-    gw.auth.caller(http_request.headers)
+    await gw.auth.authenticate(http_request.headers)
     query = _query(http_request, _PAGING)
     return _paged(catalog.supported_providers(catalog.of(gw), gw.registry, gw.prices), query)

@@ -12,6 +12,7 @@ from proxy import tags as tagging
 from proxy.errors import PayloadTooLarge, ProxyError
 from proxy.exchange import Exchange, estimate_tokens
 from proxy.gateway import GATEWAY, Gateway
+from proxy.limits import ADMISSION
 from proxy.streaming.relay import relay
 from proxy.upstream import dispatch
 
@@ -66,7 +67,8 @@ async def _serve(http_request: web.Request, kind: str) -> web.StreamResponse:
 
 
 async def _exchange(http_request: web.Request, gw: Gateway, ex: Exchange, kind: str) -> web.StreamResponse:
-    caller = gw.auth.caller(http_request.headers)
+    http_request.app[ADMISSION].admit(http_request.content_length)  # in-flight, memory: fast 503s
+    caller = await gw.auth.authenticate(http_request.headers)
     ex.caller_id = caller.id
     body = await read_body(http_request, gw.cfg.limits.max_body_bytes)
     request = decoding.parse(body, kind)
@@ -74,18 +76,39 @@ async def _exchange(http_request: web.Request, gw: Gateway, ex: Exchange, kind: 
     ex.stream = request.stream
     ex.tags = tagging.merge(request.tags, http_request.headers)
     ex.prompt_estimate = estimate_tokens(len(body))
+    if (rule := gw.quota.rule(caller)) is not None:  # per-key RPM, TPM, budget: 429 when reached
+        await gw.quota.admit(caller.id, rule, ex)
     autoroute.apply(gw, request, caller, http_request.headers, ex)  # `auto`: the model to route
+    cache_key = gw.cache.key(http_request.headers, request, caller.id)  # None unless asked for
+    if cache_key is not None and (hit := await gw.cache.answer(http_request, cache_key, request, ex)):
+        return hit
     routes = gw.router.routes(request.model, caller.models)
     opened = await dispatch(gw.upstream, routes, request, ex)
     ex.model_served = opened.route.model
     if request.stream:
-        provider = opened.route.provider
-        idle = (provider.item.timeouts and provider.item.timeouts.idle) or gw.cfg.timeouts.idle
-        return await relay(http_request, opened, ex, idle, gw.cfg.timeouts.max_stream)
+        return await _stream(http_request, gw, ex, opened, cache_key)
     ex.release()
     parsed = opened.parsed
     ex.usage = parsed.usage
     if parsed.model:
         ex.model_served = parsed.model
     ex.first_byte()
-    return web.Response(body=parsed.body, content_type=_JSON, headers={"X-Request-Id": ex.id})
+    headers = {"X-Request-Id": ex.id}
+    if ex.rule is not None:
+        await gw.quota.settle(ex)  # counted before the answer completes: the next request sees it
+    if cache_key is not None:
+        gw.cache.keep(cache_key, parsed.body, ex)
+        headers["X-Cache"] = "miss"
+    return web.Response(body=parsed.body, content_type=_JSON, headers=headers)
+
+
+async def _stream(http_request: web.Request, gw: Gateway, ex: Exchange, opened, cache_key: str | None):
+    provider = opened.route.provider
+    idle = (provider.item.timeouts and provider.item.timeouts.idle) or gw.cfg.timeouts.idle
+    tap = gw.cache.tap(opened) if cache_key is not None else None
+    out = await relay(http_request, opened, ex, idle, gw.cfg.timeouts.max_stream)
+    if ex.rule is not None:
+        await gw.quota.settle(ex)
+    if tap is not None:
+        gw.cache.keep_stream(cache_key, tap, ex)
+    return out

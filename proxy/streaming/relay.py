@@ -2,6 +2,10 @@
 
 The stream ends with the upstream's own terminal event, or with an error event when the
 upstream was cut short, stalled or ran past the maximum duration: never a fake `[DONE]`.
+
+Backpressure (RELIABILITY R09): each write waits while the client's socket is full, so the
+upstream is not read faster than the client reads. A client that reads nothing for `idle` (its
+unsent byte count does not move) is disconnected, and the upstream with it.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ async def relay(http_request: web.Request, opened: Opened, ex, idle: float, max_
     ex.first_byte()
     ending: ProxyError | None = None
     deadline = asyncio.get_running_loop().time() + max_stream
+    transport = http_request.transport
+    unsent = transport.get_write_buffer_size if transport is not None else None
     try:
-        async with Watchdog(idle, deadline) as watchdog:
+        async with Watchdog(idle, deadline, unsent) as watchdog:
             if opened.first:
                 await out.write(opened.first)
             while chunk := await upstream.chunk():
@@ -46,9 +52,12 @@ async def relay(http_request: web.Request, opened: Opened, ex, idle: float, max_
             if tail:
                 await out.write(tail)
     except TimeoutError:
-        ex.status = "upstream_timeout"
-        reason = "ran past the maximum stream duration" if watchdog.reason == "max_duration" else "stalled"
-        ending = UpstreamTimeout(f"the provider's stream {reason}")
+        if _client_stalled(http_request):
+            ex.status, ex.error_type = "client_aborted", "client_stalled"
+        else:
+            ex.status = "upstream_timeout"
+            reason = "ran past the maximum stream duration" if watchdog.reason == "max_duration" else "stalled"
+            ending = UpstreamTimeout(f"the provider's stream {reason}")
     except (aiohttp.ClientError, ConnectionError) as exc:
         if _client_gone(http_request):
             ex.status = "client_aborted"
@@ -67,8 +76,16 @@ async def relay(http_request: web.Request, opened: Opened, ex, idle: float, max_
         _take_usage(ex, parser)
     if ending is not None:
         ex.error_type = ending.code
-        await _try_write(out, error_event(ending))
+        await _try_write(out, error_event(ending), idle)
+    if ex.error_type == "client_stalled":
+        http_request.transport.abort()  # a reset: nothing more can reach a client that stopped reading
     return out
+
+
+def _client_stalled(http_request: web.Request) -> bool:
+    """Bytes for the client are waiting: it, not the provider, stopped the stream."""
+    transport = http_request.transport
+    return transport is not None and not transport.is_closing() and transport.get_write_buffer_size() > 0
 
 
 def _client_gone(http_request: web.Request) -> bool:
@@ -76,10 +93,11 @@ def _client_gone(http_request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
-async def _try_write(out: web.StreamResponse, data: bytes) -> None:
+async def _try_write(out: web.StreamResponse, data: bytes, wait: float) -> None:
     try:
-        await out.write(data)
-    except (ConnectionError, aiohttp.ClientError):
+        async with asyncio.timeout(wait):  # a client that stopped reading does not hold us here
+            await out.write(data)
+    except (ConnectionError, aiohttp.ClientError, TimeoutError):
         pass
 
 

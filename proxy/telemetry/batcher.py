@@ -1,88 +1,151 @@
-"""The batcher: the request path appends; a background task flushes to every sink.
+"""The batcher: the request path hands over records without waiting; each sink gets them in batches.
 
-A sink is any object with ``async def send(records: list[UsageRecord]) -> None``. Sinks are
-independent: one failing or slow does not stall another. Durable spooling of what a sink
-could not take is the spool's job (a later layer); here a failed batch is counted.
+    put(record) ──▶ writer thread ──▶ spool (disk, group commit) ──▶ lane per sink ──▶ sink.send
+                                                                     (N records or T ms)
+
+Every record is on disk moments after `put` (a kill -9 loses nothing handed over; a power cut
+at most the `commit_ms` window), and leaves the spool only once every sink acknowledged it. Each
+sink reads at its own pace from its own cursor, so one sink down never stalls another. A start
+resends what the last process left unacknowledged, and reports requests that were in flight at a
+crash as `aborted_unknown` (`proxy.telemetry.journal`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
-from typing import Protocol
+import concurrent.futures
+import contextlib
 
 import structlog
 
+from proxy.config import Telemetry
+from proxy.telemetry import journal, writer
+from proxy.telemetry.journal import CURRENT, Slot
+from proxy.telemetry.lane import Lane, Sink
 from proxy.telemetry.record import UsageRecord
+from proxy.telemetry.spool import Recovery, Spool
 
 log = structlog.get_logger("proxy.telemetry")
 
 
-class Sink(Protocol):
-    name: str
-
-    async def send(self, records: list[UsageRecord]) -> None: ...
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class Batcher:
-    def __init__(self, sinks: list[Sink], *, batch_size: int = 500, flush_ms: int = 1000,
-                 queue_size: int = 100_000, metrics=None) -> None:
+    def __init__(self, sinks: list[Sink], spool: Spool, cfg: Telemetry = Telemetry(), *, metrics=None,
+                 cluster_id: str | None = None) -> None:
         self.sinks = sinks
-        self.batch_size = batch_size
-        self.flush_s = flush_ms / 1000
-        self.queue_size = queue_size
+        self.spool = spool
+        self.queue_size = cfg.queue_size
+        self.reject = cfg.when_full == "reject"
         self.metrics = metrics
-        self._queue: collections.deque[UsageRecord] = collections.deque()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
-        self._closing = False
+        self.cluster_id = cluster_id
+        self.writer = writer.Writer(spool, commit_ms=cfg.commit_ms, queue_size=cfg.queue_size,
+                                    drop_oldest=not self.reject, metrics=metrics, on_written=self._from_writer)
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="usage-spool-read")
+        self.lanes = [Lane(sink, spool, self._pool, cfg, metrics) for sink in sinks]
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running = False
 
+    # -- the request path: never waits, never raises ------------------------------------
     def put(self, record: UsageRecord) -> None:
-        """Enqueue without waiting; never raises into the request path."""
-        queue = self._queue
-        if len(queue) >= self.queue_size:
-            queue.popleft()
+        slot = CURRENT.get()
+        if slot is not None:
+            slot.closed = True
+        if self.writer.pending() >= self.queue_size:
             if self.metrics is not None:
                 self.metrics.records_dropped.labels("queue_full").inc()
-        queue.append(record)
-        if len(queue) >= self.batch_size:
-            self._wake.set()
+            return
+        self.writer.submit((writer.RECORD, record, slot.id if slot is not None else None))
+
+    def begin(self, info) -> Slot:
+        slot = Slot()
+        self.writer.submit((writer.BEGIN, slot.id, info))
+        return slot
+
+    def end(self, slot: Slot) -> None:
+        if not slot.closed:
+            slot.closed = True
+            self.writer.submit((writer.END, slot.id))
+
+    @property
+    def refusing(self) -> bool:
+        """With `whenFull: reject`: True while a new record could not be kept."""
+        return self.reject and (self.spool.bytes >= self.spool.max_bytes or self.writer.failing)
 
     def __len__(self) -> int:
-        return len(self._queue)
+        return self.writer.pending()
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-batcher")
+    # -- life cycle ----------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        recovery = await loop.run_in_executor(self._pool, self.spool.open)
+        for lane in self.lanes:
+            self.spool.attach(lane.name)
+        self.writer.start()
+        self._running = True
+        self._recovered(recovery)
+        for lane in self.lanes:
+            lane.start()
 
-    async def _run(self) -> None:
-        while not self._closing:
+    def _recovered(self, recovery: Recovery) -> None:
+        begun = recovery.open_begins()
+        for slot, body in begun.items():
             try:
-                await asyncio.wait_for(self._wake.wait(), self.flush_s)
-            except TimeoutError:
-                pass
-            self._wake.clear()
-            await self.flush()
+                record = journal.aborted(slot, body, self.cluster_id)
+            except Exception:  # a journal entry from another version: not worth a crash loop
+                log.exception("journal_entry_unreadable", slot=slot)
+                continue
+            self.writer.submit((writer.RECORD, record, slot))
+        if recovery.damaged and self.metrics is not None:
+            self.metrics.spool_corrupt.inc(recovery.damaged)
+            self.metrics.records_dropped.labels("spool_corrupt").inc(recovery.damaged)
+        if recovery.records or recovery.damaged or begun:
+            log.info("spool_recovered", records=recovery.records, damaged=recovery.damaged,
+                     aborted_unknown=len(begun), spool_dir=str(self.spool.dir))
+        if recovery.damaged:
+            log.error("spool_damaged", damaged=recovery.damaged,
+                      detail="damaged spool frames were skipped; every intact record was kept")
+
+    def _from_writer(self, written: int) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closing
+            self._loop.call_soon_threadsafe(self._written, written)
+
+    def _written(self, written: int) -> None:
+        for lane in self.lanes:
+            lane.notify(written)
+
+    async def _barrier(self) -> None:
+        """Wait until everything handed over so far is written and synced."""
+        future = self._loop.create_future()
+        loop = self._loop
+        self.writer.submit((writer.BARRIER, lambda: loop.call_soon_threadsafe(_resolve, future)))
+        await future
 
     async def flush(self) -> None:
-        while self._queue:
-            batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
-            await asyncio.gather(*(self._send(sink, batch) for sink in self.sinks))
-
-    async def _send(self, sink: Sink, batch: list[UsageRecord]) -> None:
-        try:
-            await sink.send(batch)
-        except Exception as exc:  # a sink's failure must not stop the others or the loop
-            log.error("sink_failed", sink=sink.name, records=len(batch), error=type(exc).__name__)
-            if self.metrics is not None:
-                self.metrics.records_dropped.labels(f"sink_{sink.name}").inc(len(batch))
+        """Write what is queued, then let every sink take it (a failing sink keeps it spooled)."""
+        if not self._running:
             return
-        if self.metrics is not None:
-            self.metrics.records_sent.labels(sink.name).inc(len(batch))
+        await self._barrier()
+        target = self.spool.end()
+        await asyncio.gather(*(lane.caught_up(target) for lane in self.lanes))
 
-    async def close(self) -> None:
-        """Stop the loop and flush what is queued."""
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-        await self.flush()
+    async def close(self, timeout: float = 3.0) -> None:
+        """Flush for up to `timeout` s; what a sink did not take stays in the spool for the next start."""
+        if not self._running:
+            self._pool.shutdown(wait=False)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            await asyncio.wait_for(self.flush(), timeout)
+        except TimeoutError:
+            log.warning("usage_flush_incomplete", detail="unsent records stay in the spool for the next start")
+        remaining = max(deadline - loop.time(), 0.1)
+        await asyncio.gather(*(lane.close(remaining) for lane in self.lanes))
+        self._running = False
+        await loop.run_in_executor(None, self.writer.stop, 5.0)
+        await loop.run_in_executor(self._pool, self.spool.close)
+        self._pool.shutdown(wait=True)

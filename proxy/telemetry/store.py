@@ -1,25 +1,102 @@
-"""The local usage store (SQLite, WAL): a sink for records and the source of the report."""
+"""The local usage store (SQLite, WAL): a sink for records, and the table the usage report reads.
+
+One row per record, every field a column, `INSERT OR IGNORE` on the record id: a batch resent
+after a crash changes nothing. For the report, one covering index per grouping (led by the
+grouping column, then `ts`, then the figures) lets a report over a million records walk an index
+in group order: no sort, no table lookups. `usage_tags` (a row per tag of a record, written by a
+trigger, so only for rows actually inserted) serves the tag grouping the same way. Records older
+than the retention are pruned in the background.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import sqlite3
+import time
 
+import msgspec
 import orjson
+import structlog
 
-from proxy.telemetry.record import UsageRecord, decode, encode
+from proxy.telemetry.record import UsageRecord
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS usage (
-  id TEXT PRIMARY KEY, ts REAL NOT NULL, api_key_id TEXT, provider TEXT, provider_type TEXT,
-  model_requested TEXT, model_served TEXT, status TEXT, error_type TEXT,
-  prompt_tokens INTEGER, completion_tokens INTEGER, cached_tokens INTEGER, total_tokens INTEGER,
-  cost_usd REAL, savings_usd REAL, latency_ms REAL, ttft_ms REAL, stream INTEGER,
-  tags TEXT, record BLOB NOT NULL
-);
+log = structlog.get_logger("proxy.telemetry")
+
+FIELDS = UsageRecord.__struct_fields__
+_BOOLS = ("stream", "tokens_estimated", "recovered", "cache_hit")
+FIGURES = "status, prompt_tokens, completion_tokens, cost_usd, savings_usd, latency_ms, ttft_ms"
+GROUP_COLUMNS = {"model": "model", "provider": "provider", "apiKey": "api_key_id"}
+
+_TYPES = {"stream": "INTEGER", "tokens_estimated": "INTEGER", "recovered": "INTEGER", "cache_hit": "INTEGER",
+          "prompt_tokens": "INTEGER", "completion_tokens": "INTEGER", "cached_tokens": "INTEGER",
+          "reasoning_tokens": "INTEGER", "total_tokens": "INTEGER", "attempts": "INTEGER",
+          "latency_ms": "REAL", "ttft_ms": "REAL", "proxy_overhead_ms": "REAL", "cost_usd": "REAL",
+          "savings_usd": "REAL", "ts": "REAL NOT NULL", "id": "TEXT NOT NULL UNIQUE"}
+_COLUMNS = ", ".join(f"{name} {_TYPES.get(name, 'TEXT')}" for name in FIELDS)
+_INDEXES = "\n".join(f"CREATE INDEX IF NOT EXISTS usage_by_{group} ON usage ({column}, ts, {FIGURES});"
+                     for group, column in GROUP_COLUMNS.items())
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS usage (rid INTEGER PRIMARY KEY, {_COLUMNS}, model TEXT);
 CREATE INDEX IF NOT EXISTS usage_ts ON usage (ts);
+{_INDEXES}
+CREATE TABLE IF NOT EXISTS usage_tags (
+  tag TEXT NOT NULL, ts REAL NOT NULL, rid INTEGER NOT NULL, model TEXT, provider TEXT, api_key_id TEXT,
+  status TEXT, prompt_tokens INTEGER, completion_tokens INTEGER, cost_usd REAL, savings_usd REAL,
+  latency_ms REAL, ttft_ms REAL, PRIMARY KEY (tag, ts, rid)) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS usage_tags_add AFTER INSERT ON usage WHEN NEW.tags <> '[]' BEGIN
+  INSERT OR IGNORE INTO usage_tags SELECT value, NEW.ts, NEW.rid, NEW.model, NEW.provider, NEW.api_key_id,
+    NEW.{FIGURES.replace(", ", ", NEW.")} FROM json_each(NEW.tags);
+END;
+CREATE TRIGGER IF NOT EXISTS usage_tags_remove AFTER DELETE ON usage WHEN OLD.tags <> '[]' BEGIN
+  DELETE FROM usage_tags WHERE tag IN (SELECT value FROM json_each(OLD.tags)) AND ts = OLD.ts AND rid = OLD.rid;
+END;
+PRAGMA user_version = 2;
 """
+_INSERT = f"INSERT OR IGNORE INTO usage ({', '.join(FIELDS)}, model) VALUES ({', '.join('?' * (len(FIELDS) + 1))})"
+_PRUNE = "DELETE FROM usage WHERE rid IN (SELECT rid FROM usage WHERE ts < ? LIMIT 5000)"
+
+
+def row(record: UsageRecord) -> tuple:
+    values = list(msgspec.structs.astuple(record))
+    values[FIELDS.index("tags")] = orjson.dumps(record.tags).decode()
+    values.append(record.model_served or record.model_requested)
+    return tuple(values)
+
+
+def from_row(values) -> UsageRecord:
+    data = dict(zip(FIELDS, values, strict=False))
+    for name in _BOOLS:
+        data[name] = bool(data[name])
+    data["tags"] = orjson.loads(data["tags"])
+    return UsageRecord(**data)
+
+
+def connect(path: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    db.execute("PRAGMA busy_timeout = 10000")  # workers of one gateway share the file
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = NORMAL")
+    if db.execute("PRAGMA user_version").fetchone()[0] < 2:
+        _migrate(db)
+    return db
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """The first schema kept each record as a JSON blob: move those rows into the new table."""
+    old = [r[1] for r in db.execute("PRAGMA table_info(usage)")]
+    if "record" in old:
+        db.execute("ALTER TABLE usage RENAME TO usage_v1")
+        for index in ("usage_ts",):
+            db.execute(f"DROP INDEX IF EXISTS {index}")
+    db.executescript(SCHEMA)
+    if "record" in old:
+        decode = msgspec.json.Decoder(UsageRecord).decode
+        rows = [row(decode(blob)) for (blob,) in db.execute("SELECT record FROM usage_v1")]
+        db.execute("BEGIN")
+        db.executemany(_INSERT, rows)
+        db.execute("DROP TABLE usage_v1")
+        db.execute("COMMIT")
 
 
 class UsageStore:
@@ -27,32 +104,51 @@ class UsageStore:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        self._db = connect(path)
         # One thread owns the connection: writes never block the event loop or each other.
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="usage-store")
 
+    def _run(self, fn, *args):
+        return asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
     def _write(self, records: list[UsageRecord]) -> None:
-        rows = [(r.id, r.ts, r.api_key_id, r.provider, r.provider_type, r.model_requested,
-                 r.model_served, r.status, r.error_type, r.prompt_tokens, r.completion_tokens,
-                 r.cached_tokens, r.total_tokens, r.cost_usd, r.savings_usd, r.latency_ms, r.ttft_ms,
-                 int(r.stream), orjson.dumps(r.tags).decode(), encode(r)) for r in records]
+        rows = [row(r) for r in records]
         with self._db:
             self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR IGNORE INTO usage VALUES (" + ",".join("?" * 20) + ")", rows)
+            self._db.executemany(_INSERT, rows)
 
     async def send(self, records: list[UsageRecord]) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._write, records)
+        await self._run(self._write, records)
 
     def _records(self, since: float) -> list[UsageRecord]:
-        rows = self._db.execute("SELECT record FROM usage WHERE ts >= ? ORDER BY ts", (since,))
-        return [decode(row[0]) for row in rows]
+        cursor = self._db.execute(f"SELECT {', '.join(FIELDS)} FROM usage WHERE ts >= ? ORDER BY ts, rid", (since,))
+        return [from_row(values) for values in cursor]
 
     async def records(self, since: float = 0.0) -> list[UsageRecord]:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._records, since)
+        return await self._run(self._records, since)
+
+    async def query(self, fn, *args):
+        """Run `fn(connection, *args)` on the store's thread (the usage report)."""
+        return await self._run(fn, self._db, *args)
+
+    def _prune(self, before: float) -> int:
+        removed = 0
+        while True:
+            with self._db:
+                count = self._db.execute(_PRUNE, (before,)).rowcount
+            removed += count
+            if count < 5000:
+                break
+        self._db.execute("PRAGMA analysis_limit = 1000")
+        self._db.execute("ANALYZE")  # statistics let a narrow window skip-scan the indexes
+        return removed
+
+    async def prune(self, retention_days: float) -> int:
+        """Delete records older than the retention; returns how many."""
+        removed = await self._run(self._prune, time.time() - retention_days * 86400)
+        if removed:
+            log.info("usage_pruned", records=removed, retention_days=retention_days)
+        return removed
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

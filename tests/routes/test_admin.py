@@ -53,7 +53,9 @@ async def test_registrations_survive_a_restart_and_keys_are_encrypted_at_rest(ga
     async with gw.post("/v1/llm/providers", json={"providers": [_item(fake_openai)]}, headers=ADMIN) as r:
         assert r.status == 200
     await gw.server.close()
-    for path in (tmp_path / "data").iterdir():
+    for path in (tmp_path / "data").rglob("*"):  # the spool and dead-letter files live in subdirectories
+        if not path.is_file():
+            continue
         assert PROVIDER_KEY.encode() not in path.read_bytes(), path
         assert PROVIDER_KEY[-12:].encode() not in path.read_bytes(), path
     key_file = tmp_path / "data" / "secret.key"

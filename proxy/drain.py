@@ -1,0 +1,114 @@
+"""Graceful drain on SIGTERM, inside Kubernetes' 30 s grace period (RELIABILITY policy 5, R34).
+
+    signal            readiness (/readyz) fails at once, so the endpoints controller stops routing
+    … acceptSeconds   the listener still accepts: requests already routed here keep arriving
+    then              the listener closes; responses from now on carry `Connection: close`
+    … deadline        in-flight requests run to completion
+    at deadline       streams still open get a terminal SSE error event, then every handler left
+                      is cancelled, which writes its usage record (as aborted by the client)
+    after             the app stops: telemetry flushes for `drain.flushSeconds`, the rest stays
+                      in the spool for the next start; the process exits 0
+
+SIGINT (Ctrl-C) skips the accept window; a second signal cuts any window short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+import structlog
+from aiohttp import web
+
+from proxy.config import Drain as DrainConfig
+from proxy.errors import Unavailable
+
+log = structlog.get_logger("proxy")
+
+_CUT = Unavailable("the gateway is shutting down: this stream was ended at the drain deadline",
+                   code="gateway_draining", retry_after=1)
+CUT_EVENT = b"data: " + _CUT.to_json() + b"\n\n"
+
+
+class Drain:
+    def __init__(self, gw, cfg: DrainConfig) -> None:
+        self.gw = gw
+        self.cfg = cfg
+        self.requested = asyncio.Event()
+        self.tasks: dict[asyncio.Task, web.StreamResponse | None] = {}  # handlers running → their SSE response
+        self._idle = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self._skip_accept = False
+        self._started = 0.0
+
+    def install(self, app: web.Application) -> None:
+        """Track handlers and their streams (before the app is frozen)."""
+
+        @web.middleware
+        async def track(http_request: web.Request, handler):
+            task = asyncio.current_task()
+            self.tasks[task] = None
+            self._idle.clear()
+            try:
+                return await handler(http_request)
+            finally:
+                self.tasks.pop(task, None)
+                if not self.tasks:
+                    self._idle.set()
+
+        app.middlewares.append(track)
+        app.on_response_prepare.append(self._prepared)
+
+    async def _prepared(self, http_request: web.Request, response: web.StreamResponse) -> None:
+        if self.gw.draining:
+            response.force_close()
+            response.headers["Connection"] = "close"  # aiohttp settled its headers before this hook
+        task = asyncio.current_task()
+        if task in self.tasks and response.content_type == "text/event-stream":
+            self.tasks[task] = response
+
+    def begin(self, signum: int = signal.SIGTERM) -> None:
+        """The signal handler: readiness fails now; a second signal hurries the drain along."""
+        if self.requested.is_set():
+            self._hurry.set()
+            return
+        self.gw.draining = True
+        self._skip_accept = signum == signal.SIGINT
+        self._started = asyncio.get_running_loop().time()
+        self.requested.set()
+        log.info("draining", signal=signal.Signals(signum).name, in_flight=len(self.tasks))
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._hurry.wait(), max(seconds, 0.0))
+
+    async def run(self, sites) -> None:
+        """After `begin`: the accept window, close the listeners, wait for or cut what is in flight."""
+        if not self._skip_accept:
+            await self._pause(self.cfg.accept_seconds)
+        for site in sites:
+            await site.stop()
+        left = self._started + self.cfg.deadline_seconds - asyncio.get_running_loop().time()
+        if self.tasks and left > 0 and not self._hurry.is_set():
+            waiter = asyncio.ensure_future(self._idle.wait())
+            hurry = asyncio.ensure_future(self._hurry.wait())
+            await asyncio.wait([waiter, hurry], timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            hurry.cancel()
+        await self._cut()
+
+    async def _cut(self) -> None:
+        """The deadline: end open streams with an error event, cancel every handler left."""
+        running = [task for task in self.tasks if not task.done()]
+        if not running:
+            return
+        for task in running:
+            response = self.tasks.get(task)
+            if response is not None:
+                with contextlib.suppress(Exception):  # the client may be gone, the stream ended
+                    await asyncio.wait_for(response.write(CUT_EVENT), 1.0)
+            task.cancel()
+        await asyncio.wait(running, timeout=2.0)
+        log.warning("drain_deadline", cut=len(running), detail="requests still running at the drain deadline "
+                    "were ended; their usage records are written")

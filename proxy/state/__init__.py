@@ -1,0 +1,61 @@
+"""Shared state: one interface (`proxy.state.base.Store`), two implementations chosen by STORE_URL.
+
+    unset, or sqlite:///path      embedded: this process's memory; budgets and spend in SQLite
+                                  (`dataDir/state.db` by default); for a sidecar or one replica
+    redis://host:port/db          Redis: registry, limits, budgets, circuits and caches shared by
+    rediss://… [?prefix=p]        every replica; changes announced on pub/sub (live within 1 s)
+
+In Redis mode provider keys are sealed by the vault before they are stored, so every replica
+must be given the same PROXY_SECRET_KEY. CACHE_URL (`redis://…` or `memory://`) moves the
+caches elsewhere; by default they live with the store.
+"""
+
+from __future__ import annotations
+
+from proxy.config import Config, ConfigError
+from proxy.state.base import REDIS_SCHEMES, Store
+
+
+def open_store(cfg: Config) -> Store:
+    url = cfg.store_url
+    if url and url.startswith(REDIS_SCHEMES):
+        if not cfg.secret_key:
+            raise ConfigError("STORE_URL is a Redis URL: set PROXY_SECRET_KEY, the same on every replica, "
+                              "so that each can open the provider keys another one stored")
+        from proxy.state.redis import RedisStore
+
+        return RedisStore(url, cache_url=cfg.cache_url)
+    if url and not url.startswith("sqlite://"):
+        raise ConfigError(f"STORE_URL: use sqlite:///path or redis://host:port/db, not {url.split(':')[0]}://")
+    from proxy.state.memory import EmbeddedStore
+
+    path = url[len("sqlite://"):] if url else str(cfg.data_path / "state.db")
+    return EmbeddedStore(path or None, cache_url=cfg.cache_url)
+
+
+async def connect(gw) -> None:
+    """Start the store and tie the parts that mirror shared state to its change topics."""
+    store, registry, router = gw.state, gw.registry, gw.router
+    if store.providers is not None:
+        store.subscribe("providers", lambda _data: registry.refresh())
+    store.subscribe("budgets", gw.quota.reload)
+    if store.shared:
+        async def circuit(data: dict | None) -> None:
+            found = await store.circuits() if data is None else {data["name"]: float(data["seconds"])}
+            for name, seconds in found.items():
+                router.open_for(name, seconds)
+
+        store.subscribe("circuit", circuit)
+        router.on_open = lambda name, seconds: store.spawn(store.open_circuit(name, seconds))
+    await store.start()
+    await gw.quota.reload(None)
+    await gw.cache.start()
+    if gw.auth.verifier is not None:
+        await gw.auth.verifier.start()
+
+
+async def disconnect(gw) -> None:
+    if gw.auth.verifier is not None:
+        await gw.auth.verifier.close()
+    await gw.cache.close()
+    await gw.state.close()

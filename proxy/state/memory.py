@@ -1,0 +1,128 @@
+"""The embedded store: one process's memory, with budgets and spend saved to SQLite.
+
+For a sidecar or a single replica. Every count lives in this process, so with
+`listen.workers > 1` each worker keeps its own limits: use the Redis store to share them.
+Spend is written to SQLite once a second (and at stop), never on the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import math
+import time
+
+from proxy.state.base import Rule, Store, Verdict
+from proxy.state.sqlite import StateDB
+
+WINDOW = 60.0  # seconds: RPM and TPM are counted over the last minute, sliding
+BUDGET_RETRY_AFTER = 3600  # an exhausted budget does not refill by itself: a long hint
+_FLUSH_SECONDS = 1.0
+
+
+def retry_in(seconds: float) -> int:
+    return max(math.ceil(seconds), 1)
+
+
+class EmbeddedStore(Store):
+    def __init__(self, db_path: str | None = None, cache_url: str | None = None, clock=time.monotonic) -> None:
+        super().__init__()
+        self.cache_url = cache_url
+        self._clock = clock
+        self._db = StateDB(db_path) if db_path else None
+        self._requests: dict[str, collections.deque[float]] = {}  # admitted request times
+        self._tokens: dict[str, collections.deque[list[int]]] = {}  # [second, tokens] buckets
+        self._spend: dict[str, float] = self._db.spend() if self._db else {}
+        self._budgets: dict[str, float] = self._db.budgets() if self._db else {}
+        self._dirty = False
+
+    async def start(self) -> None:
+        if self._db is not None:
+            self.spawn(self._flush_loop())
+
+    async def close(self) -> None:
+        await super().close()
+        if self._db is not None:
+            self._flush()
+            self._db.close()
+            self._db = None
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(_FLUSH_SECONDS)
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._dirty and self._db is not None:
+            self._dirty = False
+            self._db.save_spend(dict(self._spend))
+
+    # -- limits -------------------------------------------------------------------------------
+    async def admit(self, key_id: str, rule: Rule) -> Verdict | None:
+        return self.check(key_id, rule)
+
+    def check(self, key_id: str, rule: Rule) -> Verdict | None:
+        """The whole check in one synchronous step: nothing else runs in between."""
+        now = self._clock()
+        if rule.budget > 0:
+            spent = self._spend.get(key_id, 0.0)
+            if spent >= rule.budget:
+                return Verdict("budget", BUDGET_RETRY_AFTER, spent)
+        if rule.tpm > 0:
+            used, oldest = self._tokens_used(key_id, int(now))
+            if used >= rule.tpm:
+                return Verdict("tpm", retry_in(oldest + WINDOW - now), used)
+        if rule.rpm > 0:
+            log = self._requests.get(key_id)
+            if log is None:
+                log = self._requests[key_id] = collections.deque()
+            while log and log[0] <= now - WINDOW:
+                log.popleft()
+            if len(log) >= rule.rpm:
+                return Verdict("rpm", retry_in(log[0] + WINDOW - now), len(log))
+            log.append(now)
+        return None
+
+    def _tokens_used(self, key_id: str, second: int) -> tuple[int, int]:
+        buckets = self._tokens.get(key_id)
+        if not buckets:
+            return 0, second
+        while buckets and buckets[0][0] <= second - WINDOW:
+            buckets.popleft()
+        return sum(b[1] for b in buckets), (buckets[0][0] if buckets else second)
+
+    async def charge(self, key_id: str, tokens: int, cost: float) -> None:
+        self.charge_now(key_id, tokens, cost)
+
+    def charge_now(self, key_id: str, tokens: int, cost: float) -> None:
+        if tokens > 0:
+            second = int(self._clock())
+            buckets = self._tokens.get(key_id)
+            if buckets is None:
+                buckets = self._tokens[key_id] = collections.deque()
+            if buckets and buckets[-1][0] == second:
+                buckets[-1][1] += tokens
+            else:
+                buckets.append([second, tokens])
+        if cost > 0:
+            self._spend[key_id] = self._spend.get(key_id, 0.0) + cost
+            self._dirty = True
+
+    async def spend(self, key_id: str) -> float:
+        return self._spend.get(key_id, 0.0)
+
+    async def set_spend(self, key_id: str, usd: float) -> None:
+        self._spend[key_id] = usd
+        self._dirty = True
+
+    async def budgets(self) -> dict[str, float]:
+        return dict(self._budgets)
+
+    async def set_budget(self, key_id: str, limit: float | None) -> None:
+        if limit is None:
+            self._budgets.pop(key_id, None)
+        else:
+            self._budgets[key_id] = limit
+        if self._db is not None:
+            self._db.set_budget(key_id, limit)
+        await self.notify("budgets", {"keyId": key_id})

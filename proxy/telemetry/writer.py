@@ -1,0 +1,182 @@
+"""The spool's writer thread.
+
+The request path hands it items without waiting (`SimpleQueue.put`). It writes them at once, so a
+kill -9 loses nothing already handed over (the page cache outlives the process), and it fsyncs
+at most `commit_ms` after the first unsynced write (group commit: a power cut loses at most that
+window). When the disk refuses writes, items wait in memory up to `queue_size` records; beyond
+that the oldest are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import msgspec
+import structlog
+
+from proxy.telemetry import segments
+from proxy.telemetry.spool import Spool
+
+log = structlog.get_logger("proxy.telemetry")
+
+# Items on the queue: (tag, …)
+RECORD = "R"  # (RECORD, UsageRecord, slot | None)
+BEGIN = "B"  # (BEGIN, slot, info: dict)
+END = "E"  # (END, slot)
+BARRIER = "F"  # (BARRIER, callback): called once everything queued before it is written and synced
+STOP = "S"  # (STOP,)
+
+_RETRY_S = 1.0
+
+
+class Writer:
+    def __init__(self, spool: Spool, *, commit_ms: int = 50, queue_size: int = 100_000, drop_oldest: bool = True,
+                 metrics=None, on_written: Callable[[int], None] | None = None) -> None:
+        self.spool = spool
+        self.commit_s = commit_ms / 1000
+        self.queue_size = queue_size
+        self.drop_oldest = drop_oldest
+        self.metrics = metrics
+        self.on_written = on_written
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.failing = False
+        self._backlog: list[tuple[bytes, int]] = []  # (frames, records) not yet written
+        self._backlog_records = 0
+        self._open: dict[str, bytes] = {}  # slot → BEGIN frame of a request still running
+        self._thread = threading.Thread(target=self._run, name="usage-spool", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, item: tuple) -> None:
+        self.queue.put(item)
+
+    def pending(self) -> int:
+        return self.queue.qsize() + self._backlog_records
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Write what is queued, sync, end the thread; False if it did not end in time."""
+        self.queue.put((STOP,))
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # -- the thread ----------------------------------------------------------------------
+    def _run(self) -> None:
+        encode = msgspec.json.Encoder().encode
+        last_sync, dirty, stopping = time.monotonic(), False, False
+        while not stopping:
+            items = self._take(self._timeout(dirty, last_sync))
+            barriers: list[Callable[[], None]] = []
+            stopping = self._encode(items, encode, barriers)
+            if self._backlog:
+                dirty = self._write() or dirty
+            now = time.monotonic()
+            if dirty and (barriers or stopping or now - last_sync >= self.commit_s) and self._sync():
+                last_sync, dirty = now, False
+            for callback in barriers:
+                callback()
+
+    def _timeout(self, dirty: bool, last_sync: float) -> float | None:
+        if self._backlog:
+            return _RETRY_S
+        if dirty:
+            return max(last_sync + self.commit_s - time.monotonic(), 0.0)
+        return None
+
+    def _take(self, timeout: float | None) -> list[tuple]:
+        try:
+            items = [self.queue.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        get = self.queue.get_nowait
+        try:
+            while len(items) < 10_000:
+                items.append(get())
+        except queue.Empty:
+            pass
+        return items
+
+    def _encode(self, items: list[tuple], encode, barriers: list) -> bool:
+        out, records, stopping = [], 0, False
+        for item in items:
+            tag = item[0]
+            if tag == RECORD:
+                _, record, slot = item
+                out.append(segments.frame(segments.RECORD, segments.payload(slot, encode(record))))
+                if slot is not None:
+                    self._open.pop(slot, None)
+                records += 1
+            elif tag == BEGIN:
+                framed = segments.frame(segments.BEGIN, segments.payload(item[1], encode(item[2])))
+                self._open[item[1]] = framed
+                out.append(framed)
+            elif tag == END:
+                if self._open.pop(item[1], None) is not None:
+                    out.append(segments.frame(segments.END, segments.payload(item[1])))
+            elif tag == BARRIER:
+                barriers.append(item[1])
+            elif tag == STOP:
+                stopping = True
+        if out:
+            self._backlog.append((b"".join(out), records))
+            self._backlog_records += records
+        return stopping
+
+    def _write(self) -> bool:
+        data = b"".join(chunk for chunk, _ in self._backlog)
+        try:
+            self.spool.append(data)
+        except OSError as exc:
+            self._failed(exc)
+            return False
+        written = self._backlog_records
+        self._backlog, self._backlog_records = [], 0
+        if self.failing:
+            self.failing = False
+            log.warning("spool_writable_again")
+        self._after_write(written)
+        return True
+
+    def _failed(self, exc: OSError) -> None:
+        if self.metrics is not None:
+            self.metrics.spool_write_errors.inc()
+        if not self.failing:
+            self.failing = True
+            log.error("spool_write_failed", error=exc.strerror or type(exc).__name__,
+                      detail="usage records are held in memory and written when the disk accepts them")
+        while self._backlog_records > self.queue_size and len(self._backlog) > 1:
+            _, lost = self._backlog.pop(0)
+            self._backlog_records -= lost
+            self._dropped("queue_full", lost)
+
+    def _after_write(self, records: int) -> None:
+        spool = self.spool
+        if spool.wants_roll():
+            try:
+                spool.roll(b"".join(self._open.values()))  # running requests' BEGINs move along
+            except OSError as exc:
+                self._failed(exc)
+        if self.drop_oldest and spool.bytes > spool.max_bytes:
+            lost = sum(spool.drop_oldest().values())
+            if lost:
+                self._dropped("spool_full", lost)
+        if self.metrics is not None:
+            self.metrics.spool_bytes.set(spool.bytes)
+        if records and self.on_written is not None:
+            self.on_written(records)
+
+    def _dropped(self, reason: str, count: int) -> None:
+        if self.metrics is not None:
+            self.metrics.records_dropped.labels(reason).inc(count)
+        log.error("usage_records_dropped", reason=reason, records=count)
+
+    def _sync(self) -> bool:
+        try:
+            self.spool.sync()
+        except OSError as exc:
+            self._failed(exc)
+            return False
+        return True

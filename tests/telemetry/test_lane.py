@@ -1,0 +1,136 @@
+"""A sink's lane: retries with jittered exponential backoff, honouring Retry-After (R36)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+
+from proxy.config import Telemetry
+from proxy.metrics import Metrics
+from proxy.telemetry import writer
+from proxy.telemetry.lane import Backoff, Lane, Retryable
+from proxy.telemetry.spool import Spool
+from tests.telemetry.helpers import Recorder, record, until
+
+
+def test_backoff_starts_at_a_second_doubles_and_is_capped():
+    low, high = Backoff(rng=lambda: 0.0), Backoff(rng=lambda: 0.999)
+    assert low.delay(0) == 1.0 and high.delay(0) < 1.5  # first retry ≥ 1 s
+    assert [low.delay(n) for n in range(7)] == [1, 2, 4, 8, 16, 32, 32]
+    assert high.delay(30) < 48  # cap 32 s plus at most half again of jitter
+
+
+def test_backoff_never_retries_before_retry_after():
+    backoff = Backoff(rng=lambda: 0.5)
+    assert 7.0 <= backoff.delay(0, retry_after=7) <= 7.7
+    assert backoff.delay(5, retry_after=0) == 1.0 * 1.05  # never sooner than the first step
+    assert backoff.delay(0, retry_after=10_000) <= 900 * 1.1  # a silly Retry-After is capped
+
+
+async def _lane(tmp_path, sink, metrics=None, **kw):
+    spool = Spool(tmp_path)
+    spool.open()
+    spool.attach(sink.name)
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    lane = Lane(sink, spool, pool, Telemetry(**kw), metrics)
+    w = writer.Writer(spool, commit_ms=5, on_written=lambda n: None)
+    w.start()
+    return spool, pool, lane, w
+
+
+async def test_a_failing_batch_is_retried_in_order_until_taken(tmp_path):
+    sink = Recorder("castai", fail=3)
+    metrics = Metrics()
+    spool, pool, lane, w = await _lane(tmp_path, sink, batch_size=5, flush_ms=20,
+                                       retry_initial=0.05, retry_max=0.2, metrics=metrics)
+    for i in range(12):
+        w.submit((writer.RECORD, record(i), None))
+    lane.start()
+    await until(lambda: len(sink.ids) == 12)
+    assert sink.ids == [f"rec-{i:08d}" for i in range(12)]
+    gaps = [b - a for a, b in zip(sink.attempts, sink.attempts[1:], strict=False)][:3]
+    assert all(gap >= 0.05 for gap in gaps)
+    assert metrics.sink_retries.labels("castai", "test")._value.get() == 3
+    assert metrics.records_sent.labels("castai")._value.get() == 12
+    await lane.close(1)
+    w.stop(5)
+    spool.close()
+    pool.shutdown()
+
+
+async def test_retry_after_is_honoured(tmp_path):
+    sink = Recorder("castai", fail=1, retry_after=0.4)
+    spool, pool, lane, w = await _lane(tmp_path, sink, batch_size=5, flush_ms=20, retry_initial=0.01,
+                                       retry_max=0.05)
+    w.submit((writer.RECORD, record(0), None))
+    lane.start()
+    await until(lambda: sink.ids)
+    assert sink.attempts[1] - sink.attempts[0] >= 0.4
+    await lane.close(1)
+    w.stop(5)
+    spool.close()
+    pool.shutdown()
+
+
+async def test_closing_during_an_outage_leaves_the_batch_in_the_spool(tmp_path):
+    sink = Recorder("castai", fail=10**6)
+    spool, pool, lane, w = await _lane(tmp_path, sink, batch_size=5, flush_ms=20, retry_initial=0.01,
+                                       retry_max=0.05)
+    for i in range(3):
+        w.submit((writer.RECORD, record(i), None))
+    lane.start()
+    await until(lambda: len(sink.attempts) >= 2)
+    started = time.monotonic()
+    await lane.close(1)
+    assert time.monotonic() - started < 0.5
+    w.stop(5)
+    spool.close()
+    pool.shutdown()
+    again = Spool(tmp_path)
+    assert again.open().records == 3
+    again.attach("castai")
+    assert len(again.read("castai", 10)[0]) == 3
+    again.close()
+
+
+def test_retryable_carries_its_reason():
+    exc = Retryable("http_503", 2.0)
+    assert (exc.reason, exc.retry_after, str(exc)) == ("http_503", 2.0, "http_503")
+
+
+async def test_an_exception_that_is_not_retryable_is_retried_too(tmp_path):
+    class Broken(Recorder):
+        async def send(self, records):
+            if not self.attempts:
+                self.attempts.append(time.monotonic())
+                raise ValueError("a bug in a sink")
+            await super().send(records)
+
+    sink = Broken("odd")
+    spool, pool, lane, w = await _lane(tmp_path, sink, batch_size=5, flush_ms=20, retry_initial=0.01,
+                                       retry_max=0.05)
+    w.submit((writer.RECORD, record(0), None))
+    lane.start()
+    await until(lambda: sink.ids)
+    await lane.close(1)
+    w.stop(5)
+    spool.close()
+    pool.shutdown()
+    await asyncio.sleep(0)
+
+
+def test_an_undecodable_record_is_skipped_and_counted(tmp_path):
+    from proxy.telemetry.lane import read_records
+    from proxy.telemetry.record import encode
+    from proxy.telemetry.segments import RECORD, frame, payload
+
+    spool = Spool(tmp_path)
+    spool.open()
+    spool.attach("local")
+    spool.append(frame(RECORD, payload(None, b"not json")) + frame(RECORD, payload(None, encode(record(1)))))
+    metrics = Metrics()
+    records, _ = read_records(spool, "local", 10, metrics)
+    assert [r.id for r in records] == ["rec-00000001"]
+    assert metrics.records_dropped.labels("unreadable")._value.get() == 1
+    spool.close()

@@ -1,0 +1,139 @@
+"""The spool writer: written at once, synced in groups, holding on when the disk refuses (R37)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import time
+
+from proxy.metrics import Metrics
+from proxy.telemetry import writer
+from proxy.telemetry.spool import Spool
+from tests.telemetry.helpers import record
+
+
+def _wait(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline
+        time.sleep(0.002)
+
+
+def _spool(tmp_path, **kw) -> Spool:
+    spool = Spool(tmp_path, **kw)
+    spool.open()
+    spool.attach("local")
+    return spool
+
+
+def _barrier(w: writer.Writer) -> None:
+    done = threading.Event()
+    w.submit((writer.BARRIER, done.set))
+    assert done.wait(5)
+
+
+def test_a_record_is_in_the_file_at_once_and_synced_within_the_commit_window(tmp_path):
+    spool = _spool(tmp_path)
+    syncs = []
+    real_sync = spool.sync
+    spool.sync = lambda: (syncs.append(time.monotonic()), real_sync())
+    w = writer.Writer(spool, commit_ms=50)
+    w.start()
+    submitted = time.monotonic()
+    w.submit((writer.RECORD, record(1), None))
+    _wait(lambda: spool.bytes > 0, timeout=0.05)  # written before any commit window passed
+    _wait(lambda: syncs)
+    assert syncs[0] - submitted < 0.1
+    for i in range(100):  # a steady stream: at most one fsync per commit window
+        w.submit((writer.RECORD, record(i), None))
+        time.sleep(0.002)
+    _wait(lambda: w.pending() == 0)
+    count = len(syncs)
+    assert count <= 2 + (syncs[-1] - syncs[0]) / 0.05
+    assert w.stop(5)
+    assert len(spool.read("local", 1000)[0]) == 101
+    spool.close()
+
+
+def test_when_the_disk_refuses_records_wait_in_memory_then_land(tmp_path):
+    spool = _spool(tmp_path)
+    metrics = Metrics()
+    refuse = {"on": True}
+    real_append = spool.append
+
+    def append(data):
+        if refuse["on"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_append(data)
+
+    spool.append = append
+    w = writer.Writer(spool, commit_ms=10, queue_size=1000, metrics=metrics)
+    w.start()
+    for i in range(20):
+        w.submit((writer.RECORD, record(i), None))
+    _wait(lambda: w.failing)
+    assert w.pending() == 20 and metrics.spool_write_errors._value.get() >= 1
+    refuse["on"] = False
+    _wait(lambda: not w.failing and w.pending() == 0, timeout=3)
+    assert len(spool.read("local", 100)[0]) == 20
+    assert w.stop(5)
+    spool.close()
+
+
+def test_beyond_the_memory_bound_the_oldest_are_dropped_and_counted(tmp_path):
+    spool = _spool(tmp_path)
+    metrics = Metrics()
+    spool.append = lambda data: (_ for _ in ()).throw(OSError(errno.ENOSPC, "full"))
+    w = writer.Writer(spool, commit_ms=10, queue_size=50, metrics=metrics)
+    w.start()
+    for i in range(200):
+        w.submit((writer.RECORD, record(i), None))
+        if i % 20 == 0:
+            _barrier(w)
+    _barrier(w)
+    dropped = metrics.records_dropped.labels("queue_full")._value.get()
+    assert dropped > 0 and dropped + w.pending() == 200
+    assert w.stop(5)
+    spool.close()
+
+
+def test_a_roll_carries_the_begins_of_requests_still_running(tmp_path):
+    spool = _spool(tmp_path, segment_bytes=4096)
+    w = writer.Writer(spool, commit_ms=5)
+    w.start()
+    w.submit((writer.BEGIN, "a" * 24, {"ts": 1.0, "route": "chat"}))
+    w.submit((writer.BEGIN, "b" * 24, {"ts": 1.0, "route": "chat"}))
+    w.submit((writer.RECORD, record(0), "a" * 24))
+    for i in range(100):
+        w.submit((writer.RECORD, record(i + 1), None))
+    _barrier(w)
+    assert w.stop(5)
+    spool.close()
+    oldest = sorted(spool.dir.glob("*.seg"))[0]
+    oldest.unlink()  # the segment holding the original BEGINs is gone…
+    again = Spool(tmp_path)
+    assert list(again.open().open_begins()) == ["b" * 24]  # …"b" was carried into the next one
+    again.close()
+
+
+def test_over_the_cap_the_oldest_segments_go_and_are_counted(tmp_path):
+    spool = _spool(tmp_path, max_bytes=1024 * 1024, segment_bytes=64 * 1024)
+    metrics = Metrics()
+    w = writer.Writer(spool, commit_ms=5, metrics=metrics)
+    w.start()
+    for i in range(6000):
+        w.submit((writer.RECORD, record(i), None))
+    _barrier(w)
+    assert w.stop(5)
+    dropped = metrics.records_dropped.labels("spool_full")._value.get()
+    kept = 0
+    for _ in range(1000):
+        batch, end = spool.read("local", 500)
+        spool.ack("local", end)
+        kept += len(batch)
+        if not batch:
+            break
+    assert dropped > 0 and dropped + kept == 6000
+    assert spool.bytes <= spool.max_bytes
+    spool.close()

@@ -1,0 +1,169 @@
+"""The HTTP server's own defences (proxy.server): the guarded handler, the connection cap, the
+framing checks. RELIABILITY R21-R24 run them at scale in tests/reliability/test_r21_r24_*."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
+
+from proxy import server
+from tests.conftest import openai_provider
+from tests.fakes.openai import Behaviour
+
+BODY = b'{"model":"m","messages":[{"role":"user","content":"hi"}]}'
+
+
+def _post(extra: bytes = b"", body: bytes = BODY) -> bytes:
+    return (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n" % len(body) + extra + b"\r\n" + body)
+
+
+async def _open(port: int):
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+def test_it_still_hooks_into_aiohttp_the_way_it_expects():
+    """The handler internals `GuardedHandler` reads; a new aiohttp that renames them fails here."""
+    from aiohttp.base_protocol import BaseProtocol
+
+    assert {"_waiter", "_messages", "_force_close"} <= set(web.RequestHandler.__slots__)
+    assert "_loop" in BaseProtocol.__slots__
+    assert callable(web.AppRunner._make_server)
+
+
+async def test_runner_serves_guarded_handlers_with_the_configured_limits(served, fake_openai):
+    gw = await served({"providers": [openai_provider(fake_openai, models=("m",))],
+                       "limits": {"keepAlive": 7, "maxHeaderLine": 4096, "maxHeaders": 50}})
+    reader, writer = await _open(gw.port)
+    writer.write(_post())
+    assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200")
+    (handler,) = gw.runner.server.connections
+    assert isinstance(gw.runner.server, server.GuardedServer) and isinstance(handler, server.GuardedHandler)
+    assert handler.keepalive_timeout == 7 and handler.max_line_size == 4096 and handler.max_headers == 50
+    writer.close()
+
+
+async def test_a_request_trickling_its_headers_gets_a_408_at_the_header_deadline(served):
+    gw = await served({"limits": {"headerTimeout": 0.3}})
+    reader, writer = await _open(gw.port)
+    started = time.monotonic()
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    answer = await asyncio.wait_for(reader.read(), 2)
+    assert 0.3 <= time.monotonic() - started < 1.0
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert orjson.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "request_timeout"
+    assert gw.runner.guard.refused == {"header_timeout": 1}
+
+
+async def test_a_silent_connection_is_left_to_the_keep_alive_timeout(served):
+    gw = await served({"limits": {"headerTimeout": 0.2, "keepAlive": 0.8}})
+    reader, writer = await _open(gw.port)
+    started = time.monotonic()
+    assert await asyncio.wait_for(reader.read(), 3) == b""  # no bytes at all: closed, not answered
+    assert time.monotonic() - started >= 0.7
+    assert gw.runner.guard.refused == {}
+
+
+async def test_requests_arriving_whole_arm_no_timer(served, fake_openai):
+    gw = await served({"providers": [openai_provider(fake_openai, models=("m",))]})
+    reader, writer = await _open(gw.port)
+    writer.write(_post())
+    await reader.readuntil(b"\r\n")
+    (handler,) = gw.runner.server.connections
+    assert handler._timer is None
+    writer.close()
+
+
+@pytest.mark.parametrize("pieces", [1, 8], ids=["one-read", "many-reads"])
+async def test_the_whole_header_section_is_capped(served, fake_openai, pieces):
+    gw = await served({"providers": [openai_provider(fake_openai, models=("m",))],
+                       "limits": {"maxHeaderBytes": 4096}})
+    raw = _post(b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 500) for i in range(10)))
+    reader, writer = await _open(gw.port)
+    step = len(raw) // pieces + 1
+    for i in range(0, len(raw), step):
+        writer.write(raw[i:i + step])
+        await writer.drain()
+        await asyncio.sleep(0.01)
+    answer = await asyncio.wait_for(reader.read(), 2)
+    assert answer.split(b" ")[1] == b"431"
+    assert fake_openai.requests == []
+
+
+async def test_a_body_below_the_minimum_rate_closes_the_connection(served, fake_openai):
+    gw = await served({"providers": [openai_provider(fake_openai, models=("m",))],
+                       "limits": {"minBodyRate": 1000, "bodyRateWindow": 0.2}})
+    reader, writer = await _open(gw.port)
+    raw = _post()
+    writer.write(raw[:-10])  # the headers and most of the body, then nothing
+    started = time.monotonic()
+    assert await asyncio.wait_for(reader.read(), 2) == b""
+    assert time.monotonic() - started < 0.6
+    assert gw.runner.guard.refused == {"slow_body": 1} and fake_openai.requests == []
+
+
+async def test_over_the_connection_cap_the_oldest_idle_connection_goes(served, fake_openai):
+    gw = await served({"providers": [openai_provider(fake_openai, models=("m",))],
+                       "limits": {"maxConnections": 3}})
+    idle = [await _open(gw.port) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    reader, writer = await _open(gw.port)  # a fourth, with a real request
+    writer.write(_post())
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 2)).startswith(b"HTTP/1.1 200")
+    assert await asyncio.wait_for(idle[0][0].read(), 2) == b""  # the oldest idle one was closed
+    assert gw.runner.guard.refused == {"connection_cap_evicted": 1}
+    for _, w in idle + [(reader, writer)]:
+        w.close()
+
+
+async def test_over_the_cap_with_every_connection_busy_the_new_one_is_closed(served, fake_openai):
+    fake_openai.on("slow", Behaviour(delay_headers=1.0))
+    gw = await served({"providers": [openai_provider(fake_openai, models=("slow",))],
+                       "limits": {"maxConnections": 2}})
+    busy = [await _open(gw.port) for _ in range(2)]
+    for _, writer in busy:
+        writer.write(_post(body=BODY.replace(b'"m"', b'"slow"')))
+    await asyncio.sleep(0.2)
+    reader, writer = await _open(gw.port)
+    assert await asyncio.wait_for(reader.read(), 2) == b""
+    assert gw.runner.guard.refused == {"connection_cap": 1}
+    for r, _ in busy:  # the busy ones finish normally
+        assert (await asyncio.wait_for(r.readuntil(b"\r\n"), 3)).startswith(b"HTTP/1.1 200")
+
+
+async def test_parser_errors_leave_in_openai_shape_and_close(served):
+    gw = await served()
+    reader, writer = await _open(gw.port)
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+    answer = await asyncio.wait_for(reader.read(), 2)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == b"400"  # and read() returned: the connection was closed
+    assert orjson.loads(body)["error"] == {"message": "the request is not valid HTTP/1.1", "type": "invalid_request_error",
+                                           "param": None, "code": "bad_http_request"}
+
+
+@pytest.mark.parametrize(("method", "path", "version", "headers", "status"), [
+    ("POST", "/v1/chat/completions", (2, 0), {}, 505),
+    ("POST", "/v1/chat/completions", (0, 9), {}, 505),
+    ("POST", "http://elsewhere/v1/chat/completions", (1, 1), {}, 400),
+    ("CONNECT", "/x", (1, 1), {}, 400),
+    ("POST", "/v1/chat/completions", (1, 0), {"Transfer-Encoding": "chunked"}, 400),
+    ("POST", "/v1/chat/completions", (1, 1), {"Transfer-Encoding": "gzip, chunked"}, 501),
+    ("POST", "/v1/chat/completions", (1, 1), {"Transfer-Encoding": "Chunked"}, None),
+    ("POST", "/v1/chat/completions", (1, 0), {}, None),
+    ("GET", "/healthz", (1, 1), {}, None),
+])
+def test_framing_checks(method, path, version, headers, status):
+    from unittest import mock
+
+    from aiohttp import HttpVersion
+
+    protocol = mock.Mock(refusal=None)  # nothing found while parsing
+    request = make_mocked_request(method, path, headers=headers, version=HttpVersion(*version), protocol=protocol)
+    error = server.framing_error(request)
+    assert (error.status if error else None) == status
