@@ -48,27 +48,43 @@ class Batcher:
         self.lanes = [Lane(sink, spool, self._pool, cfg, metrics) for sink in sinks]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
+        self._held: list[tuple] = []  # this loop turn's items, handed to the writer in one go
+
+    def _submit(self, item: tuple) -> None:
+        """Queue `item` for the writer at the end of this loop turn: one wake-up per turn, not per item."""
+        held = self._held
+        held.append(item)
+        if len(held) == 1:
+            if self._loop is None:
+                self._handover()
+            else:
+                self._loop.call_soon(self._handover)
+
+    def _handover(self) -> None:
+        if self._held:
+            held, self._held = self._held, []
+            self.writer.submit((writer.BATCH, held))
 
     # -- the request path: never waits, never raises ------------------------------------
     def put(self, record: UsageRecord) -> None:
         slot = CURRENT.get()
         if slot is not None:
             slot.closed = True
-        if self.writer.pending() >= self.queue_size:
+        if self.writer.pending() + len(self._held) >= self.queue_size:
             if self.metrics is not None:
                 self.metrics.records_dropped.labels("queue_full").inc()
             return
-        self.writer.submit((writer.RECORD, record, slot.id if slot is not None else None))
+        self._submit((writer.RECORD, record, slot.id if slot is not None else None))
 
     def begin(self, info) -> Slot:
         slot = Slot()
-        self.writer.submit((writer.BEGIN, slot.id, info))
+        self._submit((writer.BEGIN, slot.id, info))
         return slot
 
     def end(self, slot: Slot) -> None:
         if not slot.closed:
             slot.closed = True
-            self.writer.submit((writer.END, slot.id))
+            self._submit((writer.END, slot.id))
 
     @property
     def refusing(self) -> bool:
@@ -76,7 +92,7 @@ class Batcher:
         return self.reject and (self.spool.bytes >= self.spool.max_bytes or self.writer.failing)
 
     def __len__(self) -> int:
-        return self.writer.pending()
+        return self.writer.pending() + len(self._held)
 
     # -- life cycle ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -121,6 +137,7 @@ class Batcher:
         """Wait until everything handed over so far is written and synced."""
         future = self._loop.create_future()
         loop = self._loop
+        self._handover()
         self.writer.submit((writer.BARRIER, lambda: loop.call_soon_threadsafe(_resolve, future)))
         await future
 
@@ -146,6 +163,7 @@ class Batcher:
         remaining = max(deadline - loop.time(), 0.1)
         await asyncio.gather(*(lane.close(remaining) for lane in self.lanes))
         self._running = False
+        self._handover()
         await loop.run_in_executor(None, self.writer.stop, 5.0)
         await loop.run_in_executor(self._pool, self.spool.close)
         self._pool.shutdown(wait=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime
+import itertools
 import os
 import time
 
@@ -30,13 +31,17 @@ _RECORDED = ("/chat/completions", "/embeddings")
 _RETRY_AFTER_S = 5
 
 
+_PREFIX = os.urandom(6).hex()  # one per process: slots stay unique across restarts
+_COUNTER = itertools.count(1)
+
+
 class Slot:
     """One journalled request; closed by its record or by the end of its handler."""
 
     __slots__ = ("id", "closed")
 
     def __init__(self) -> None:
-        self.id = os.urandom(12).hex()
+        self.id = f"{_PREFIX}{next(_COUNTER):012x}"  # segments.SLOT_BYTES wide
         self.closed = False
 
 

@@ -26,6 +26,7 @@ log = structlog.get_logger("proxy.telemetry")
 RECORD = "R"  # (RECORD, UsageRecord, slot | None)
 BEGIN = "B"  # (BEGIN, slot, info: dict)
 END = "E"  # (END, slot)
+BATCH = "M"  # (BATCH, [item, …]): one loop turn's items in one hand-over
 BARRIER = "F"  # (BARRIER, callback): called once everything queued before it is written and synced
 STOP = "S"  # (STOP,)
 
@@ -47,15 +48,18 @@ class Writer:
         self._backlog_records = 0
         self._open: dict[str, bytes] = {}  # slot → BEGIN frame of a request still running
         self._thread = threading.Thread(target=self._run, name="usage-spool", daemon=True)
+        self._submitted = 0  # items handed over (written by the submitting thread only)
+        self._taken = 0  # items taken off the queue (written by this writer's thread only)
 
     def start(self) -> None:
         self._thread.start()
 
     def submit(self, item: tuple) -> None:
+        self._submitted += len(item[1]) if item[0] == BATCH else 1
         self.queue.put(item)
 
     def pending(self) -> int:
-        return self.queue.qsize() + self._backlog_records
+        return max(self._submitted - self._taken, 0) + self._backlog_records
 
     def stop(self, timeout: float | None = None) -> bool:
         """Write what is queued, sync, end the thread; False if it did not end in time."""
@@ -97,12 +101,25 @@ class Writer:
                 items.append(get())
         except queue.Empty:
             pass
-        return items
+        flat = []
+        for item in items:
+            if item[0] == BATCH:
+                flat += item[1]
+            else:
+                flat.append(item)
+        self._taken += len(flat) - sum(1 for item in flat if item[0] == STOP)
+        return flat
 
     def _encode(self, items: list[tuple], encode, barriers: list) -> bool:
         out, records, stopping = [], 0, False
+        # A request that began and ended within these items needs no BEGIN on disk: its record
+        # (or its END) is written in the same append.
+        ended = {item[2] if item[0] == RECORD else item[1] for item in items
+                 if item[0] == END or (item[0] == RECORD and item[2] is not None)}
         for item in items:
             tag = item[0]
+            if tag == BEGIN and item[1] in ended:
+                continue
             if tag == RECORD:
                 _, record, slot = item
                 out.append(segments.frame(segments.RECORD, segments.payload(slot, encode(record))))

@@ -137,3 +137,27 @@ def test_over_the_cap_the_oldest_segments_go_and_are_counted(tmp_path):
     assert dropped > 0 and dropped + kept == 6000
     assert spool.bytes <= spool.max_bytes
     spool.close()
+
+
+def test_a_batch_is_written_in_one_go_and_a_begin_closed_within_it_is_left_out(tmp_path):
+    from proxy.telemetry.spool import Recovery
+
+    spool = _spool(tmp_path)
+    w = writer.Writer(spool, commit_ms=20)
+    w.start()
+    a, b = "a" * 24, "b" * 24
+    w.submit((writer.BATCH, [(writer.BEGIN, a, {"ts": 1}), (writer.BEGIN, b, {"ts": 2}),
+                             (writer.RECORD, record(1), a)]))
+    _barrier(w)
+    assert w.pending() == 0
+    recovery = Recovery()
+    for path in sorted(tmp_path.rglob("*.seg")):
+        recovery.scan(path.read_bytes())
+    assert set(recovery.begins) == {b} and set(recovery.open_begins()) == {b}  # a: BEGIN never written
+    w.submit((writer.BATCH, [(writer.RECORD, record(2), b)]))
+    _barrier(w)
+    recovery = Recovery()
+    for path in sorted(tmp_path.rglob("*.seg")):
+        recovery.scan(path.read_bytes())
+    assert recovery.records == 2 and recovery.open_begins() == {}
+    assert w.stop(5)
