@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 
 import aiohttp
 import msgspec
@@ -15,6 +16,10 @@ from proxy.gateway import GATEWAY
 from tests.fakes.openai import FakeOpenAI
 
 ADMIN_KEY = "admin-key-for-tests-0001"
+# The provider key planted in every `openai_provider`: random per run, so that the session-wide
+# sweep (tests/sweep.py, RELIABILITY R30) can look for any 8-character piece of it anywhere.
+PROVIDER_KEY = "sk-" + secrets.token_hex(16)
+
 
 
 @pytest.fixture
@@ -74,7 +79,7 @@ async def gateway(aiohttp_server, tmp_path):
 
 
 def openai_provider(fake: FakeOpenAI, name: str = "fake", models=("gpt-4o-mini",), **extra) -> dict:
-    return {"name": name, "supportedProvider": "OPENAI_COMPATIBLE", "url": fake.url, "apiKey": "sk-fake-provider-key-" + name,
+    return {"name": name, "supportedProvider": "OPENAI_COMPATIBLE", "url": fake.url, "apiKey": PROVIDER_KEY + "-" + name,
             "models": list(models), "isHosted": True, **extra}
 
 
@@ -168,3 +173,6 @@ async def redis_url():
     async for key in client.scan_iter(match=prefix + "*", count=1000):
         await client.delete(key)
     await client.aclose()
+
+
+from tests.sweep import pytest_runtest_logreport, pytest_sessionfinish  # noqa: E402,F401  (R30, run-wide)

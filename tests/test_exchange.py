@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from proxy.telemetry.record import UsageRecord
-from tests.conftest import openai_provider
+from tests.conftest import PROVIDER_KEY, openai_provider
 
 FIELDS = ("id time clusterId apiKeyId provider providerType providerKeyLast4 modelRequested modelServed stream "
           "status errorType promptTokens completionTokens cachedTokens reasoningTokens totalTokens tokensEstimated "
@@ -28,7 +28,7 @@ async def test_record_fields_cost_and_no_secrets(gateway, fake_openai):
     assert abs(record.cost_usd - (10 * 0.15 + 2 * 0.075 + 10 * 0.6) / 1e6) < 1e-12
     assert record.latency_ms >= record.ttft_ms >= 0 and record.proxy_overhead_ms >= 0
     text = msgspec.json.encode(record).decode()
-    assert "caller-secret-key" not in text and "sk-fake-provider-key" not in text
+    assert "caller-secret-key" not in text and PROVIDER_KEY[:12] not in text
 
 
 async def test_rejected_requests_have_a_record_too(gateway):

@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from proxy.upstream import Watchdog, redact
-from tests.conftest import openai_provider
+from tests.conftest import PROVIDER_KEY, openai_provider
 from tests.fakes.openai import Behaviour, FakeOpenAI
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -145,7 +145,7 @@ async def test_failover_causes_and_the_error_left_when_none_remains(gateway, fak
     second = await FakeOpenAI().start(aiohttp_server)
     for fake, name in ((fake_openai, "a"), (second, "b")):  # each echoes the key it was sent
         fake.default = Behaviour(status=status, headers={"Retry-After": "7"} if status == 429 else {},
-                                 error={"message": f"Incorrect API key provided: sk-fake-provider-key-{name}",
+                                 error={"message": f"Incorrect API key provided: {PROVIDER_KEY}-{name}",
                                         "type": "invalid_request_error", "param": None, "code": "x"})
     gw = await gateway({"providers": [openai_provider(fake_openai, name="a"), openai_provider(second, name="b")]})
     async with gw.post("/v1/chat/completions", json=_body("gpt-4o-mini")) as resp:
@@ -153,7 +153,7 @@ async def test_failover_causes_and_the_error_left_when_none_remains(gateway, fak
         error = (await resp.json())["error"]
         text = await resp.text()
     assert error["code"] == code
-    assert "sk-fake-provider-key" not in text
+    assert PROVIDER_KEY[:12] not in text
     assert len(fake_openai.requests) == 1 and len(second.requests) == 1
     if status == 429:
         assert resp.headers["Retry-After"] == "7"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from tests.conftest import openai_provider
+from tests.conftest import PROVIDER_KEY, openai_provider
 from tests.fakes.openai import Behaviour
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
@@ -73,7 +73,7 @@ async def test_r28_caller_credentials_and_hop_by_hop_headers_never_reach_the_pro
         lowered = {k.lower() for k in seen.headers}
         assert not lowered & {h.lower() for h in HOP_BY_HOP if h not in ("Connection",)}
         assert seen.headers.get("Connection", "keep-alive").lower() in ("keep-alive", "close")
-        assert seen.headers["Authorization"] == "Bearer sk-fake-provider-key-fake"  # exactly one credential
+        assert seen.headers["Authorization"] == f"Bearer {PROVIDER_KEY}-fake"  # exactly one credential
         assert seen.headers["Host"] == fake_openai.root.removeprefix("http://")
 
 
