@@ -16,6 +16,7 @@ import yaml
 from msgspec import Meta
 
 from proxy.catalog import CatalogConfig
+from proxy.telemetry.prices import Price
 
 
 class ConfigError(Exception):
@@ -195,6 +196,7 @@ class Config(_Struct):
     drain: Drain = Drain()
     catalog: CatalogConfig = CatalogConfig()  # hosted specs, quality scores, auto aliases
     cache: Cache = Cache()  # the response cache
+    prices: dict[str, Price] = {}  # USD per 1M tokens, over the bundled table: "model" or "provider/model"
     store_url: str | None = None
     cache_url: str | None = None
     secret_key: str | None = None

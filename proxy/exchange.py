@@ -129,7 +129,8 @@ class Exchange:
         provider = self.provider
         gw = self.gw
         served = self.model_served
-        cost = gw.prices.cost(served, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+        cost = gw.prices.cost(served, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
+                              provider.name if provider else None)
         baseline = self.savings_baseline or self.model_requested
         listed = gw.prices.cost(baseline, usage.prompt_tokens, usage.completion_tokens)
         savings = max(listed - (cost or 0.0), 0.0) if listed is not None and served != baseline else 0.0
@@ -162,7 +163,7 @@ class Exchange:
             return 0, 0.0
         usage = self._tokens()
         cost = self.gw.prices.cost(self.model_served, usage.prompt_tokens, usage.completion_tokens,
-                                   usage.cached_tokens)
+                                   usage.cached_tokens, self.provider.name if self.provider else None)
         return usage.total_tokens or usage.prompt_tokens + usage.completion_tokens, cost or 0.0
 
     def provider_key(self, key: str | None) -> None:

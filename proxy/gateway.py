@@ -34,7 +34,7 @@ class Gateway:
         self.auth = Authenticator(cfg, verifier)
         self.quota = Quota(cfg, self.state)  # per-key RPM, TPM and budget
         self.cache = ResponseCache(cfg.cache, self.state)
-        self.prices = Prices()
+        self.prices = Prices(cfg.prices)
         self.telemetry = UsagePipeline(cfg, data, self.metrics)  # spool, sinks, heartbeat
         self.store = self.telemetry.store
         self.batcher = self.telemetry.batcher

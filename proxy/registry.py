@@ -53,6 +53,8 @@ class Provider:
         out = msgspec.to_builtins(self.item)
         key = self._key or ""
         out["apiKey"] = key if key.startswith("env:") else last4(key)
+        if out.get("headers"):  # static headers may carry credentials too: shown like keys
+            out["headers"] = {name: last4(value) for name, value in out["headers"].items()}
         out["source"] = self.source
         return out
 
@@ -113,6 +115,9 @@ def validate(items: Iterable[ProviderItem], allow_private: bool = True) -> list[
     return checked
 
 
+_SEALED = "sealed:"  # a static header value stored sealed by the vault
+
+
 class _Table:
     """SQLite persistence of admin registrations (keys sealed)."""
 
@@ -164,6 +169,10 @@ class Registry:
         loaded = {}
         for raw, sealed in rows:
             item = msgspec.json.decode(raw, type=ProviderItem)
+            if item.headers:
+                item = msgspec.structs.replace(item, headers={
+                    name: self._vault.open(value[len(_SEALED):]) if value.startswith(_SEALED) else value
+                    for name, value in item.headers.items()})
             key = self._vault.open(sealed) if sealed else None
             loaded[item.name] = Provider(item, providers.adapter(item.supported_provider), "api", key)
         return loaded
@@ -202,7 +211,11 @@ class Registry:
         rows = []
         for provider, item in zip(made, items, strict=True):
             sealed = self._vault.seal(item.api_key) if item.api_key else None
-            rows.append((item.name, msgspec.json.encode(provider.item), sealed))
+            stored = provider.item
+            if stored.headers:  # static headers may carry credentials: sealed like the key
+                stored = msgspec.structs.replace(stored, headers={
+                    name: _SEALED + self._vault.seal(value) for name, value in stored.headers.items()})
+            rows.append((item.name, msgspec.json.encode(stored), sealed))
         return made, rows
 
     def _adopt(self, made: list[Provider]) -> None:

@@ -70,3 +70,17 @@ async def test_shared_registrations_are_stored_sealed_and_seen_by_another_regist
     assert [p.name for p in one.by_model["m"]] == ["file"]
     await one_store.close()
     await two_store.close()
+
+
+def test_static_headers_are_sealed_on_disk_restored_on_load_and_listed_as_last4(tmp_path):
+    db = str(tmp_path / "r.db")
+    secret = "org-token-0123456789abcdef"
+    reg = Registry([], Vault("k", tmp_path), db)
+    reg.upsert([_item(name="api", headers={"OpenAI-Organization": secret})])
+    assert reg.by_name["api"].public()["headers"] == {"OpenAI-Organization": "…cdef"}
+    assert secret[:12] not in str(reg.by_name["api"].public())
+    reg.close()
+    assert secret[:12].encode() not in (tmp_path / "r.db").read_bytes()
+    again = Registry([], Vault("k", tmp_path), db)
+    assert again.by_name["api"].target().headers["OpenAI-Organization"] == secret
+    again.close()

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 import msgspec
 
 
-class Price(msgspec.Struct, frozen=True, rename="camel"):
+class Price(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
     input: float  # USD per 1M prompt tokens
     output: float  # USD per 1M completion tokens
     cached_input: float | None = None
@@ -26,19 +26,26 @@ def bundled() -> dict[str, Price]:
 
 
 class Prices:
+    """The bundled table with the config's `prices` on top. An override's key is a model
+    (`gpt-4o`) or a provider name and a model (`my-azure/gpt-4o`): the latter wins for that
+    provider only, for example a negotiated rate or a deployment name."""
+
     def __init__(self, overrides: Mapping[str, Price] | None = None) -> None:
         self.table = {**bundled(), **(overrides or {})}
 
-    def get(self, model: str | None) -> Price | None:
+    def get(self, model: str | None, provider: str | None = None) -> Price | None:
         if not model:
             return None
+        if provider is not None and (found := self.table.get(f"{provider}/{model}")) is not None:
+            return found
         found = self.table.get(model)
         if found is None and "/" in model:
             found = self.table.get(model.rsplit("/", 1)[1])
         return found
 
-    def cost(self, model: str | None, prompt: int, completion: int, cached: int = 0) -> float | None:
-        price = self.get(model)
+    def cost(self, model: str | None, prompt: int, completion: int, cached: int = 0,
+             provider: str | None = None) -> float | None:
+        price = self.get(model, provider)
         if price is None:
             return None
         cached = min(cached, prompt)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import errno
+import gc
 import os
 import random
 import statistics
@@ -95,12 +97,23 @@ async def _load(gw, seconds: float, rps: float, latencies: list) -> int:
             assert r.status == 200
         latencies.append(time.perf_counter() - started)
 
-    tasks, start = [], time.monotonic()
+    tasks: set[asyncio.Future] = set()  # only those running: the client must not grow either
+    failed: list[BaseException] = []
+
+    def done(task: asyncio.Future) -> None:
+        tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            failed.append(task.exception())
+
+    start = time.monotonic()
     while time.monotonic() - start < seconds:
-        tasks.append(asyncio.ensure_future(one()))
+        task = asyncio.ensure_future(one())
+        tasks.add(task)
+        task.add_done_callback(done)
         sent += 1
         await asyncio.sleep(max(start + sent / rps - time.monotonic(), 0))
     await asyncio.gather(*tasks)
+    assert not failed, failed[:3]
     return sent
 
 
@@ -110,12 +123,14 @@ async def _r35(gateway, fake, outage_s: float, rps: float, slack_s: float, batch
     base: list[float] = []
     sent = warm + await _load(gw, 2.0, rps, base)
     await until(lambda: len(fake.ids()) == sent)
-    rss_before, during = _rss(), []
+    gc.collect()
+    rss_before, during = _rss(), array.array("d")  # 8 bytes a sample: the samples must not weigh
     await fake.set("refuse")
     sent += await _load(gw, outage_s / 2, rps, during)
     await fake.set("hang")
     sent += await _load(gw, outage_s / 2, rps, during)
-    rss_growth = _rss() - rss_before
+    gc.collect()
+    rss_growth = _rss() - rss_before  # this process: the gateway, the fake API and the client
     backlog = sent - len(set(fake.ids()))
     recovered = time.monotonic()
     await fake.set("healthy")

@@ -13,3 +13,33 @@ def test_the_bundled_table_loads_and_costs_per_million_tokens():
     assert prices.cost("m", 1_000_000, 500_000, cached=400_000) == (600_000 * 2 + 400_000 * 0.5 + 500_000 * 8) / 1e6
     assert prices.cost("provider/m", 1_000_000, 0) == 2.0
     assert prices.cost("unknown", 10, 10) is None and prices.get(None) is None
+
+
+def test_a_provider_override_wins_for_that_provider_only():
+    prices = Prices({"gpt-4o-mini": Price(input=1.0, output=1.0), "azure-eu/gpt-4o-mini": Price(input=3.0, output=3.0)})
+    assert prices.cost("gpt-4o-mini", 1_000_000, 0) == 1.0
+    assert prices.cost("gpt-4o-mini", 1_000_000, 0, provider="azure-eu") == 3.0
+    assert prices.cost("gpt-4o-mini", 1_000_000, 0, provider="openai") == 1.0
+
+
+async def test_the_config_prices_the_records(gateway, fake_openai):
+    from tests.conftest import openai_provider
+
+    gw = await gateway({"providers": [openai_provider(fake_openai, models=("gpt-4o-mini",))],
+                        "prices": {"fake/gpt-4o-mini": {"input": 100.0, "output": 1000.0, "cachedInput": 10.0}}})
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    async with gw.post("/v1/chat/completions", json=body) as r:
+        assert r.status == 200
+    (record,) = await gw.records()
+    # the fake reports 12 prompt tokens (2 cached) and 10 completion tokens
+    assert abs(record.cost_usd - (10 * 100.0 + 2 * 10.0 + 10 * 1000.0) / 1e6) < 1e-12
+
+
+def test_a_bad_price_override_stops_the_start():
+    import msgspec
+    import pytest
+
+    from proxy.config import Config
+
+    with pytest.raises(msgspec.ValidationError, match=r"prices"):
+        msgspec.convert({"prices": {"m": {"input": 1, "output": 1, "cachedinput": 1}}}, type=Config)
