@@ -71,6 +71,16 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/ui/{name:[^/]*}", ui.asset)
 
 
+def build_health(gw: Gateway) -> web.Application:
+    """The probe listener (`listen.healthPort`): liveness, readiness and metrics, nothing else."""
+    app = web.Application(middlewares=[errors])
+    app[GATEWAY] = gw
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/metrics", health.metrics)
+    return app
+
+
 def build(cfg: Config, gateway: Gateway | None = None) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=cfg.limits.max_body_bytes)
     gw = gateway or Gateway(cfg)

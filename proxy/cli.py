@@ -31,7 +31,7 @@ async def _serve(cfg: Config, reuse_port: bool) -> None:
     from aiohttp import web
 
     from proxy import logs
-    from proxy.app import build
+    from proxy.app import build, build_health
     from proxy.drain import Drain
     from proxy.gateway import GATEWAY
     from proxy.server import Runner
@@ -47,10 +47,13 @@ async def _serve(cfg: Config, reuse_port: bool) -> None:
     runner = Runner(app, cfg.limits, handler_cancellation=True, access_log=None, shutdown_timeout=2)
     await runner.setup()
     sites = [web.TCPSite(runner, cfg.listen.host, cfg.listen.port, reuse_port=reuse_port, backlog=2048)]
-    if cfg.listen.health_port:
-        sites.append(web.TCPSite(runner, cfg.listen.host, cfg.listen.health_port, reuse_port=reuse_port))
     for site in sites:
         await site.start()
+    probes = None  # the probe port serves only /healthz, /readyz and /metrics, through the drain too
+    if cfg.listen.health_port:
+        probes = web.AppRunner(build_health(gw), access_log=None)
+        await probes.setup()
+        await web.TCPSite(probes, cfg.listen.host, cfg.listen.health_port, reuse_port=reuse_port).start()
     _announce(cfg, gw)
     _tune_gc()
     loop = asyncio.get_running_loop()
@@ -59,6 +62,8 @@ async def _serve(cfg: Config, reuse_port: bool) -> None:
     await drain.requested.wait()
     await drain.run(sites)
     await runner.cleanup()
+    if probes is not None:
+        await probes.cleanup()
     log.info("stopped")
 
 

@@ -110,3 +110,25 @@ def test_hash_key():
 def test_version(argv):
     out = subprocess.run([sys.executable, "-m", "proxy", *argv], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and out.stdout.strip()
+
+
+async def test_the_health_port_serves_probes_and_metrics_only(gateway_process):
+    import aiohttp
+
+    from tests.procs import free_port
+
+    port = free_port()
+    mock = {"name": "mock", "supportedProvider": "MOCK", "models": ["mock-gpt"], "isHosted": True}
+    gw = await gateway_process({"providers": [mock]}, env={"HEALTH_PORT": str(port)})
+    probes = f"http://127.0.0.1:{port}"
+    body = {"model": "mock-gpt", "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as session:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            async with session.get(probes + path) as r:
+                assert r.status == 200, path
+        async with session.post(probes + "/v1/chat/completions", json=body) as r:
+            assert r.status == 404 and (await r.json())["error"]["type"]  # the data plane is not there
+        async with session.get(probes + "/v1/llm/providers") as r:
+            assert r.status == 404
+        async with session.post(gw.url + "/v1/chat/completions", json=body) as r:
+            assert r.status == 200
