@@ -86,7 +86,9 @@ def _announce(cfg: Config, gw) -> None:
              data_dir=str(cfg.data_path))
     if gw.auth.dev_mode:
         log.warning("dev_mode", detail="no caller keys are configured: every request on loopback is accepted")
-    if not cfg.castai.api_key:
+    from proxy.telemetry import castai
+
+    if not castai.api_key(cfg):  # an `env:NAME` naming an empty variable is off too
         log.info("castai_sink_off", detail="API_KEY is not set: usage records are kept locally only")
     if cfg.demo:
         log.info("demo", detail=f"try: curl {where}/openai/v1/chat/completions -H 'Content-Type: application/json' "

@@ -200,7 +200,7 @@ class Config(_Struct):
     store_url: str | None = None
     cache_url: str | None = None
     secret_key: str | None = None
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
     demo: bool = False  # true when running on the embedded defaults
 
     @property

@@ -32,6 +32,8 @@ def test_yaml_and_json_decode_to_the_same_frozen_config(tmp_path):
     ("routing: {qualityWeight: 2}", "$.routing.qualityWeight"),
     ("listen: {workers: 0}", "$.listen.workers"),
     ("unknownTop: 1", "unknownTop"),
+    ("logLevel: verbose", "$.logLevel"),
+    ("prices: {m: {input: 1}}", "$.prices"),
 ])
 def test_bad_values_name_the_field(text, path):
     with pytest.raises(ConfigError) as err:
