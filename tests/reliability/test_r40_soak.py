@@ -2,7 +2,9 @@
 descriptors or tasks, and everything back to its baseline once the load stops.
 
 Mix: 70 % streaming, 10 % clients that abort mid-stream, 5 % upstream 5xx, 5 % upstream 429,
-10 % non-streaming. The normal run soaks 15 s at 100 rps; the `slow` one 10 minutes at 200 rps.
+10 % non-streaming, all through a telemetry outage: the Cast AI sink points at a port where
+nothing listens for the whole soak, so every record goes to the disk spool and its retries
+never stop. The normal run soaks 15 s at 100 rps; the `slow` one 10 minutes at 200 rps.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 
 from tests.conftest import openai_provider
 from tests.fakes.openai import Behaviour, FakeOpenAI
+from tests.procs import free_port
 
 MIB = 1024 * 1024
 MIX = [("stream", 70), ("abort", 10), ("err", 5), ("limited", 5), ("plain", 10)]
@@ -75,7 +78,9 @@ async def _soak(gateway_process, aiohttp_server, rps: float, seconds: float, war
     fake.on("chat", Behaviour(content=["tok"] * 20, delay_chunk=0.005))
     fake.on("err", Behaviour(status=500))
     fake.on("limited", Behaviour(status=429, headers={"Retry-After": "1"}))
-    gw = await gateway_process({"providers": [openai_provider(fake, models=("chat", "err", "limited"))]})
+    down = f"http://127.0.0.1:{free_port()}"  # the Cast AI API, unreachable throughout
+    gw = await gateway_process({"providers": [openai_provider(fake, models=("chat", "err", "limited"))],
+                                "castai": {"apiKey": "castai-soak-key-0001", "apiUrl": down, "clusterId": "soak"}})
     async def settled() -> tuple[int, float, int]:
         """Once the clients have gone: the gateway's descriptors (less its pooled connections to
         the provider, which stay open for reuse), its tasks, and that pool."""
@@ -94,13 +99,15 @@ async def _soak(gateway_process, aiohttp_server, rps: float, seconds: float, war
     fds1, tasks1, pooled = await settled()  # the load has stopped
     steady = [s for s in samples if s[0] >= seconds / 3]
     growth = (steady[-1][1] - steady[0][1]) / steady[0][1]
+    print(f"R40 {rps} rps for {seconds} s: {sum(counts.values())} requests {counts}; RSS over the steady part "
+          f"{steady[0][1] / MIB:.1f} → {steady[-1][1] / MIB:.1f} MiB ({growth * 100:+.2f} %), "
+          f"slope {_slope_mib_per_min(steady):+.2f} MiB/min; FDs {fds0} → {fds1}; tasks {tasks0} → {tasks1}; "
+          f"upstream connections open {pooled}")
     return counts, growth, _slope_mib_per_min(steady), (fds0, fds1), (tasks0, tasks1), pooled
 
 
 async def test_r40_soak_15_seconds_at_100_rps(gateway_process, aiohttp_server):
     counts, growth, slope, fds, tasks, upstream_open = await _soak(gateway_process, aiohttp_server, 100, 15, warm=3)
-    print(f"R40 {sum(v for k, v in counts.items())} requests {counts}; RSS growth {growth * 100:+.2f} %, "
-          f"slope {slope:+.2f} MiB/min; FDs {fds}; tasks {tasks}; upstream connections open {upstream_open}")
     assert counts.get(500, 0) == 0 and counts.get("error", 0) == 0
     # < 5 % growth. The 1 MiB/min slope is the slow soak's: over 15 s bounded caches (the usage
     # store's SQLite pages) are still filling, ~5 MiB/min until they plateau at about 4,500 records
