@@ -15,13 +15,31 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple, Protocol
 
 import structlog
-from aiocache import SimpleMemoryCache
-from aiocache.base import BaseCache
-from aiocache.serializers import BaseSerializer
+
+
+def _aiocache_without_redis() -> None:
+    """Load aiocache without redis-py. aiocache registers its Redis backend by importing redis-py
+    whenever it is installed (about 6 MB of RSS); the embedded store never talks to Redis, and
+    proxy.state.redis imports aiocache's Redis backend itself when STORE_URL asks for it."""
+    if "aiocache" in sys.modules or "redis" in sys.modules:
+        return
+    sys.modules["redis"] = None  # type: ignore[assignment]  # makes `import redis` fail
+    try:
+        import aiocache  # noqa: F401
+    finally:
+        del sys.modules["redis"]
+
+
+_aiocache_without_redis()
+
+from aiocache import SimpleMemoryCache  # noqa: E402
+from aiocache.base import BaseCache  # noqa: E402
+from aiocache.serializers import BaseSerializer  # noqa: E402
 
 REDIS_SCHEMES = ("redis://", "rediss://")
 

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import msgspec
 import structlog
-from aiocache import RedisCache
+from aiocache.backends.redis import RedisCache
 from aiocache.base import BaseCache
 from redis import asyncio as aioredis
 from redis import exceptions as redis_errors
