@@ -46,13 +46,15 @@ class Watchdog:
     is slow but reading is not cut, and one that stopped is, within 1.25 × idle: RELIABILITY R09).
     """
 
-    __slots__ = ("idle", "deadline", "last", "reason", "progress", "_mark", "_cm", "_loop", "_handle")
+    __slots__ = ("idle", "deadline", "last", "reason", "progress", "has_answered", "_mark", "_cm", "_loop",
+                 "_handle")
 
     def __init__(self, idle: float, deadline: float | None = None, progress=None) -> None:
         self.idle = idle
         self.deadline = deadline
         self.reason: str | None = None
         self.progress = progress
+        self.has_answered = False
         self._mark = None
 
     async def __aenter__(self) -> Watchdog:
@@ -90,6 +92,17 @@ class Watchdog:
 
     def touch(self) -> None:
         self.last = self._loop.time()
+
+    def answered(self, idle: float) -> None:
+        """The answer's headers came: from now on, at most `idle` s between reads."""
+        self.has_answered = True
+        self.last = self._loop.time()
+        if idle < self.idle:  # the armed timer would fire too late
+            self.idle = idle
+            self._handle.cancel()
+            self._arm()
+        else:
+            self.idle = idle
 
     async def __aexit__(self, *exc) -> bool | None:
         self._handle.cancel()
@@ -226,24 +239,19 @@ class Upstream:
         return (override.connect or base.connect, override.first_byte or base.first_byte,
                 override.idle or base.idle)
 
-    async def open(self, adapter, upstream_request, timeouts: ProviderTimeouts | None):
-        """Send a request and wait for the answer's headers."""
+    async def open(self, adapter, upstream_request, connect: float):
+        """Send a request and wait for the answer's headers (the caller's Watchdog bounds the wait)."""
         if adapter.caps.in_process:
             return adapter.serve(upstream_request)
-        connect, first_byte, _ = self._timeouts(timeouts)
         headers = upstream_request.headers
         if upstream_request.stream:
             headers = {**headers, "Accept-Encoding": "identity"}
         try:
-            async with asyncio.timeout(first_byte):
-                resp = await self.session.request(
-                    upstream_request.method, upstream_request.url, data=upstream_request.body,
-                    headers=headers, allow_redirects=False,
-                    timeout=self._client_timeout(connect))
+            resp = await self.session.request(
+                upstream_request.method, upstream_request.url, data=upstream_request.body,
+                headers=headers, allow_redirects=False, timeout=self._client_timeout(connect))
         except aiohttp.ConnectionTimeoutError as exc:
             raise Retry(UpstreamTimeout("connecting to the provider timed out"), "connect_timeout") from exc
-        except TimeoutError as exc:
-            raise UpstreamTimeout("the provider did not answer in time") from exc
         except aiohttp.ClientConnectorError as exc:
             raise Retry(UpstreamError("the provider could not be reached"), "connect") from exc
         except aiohttp.ClientConnectionResetError as exc:
@@ -269,19 +277,24 @@ class Upstream:
         request.model = route.model
         upstream_request = adapter.build_request(target, request)
         check_path(upstream_request.url)
-        _, _, idle = self._timeouts(provider.item.timeouts)
+        connect, first_byte, idle = self._timeouts(provider.item.timeouts)
         sent_at = time.monotonic()
-        response = await self.open(adapter, upstream_request, provider.item.timeouts)
-        opened = Opened(route, response, sent_at)
+        # One timer for the attempt: `first_byte` until the answer's headers, then `idle` between reads.
+        watchdog = Watchdog(first_byte)
         try:
-            async with Watchdog(watchdog_idle or idle) as watchdog:
-                await self._settle(opened, request, target.api_key, watchdog)
+            async with watchdog:
+                response = await self.open(adapter, upstream_request, connect)
+                watchdog.answered(watchdog_idle or idle)
+                opened = Opened(route, response, sent_at)
+                try:
+                    await self._settle(opened, request, target.api_key, watchdog)
+                except BaseException:
+                    response.close()
+                    raise
         except TimeoutError:
-            response.close()
+            if not watchdog.has_answered:
+                raise UpstreamTimeout("the provider did not answer in time") from None
             raise UpstreamTimeout("the provider stopped sending") from None
-        except BaseException:
-            response.close()
-            raise
         return opened
 
     async def _settle(self, opened: Opened, request, secret, watchdog: Watchdog) -> None:

@@ -4,8 +4,9 @@ Every `openai_provider` in the suite carries `tests.conftest.PROVIDER_KEY`, rand
 each test its captured output (logs, stdout, stderr) is searched, and at the end of the run every
 file the run left under pytest's temporary directory (data directories, spools, usage stores,
 dead-letter files, the logs of gateways run as processes). Any 8-character piece of the key other
-than its last 4 characters fails the run. Config files the tests wrote themselves are inputs and
-are skipped.
+than its last 4 characters fails the run. Config files the tests wrote themselves (`.json`,
+`.yaml` outside a `data` directory) are inputs and are skipped; everything a gateway writes lives
+in its data directory or is a log, and is searched.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import re
 
 import pytest
 
-_INPUTS = {"config.json", "gateway.json", "c.yaml", "config.yaml"}
+_INPUT_SUFFIXES = {".json", ".yaml", ".yml"}
 _MAX_FILE = 64 * 1024 * 1024
 _found: list[tuple[str, str]] = []
 _scanned = {"sections": 0, "files": 0, "bytes": 0}
@@ -40,11 +41,15 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
             _found.append((report.nodeid, title))
 
 
+def _is_input(path: pathlib.Path, root: pathlib.Path) -> bool:
+    return path.suffix in _INPUT_SUFFIXES and "data" not in path.relative_to(root).parts[:-1]
+
+
 def scan_files(root: pathlib.Path, found: re.Pattern[bytes]) -> list[str]:
     leaks = []
     for path in root.rglob("*"):
         try:
-            if not path.is_file() or path.name in _INPUTS or path.stat().st_size > _MAX_FILE:
+            if not path.is_file() or path.stat().st_size > _MAX_FILE or _is_input(path, root):
                 continue
             data = path.read_bytes()
         except OSError:

@@ -12,8 +12,9 @@ def test_a_piece_anywhere_is_found_the_last_four_are_not(tmp_path):
     (tmp_path / "data" / "usage.db").write_bytes(b"\x00record key=" + KEY[5:13].encode() + b"\x00")
     (tmp_path / "stdout.log").write_bytes(b'{"provider_key_last4": "' + KEY[-4:].encode() + b'"}')
     (tmp_path / "config.json").write_bytes(b'{"apiKey": "' + KEY.encode() + b'"}')  # an input: skipped
+    (tmp_path / "data" / "state.json").write_bytes(KEY.encode())  # written by a gateway: searched
     leaks = scan_files(tmp_path, pattern(KEY))
-    assert leaks == [str(tmp_path / "data" / "usage.db")]
+    assert sorted(leaks) == [str(tmp_path / "data" / "state.json"), str(tmp_path / "data" / "usage.db")]
 
 
 def test_every_eight_character_piece_is_looked_for():
