@@ -10,7 +10,7 @@ import hmac
 import ipaddress
 
 from proxy.config import Config, resolve_secret
-from proxy.errors import AuthError, PermissionDenied
+from proxy.errors import AuthError, PermissionDenied, ProxyError
 
 MAX_KEY_LENGTH = 4096
 
@@ -112,9 +112,17 @@ class Authenticator:
             raise AuthError("invalid API key")
         return found
 
-    async def authenticate(self, headers) -> Caller:
-        """`caller`, and a key the config does not know asked of the verifier (Cast AI), if any."""
-        found = self._resolve(headers)
+    def resolve(self, headers) -> Caller | str | None:
+        """`_resolve` for a first look (the usage journal): None where it would raise."""
+        try:
+            return self._resolve(headers)
+        except ProxyError:
+            return None
+
+    async def authenticate(self, headers, resolved: Caller | str | None = None) -> Caller:
+        """`caller`, and a key the config does not know asked of the verifier (Cast AI), if any.
+        `resolved` is what `resolve` already found for these headers (None: look again)."""
+        found = self._resolve(headers) if resolved is None else resolved
         if isinstance(found, str):
             if self.verifier is None:
                 raise AuthError("invalid API key")

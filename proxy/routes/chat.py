@@ -14,6 +14,7 @@ from proxy.exchange import Exchange, estimate_tokens
 from proxy.gateway import GATEWAY, Gateway
 from proxy.limits import ADMISSION
 from proxy.streaming.relay import relay
+from proxy.telemetry import journal
 from proxy.upstream import dispatch
 
 _JSON = "application/json"
@@ -68,7 +69,7 @@ async def _serve(http_request: web.Request, kind: str) -> web.StreamResponse:
 
 async def _exchange(http_request: web.Request, gw: Gateway, ex: Exchange, kind: str) -> web.StreamResponse:
     http_request.app[ADMISSION].admit(http_request.content_length)  # in-flight, memory: fast 503s
-    caller = await gw.auth.authenticate(http_request.headers)
+    caller = await gw.auth.authenticate(http_request.headers, http_request.get(journal.RESOLVED))
     ex.caller_id = caller.id
     body = await read_body(http_request, gw.cfg.limits.max_body_bytes)
     request = decoding.parse(body, kind)

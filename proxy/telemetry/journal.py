@@ -58,13 +58,14 @@ class Begin(msgspec.Struct, omit_defaults=True):
 _begin = msgspec.json.Decoder(Begin)
 
 
+RESOLVED = "proxy.auth.resolved"  # what the journal found of the caller; the handler reuses it
+
+
 def begin_info(http_request: web.Request, auth) -> Begin:
     headers = http_request.headers
     tags = ",".join(v for name in tagging.HEADERS if (v := headers.get(name))) or None
-    try:
-        caller = auth.caller(headers).id
-    except ProxyError:
-        caller = None
+    found = http_request[RESOLVED] = auth.resolve(headers)
+    caller = None if found is None or isinstance(found, str) else found.id
     route = "embeddings" if http_request.path.endswith("/embeddings") else "chat"
     return Begin(ts=time.time(), route=route, caller=caller, tags=tags)
 

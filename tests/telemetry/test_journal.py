@@ -34,7 +34,7 @@ def test_the_begin_knows_the_caller_the_route_and_the_header_tags():
     cfg = msgspec.convert({"auth": {"keys": [{"id": "team-a", "sha256": digest("sk-team-a")}]}}, type=Config)
     from proxy.auth import Authenticator
 
-    class Request:
+    class Request(dict):  # aiohttp requests keep per-request items
         path = "/openai/v1/embeddings"
         headers = {"Authorization": "Bearer sk-team-a", "X-Tags": "a:b", "X-LiteLLM-Tags": "c:d"}
 
