@@ -58,7 +58,7 @@ class Begin(msgspec.Struct, omit_defaults=True):
 _begin = msgspec.json.Decoder(Begin)
 
 
-RESOLVED = "proxy.auth.resolved"  # what the journal found of the caller; the handler reuses it
+RESOLVED = web.RequestKey("proxy.auth.resolved", object)  # what the journal found of the caller; reused
 
 
 def begin_info(http_request: web.Request, auth) -> Begin:
