@@ -23,7 +23,7 @@ import orjson
 from proxy.providers.base import Capabilities, UpstreamRequest
 from proxy.providers.openai import Adapter as OpenAIAdapter
 
-_WORDS = ("Hello! I am {model}, a deterministic mock model served by the gateway. "
+_WORDS = ("Hello! I am {model}, a mock model served by the gateway. "
           "Your message had {n} characters.").split(" ")
 
 
