@@ -150,7 +150,7 @@ class Exchange:
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
             cached_tokens=usage.cached_tokens, reasoning_tokens=usage.reasoning_tokens,
             total_tokens=usage.total_tokens or usage.prompt_tokens + usage.completion_tokens,
-            tokens_estimated=self.estimated, latency_ms=round(latency * 1000, 3),
+            tokens_estimated=self.estimated or usage.estimated, latency_ms=round(latency * 1000, 3),
             ttft_ms=None if self.ttft is None else round(self.ttft * 1000, 3),
             proxy_overhead_ms=round(max(latency - upstream, 0.0) * 1000, 3),
             cost_usd=cost or 0.0, savings_usd=savings, attempts=self.attempts,
@@ -170,6 +170,3 @@ class Exchange:
         self.key_last4 = last4(key) if key else None
 
 
-def estimate_tokens(size_bytes: int) -> int:
-    """About four bytes of English text per token; the estimate when a provider reports none."""
-    return max(size_bytes // 4, 1)

@@ -53,8 +53,11 @@ class Router:
         found = self.health.get(name)
         return found is not None and found.open_until > self.clock()
 
-    def routes(self, model: str, allowed: frozenset[str] | None = None) -> list[Route]:
-        """Every provider that may serve `model`, best first; 404 when there is none."""
+    def routes(self, model: str, allowed: frozenset[str] | None = None, kind: str = "chat") -> list[Route]:
+        """Every provider that may serve `model`, best first; 404 when there is none.
+
+        For embeddings, providers whose adapter cannot serve them are left out, unless that is all
+        of them: then the first one's adapter answers the 400 that says so."""
         served = model
         candidates = self.registry.by_model.get(model)
         if candidates is None and "/" in model:
@@ -68,6 +71,8 @@ class Router:
         if allowed is not None and served not in allowed and model not in allowed:
             raise PermissionDenied(f"this API key may not use the model '{model}'", param="model",
                                    code="model_not_allowed")
+        if kind == "embeddings":
+            candidates = tuple(p for p in candidates if p.adapter.caps.embeddings) or candidates
         if len(candidates) == 1:
             return [Route(candidates[0], served)]
         now = self.clock()

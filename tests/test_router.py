@@ -87,3 +87,13 @@ def test_opening_a_circuit_is_told_once_per_extension_and_others_can_open_it(tmp
     assert router.state("b").open_until == clock.now + 10
     router.open_for("c", 7)
     assert router.is_open("c") and told == [("a", 5), ("b", 10)]
+
+
+def test_embeddings_skip_providers_that_cannot_serve_them(tmp_path):
+    chat_only = {"name": "chat-only", "supportedProvider": "ANTHROPIC", "isHosted": True}  # first, were it kept
+    router = _router(tmp_path / "both", chat_only, {"name": "embeds"})
+    assert [r.provider.name for r in router.routes("m", kind="embeddings")] == ["embeds"]
+    assert [r.provider.name for r in router.routes("m")] == ["chat-only", "embeds"]
+    assert [r.provider.name for r in router.routes("embeds/m", kind="embeddings")] == ["embeds"]
+    alone = _router(tmp_path / "alone", chat_only)  # none can: kept, so that its adapter's 400 says why
+    assert [r.provider.name for r in alone.routes("m", kind="embeddings")] == ["chat-only"]

@@ -57,6 +57,7 @@ class Usage(msgspec.Struct):
     total_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    estimated: bool = False  # counted by the gateway (the provider reported none): the record says so
 
 
 class Parsed(msgspec.Struct):
@@ -137,3 +138,8 @@ def kind_of_status(status: int) -> str:
     if status >= 500:
         return "server"
     return "client"
+
+
+def estimate_tokens(size_bytes: int) -> int:
+    """About four bytes of English text per token; the estimate when a provider reports none."""
+    return max(size_bytes // 4, 1)

@@ -10,6 +10,10 @@ Answer: candidates → choices; `functionCall` parts → tool calls with ids fro
 (`call_<n>_<name>`), finish_reason `tool_calls`; usageMetadata → usage (completion includes
 thoughts, as OpenAI counts reasoning). A prompt blocked by safety is a 400 `content_filter`.
 Stream: no terminal event; `[DONE]` is written when the stream ends after its finish reason.
+Embeddings: one `batchEmbedContents` call, one request per input string (`dimensions` →
+`outputDimensionality`); vectors come back in input order, as floats or as OpenAI's base64 of
+little-endian float32. Token-array inputs are a 400. Gemini reports no usage for embeddings: it
+is estimated from the input text (`estimate_tokens`) and marked estimated.
 The key goes in `x-goog-api-key`, never in the URL.
 """
 from __future__ import annotations
@@ -25,6 +29,7 @@ from proxy.errors import InvalidRequest
 from proxy.providers import base, chat
 from proxy.providers.base import Capabilities, Parsed, Target, UpstreamFailure, UpstreamRequest, Usage
 from proxy.providers.chat import ChatParams, ImagePart, Message, NamedChoice
+from proxy.providers.gemini_embeddings import from_gemini_embeddings, read_embedding_params, to_gemini_embeddings
 
 DEFAULT_URL = "https://generativelanguage.googleapis.com/v1beta"
 _FILTERED = ("SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY")
@@ -346,29 +351,40 @@ class StreamParser(chat.TranslatingParser):
 
 class Adapter:
     model_path = "/models/"
+    embedding_model_prefix: str | None = "models/"  # batchEmbedContents: each request names `models/{model}`
 
     def __init__(self, caps: Capabilities | None = None) -> None:
-        self.caps = caps or Capabilities(default_url=DEFAULT_URL, passthrough=False)
+        self.caps = caps or Capabilities(default_url=DEFAULT_URL, passthrough=False, embeddings=True)
 
     def auth_headers(self, target: Target) -> dict[str, str]:
         return {"x-goog-api-key": target.api_key} if target.api_key else {}
 
     def url(self, target: Target, request) -> str:
         # The model is one quoted path segment: '/' and '..' in a name cannot change the path.
-        method = "streamGenerateContent?alt=sse" if request.stream else "generateContent"
+        if request.kind == "embeddings":
+            method = "batchEmbedContents"
+        else:
+            method = "streamGenerateContent?alt=sse" if request.stream else "generateContent"
         base = (target.url or self.caps.default_url or "").rstrip("/")
         return f"{base}{self.model_path}{quote(request.model, safe='')}:{method}"
 
     def build_request(self, target: Target, request) -> UpstreamRequest:
-        if request.kind != "chat":
-            raise InvalidRequest("this provider serves chat completions only", code="unsupported_endpoint")
-        body = msgspec.json.encode(to_gemini_request(chat.read_params(request, multiple_choices=True)))
+        if request.kind == "embeddings":
+            if not self.caps.embeddings:  # Vertex serves embeddings through `:predict`, not this wire
+                raise InvalidRequest("this provider serves chat completions only", code="unsupported_endpoint")
+            prefix = self.embedding_model_prefix
+            named = prefix + request.model if prefix is not None else None
+            body = msgspec.json.encode(to_gemini_embeddings(read_embedding_params(request), named))
+        else:
+            body = msgspec.json.encode(to_gemini_request(chat.read_params(request, multiple_choices=True)))
         headers = {**target.headers, "Content-Type": "application/json", **self.auth_headers(target)}
         if request.stream:
             headers["Accept"] = "text/event-stream"
         return UpstreamRequest("POST", self.url(target, request), headers, body, request.stream)
 
     def parse_response(self, request, body: bytes) -> Parsed:
+        if request.kind == "embeddings":
+            return from_gemini_embeddings(read_embedding_params(request), request.model, body)
         response = _response.decode(body)
         failure = blocked(response)
         if failure is not None:

@@ -10,9 +10,10 @@ from proxy import autoroute
 from proxy import request as decoding
 from proxy import tags as tagging
 from proxy.errors import PayloadTooLarge, ProxyError
-from proxy.exchange import Exchange, estimate_tokens
+from proxy.exchange import Exchange
 from proxy.gateway import GATEWAY, Gateway
 from proxy.limits import ADMISSION
+from proxy.providers.base import estimate_tokens
 from proxy.streaming.relay import relay
 from proxy.telemetry import journal
 from proxy.upstream import dispatch
@@ -83,7 +84,7 @@ async def _exchange(http_request: web.Request, gw: Gateway, ex: Exchange, kind: 
     cache_key = gw.cache.key(http_request.headers, request, caller.id)  # None unless asked for
     if cache_key is not None and (hit := await gw.cache.answer(http_request, cache_key, request, ex)):
         return hit
-    routes = gw.router.routes(request.model, caller.models)
+    routes = gw.router.routes(request.model, caller.models, request.kind)
     opened = await dispatch(gw.upstream, routes, request, ex)
     ex.model_served = opened.route.model
     if request.stream:

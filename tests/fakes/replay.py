@@ -52,8 +52,9 @@ def rechunk(data: bytes, seed: int, largest: int = 24) -> list[bytes]:
 
 
 def chat_request(cassette: dict):
-    """The caller's request of a cassette, decoded as the gateway decodes it."""
-    return decoding.parse(orjson.dumps({"model": cassette["model"], **cassette["openai"]}))
+    """The caller's request of a cassette (chat, or its `endpoint`), decoded as the gateway decodes it."""
+    return decoding.parse(orjson.dumps({"model": cassette["model"], **cassette["openai"]}),
+                          cassette.get("endpoint", "chat"))
 
 
 def translate_stream(cassette: dict, pieces: list[bytes]) -> tuple[list, object]:

@@ -4,9 +4,10 @@ Every cassette under tests/cassettes/ is replayed by a real aiohttp upstream on 
 (tests/fakes/replay.py), with its recorded chunk boundaries and again re-cut at random; the
 caller is the official `openai` SDK pointed at the gateway. For each cassette: the gateway sends
 the recorded request, the SDK decodes the recorded answer into the expected content, tool calls
-and finish_reason, the usage record holds exactly the provider-reported numbers, and errors
-come out OpenAI-shaped with the right status. MOCK, which has no wire, is held to the same
-contract directly. Cases are selected by the capabilities each adapter declares.
+and finish_reason (or, for `"endpoint": "embeddings"` cassettes, the expected vectors), the usage
+record holds exactly the provider-reported numbers (or the gateway's estimate, marked as one),
+and errors come out OpenAI-shaped with the right status. MOCK, which has no wire, is held to
+the same contract directly. Cases are selected by the capabilities each adapter declares.
 """
 
 from __future__ import annotations
@@ -81,6 +82,23 @@ async def reassemble(stream, partial: dict | None = None) -> tuple[list[dict], d
     return choices, _usage(usage)
 
 
+def is_embeddings(cassette: dict) -> bool:
+    return cassette.get("endpoint") == "embeddings"
+
+
+async def embed(client: openai.AsyncOpenAI, cassette: dict) -> tuple[list[list[float]], dict]:
+    """The vectors and usage as the SDK decoded them (base64 too, when the cassette leaves the format to it)."""
+    answer = await client.embeddings.create(model=cassette["model"], **cassette["openai"])
+    assert answer.object == "list" and [d.index for d in answer.data] == list(range(len(answer.data)))
+    usage = {"prompt_tokens": answer.usage.prompt_tokens, "total_tokens": answer.usage.total_tokens}
+    return [list(d.embedding) for d in answer.data], usage
+
+
+def expected_vectors(cassette: dict) -> list:
+    """Equal to the recorded vectors to float32 precision (what base64 carries)."""
+    return [pytest.approx(vector, rel=1e-6) for vector in cassette["expect"]["embeddings"]]
+
+
 def expected_choices(cassette: dict) -> list[dict]:
     return [{**c, "content": c["content"] or ""} for c in cassette["expect"]["choices"]]
 
@@ -115,6 +133,9 @@ async def test_cassette(gateway, replay, name, chunking):
             await _expect_error(client, cassette, expect)
         elif "stream_error" in expect:
             await _expect_stream_error(client, cassette, expect)
+        elif is_embeddings(cassette):
+            vectors, usage = await embed(client, cassette)
+            assert vectors == expected_vectors(cassette) and usage == expect["usage"]
         else:
             choices, usage = await ask(client, cassette)
             assert choices == expected_choices(cassette)
@@ -124,7 +145,7 @@ async def test_cassette(gateway, replay, name, chunking):
     assert replay.calls == 1
     record = await the_record(gw)
     if expect["status"] == 200 and "stream_error" not in expect:
-        assert record.status == "completed" and not record.tokens_estimated
+        assert record.status == "completed" and record.tokens_estimated == expect.get("tokens_estimated", False)
         got = {f: getattr(record, f) for f in expect["usage"]}
         assert got == expect["usage"]
     else:
@@ -133,7 +154,7 @@ async def test_cassette(gateway, replay, name, chunking):
 
 async def _expect_error(client, cassette: dict, expect: dict) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
-        await ask(client, cassette)
+        await (embed if is_embeddings(cassette) else ask)(client, cassette)
     error = caught.value
     assert error.status_code == expect["status"]
     assert set(error.body) == {"message", "type", "param", "code"} and error.body["message"]

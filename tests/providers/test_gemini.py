@@ -1,11 +1,16 @@
-"""The Gemini adapter, sans-IO: URL and key, contents, generationConfig, tools, answers, streams, errors.
+"""The Gemini adapter, sans-IO: URL and key, contents, generationConfig, tools, answers, streams, errors,
+embeddings (with a few cases through a real gateway).
 
 The wire-level contract (cassettes through a real gateway) is in test_contract.py.
 """
 
 from __future__ import annotations
 
+import base64
+import struct
+
 import aiohttp
+import openai
 import orjson
 import pytest
 
@@ -117,9 +122,52 @@ def test_what_cannot_be_honoured_is_refused(fields):
         body_for(**fields)
 
 
-def test_embeddings_are_refused():
-    with pytest.raises(InvalidRequest):
-        ADAPTER.build_request(TARGET, parse(orjson.dumps({"model": "text-embedding-004", "input": "x"}), "embeddings"))
+def sdk(gw) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gw.url + "/openai/v1", api_key="caller-key", max_retries=0)
+
+
+
+async def test_the_sdk_gets_base64_vectors_and_a_tagged_estimated_record(gateway, replay):
+    cassette = CASSETTE["gemini/embeddings"]
+    replay.load(cassette)
+    gw = await gateway({"providers": [replay.provider(cassette)]})
+    request = {**cassette["openai"], "encoding_format": "base64"}  # asked for: the SDK leaves the strings as sent
+    async with sdk(gw) as client:
+        answer = await client.embeddings.create(model=cassette["model"], **request,
+                                                extra_body={"tags": ["team:search"]}, extra_headers={"X-Tags": "app:rag"})
+    assert replay.mismatches == [] and replay.calls == 1
+    assert [base64.b64decode(d.embedding) for d in answer.data] == [
+        struct.pack("<4f", *vector) for vector in cassette["expect"]["embeddings"]]
+    assert (answer.model, answer.usage.prompt_tokens, answer.usage.total_tokens) == (cassette["model"], 10, 10)
+    (record,) = await gw.records()
+    assert (record.status, record.provider_type, record.model_served) == ("completed", "GEMINI", cassette["model"])
+    assert record.tags == ["team:search", "app:rag"] and record.tokens_estimated
+    assert (record.prompt_tokens, record.completion_tokens, record.total_tokens) == (10, 0, 10)
+
+
+async def test_a_token_array_input_is_a_400_before_any_call(gateway, replay):
+    cassette = CASSETTE["gemini/embeddings"]
+    replay.load(cassette)
+    gw = await gateway({"providers": [replay.provider(cassette)]})
+    async with sdk(gw) as client:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.embeddings.create(model=cassette["model"], input=[[9906, 1917]], encoding_format="float")
+    assert caught.value.body["param"] == "input" and "token arrays" in caught.value.body["message"]
+    assert replay.calls == 0
+    (record,) = await gw.records()
+    assert record.status == "rejected" and record.error_type == "invalid_request"
+
+
+async def test_an_embeddings_model_also_listed_on_a_chat_only_provider_goes_to_gemini(gateway, replay, replay2):
+    cassette = CASSETTE["gemini/embeddings"]
+    replay.load(cassette)
+    replay2.load(cassette)
+    chat_only = {"name": "chat-only", "supportedProvider": "ANTHROPIC", "url": replay2.root, "apiKey": "sk-ant-test",
+                 "models": [cassette["model"]], "isHosted": True}  # hosted: ranked first, were it a candidate
+    gw = await gateway({"providers": [chat_only, {**replay.provider(cassette), "isHosted": False}]})
+    async with sdk(gw) as client:
+        answer = await client.embeddings.create(model=cassette["model"], **cassette["openai"])
+    assert len(answer.data) == 2 and (replay.calls, replay2.calls) == (1, 0) and replay.mismatches == []
 
 
 @pytest.mark.parametrize("reason", ["SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII"])
