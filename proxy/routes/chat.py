@@ -35,7 +35,10 @@ def error_response(error: ProxyError, request_id: str | None = None) -> web.Resp
     headers = error.headers()
     if request_id:
         headers["X-Request-Id"] = request_id
-    return web.Response(status=error.status, body=error.to_json(), content_type=_JSON, headers=headers)
+    response = web.Response(status=error.status, body=error.to_json(), content_type=_JSON, headers=headers)
+    if error.status == 413:  # the rest of the body is not read (aiohttp would linger reading it): close
+        response.force_close()
+    return response
 
 
 async def chat(http_request: web.Request) -> web.StreamResponse:
