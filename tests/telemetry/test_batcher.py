@@ -147,7 +147,7 @@ async def test_r02_every_aborted_request_has_exactly_one_record(gateway, fake_op
     from tests.conftest import openai_provider
 
     fake_openai.on("first-byte", Behaviour(delay_headers=1.5))
-    fake_openai.on("mid-stream", Behaviour(delay_chunk=0.07))
+    fake_openai.on("mid-stream", Behaviour(delay_chunk=0.07, content=["tok"] * 40))  # 2.8 s: never done in 0.5 s
     gw = await gateway({"providers": [openai_provider(fake_openai, models=("first-byte", "mid-stream"))],
                         "telemetry": {"flushMs": 20, "batchSize": 200}})
     outcomes = []
