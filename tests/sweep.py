@@ -11,6 +11,7 @@ in its data directory or is a log, and is searched.
 
 from __future__ import annotations
 
+import functools
 import pathlib
 import re
 
@@ -27,6 +28,7 @@ def pattern(key: str) -> re.Pattern[bytes]:
     return re.compile(b"|".join(re.escape(p.encode()) for p in sorted(pieces)))
 
 
+@functools.cache
 def _key_pattern() -> re.Pattern[bytes]:
     from tests.conftest import PROVIDER_KEY
 
