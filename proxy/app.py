@@ -15,6 +15,7 @@ from proxy.telemetry import journal
 log = structlog.get_logger("proxy.app")
 
 _PREFIXES = ("/openai/v1", "/openai", "/v1", "")
+_DATA_PLANE = (chat.chat, chat.embeddings)
 
 
 def _status_error(exc: web.HTTPException) -> ProxyError:
@@ -31,7 +32,8 @@ def _status_error(exc: web.HTTPException) -> ProxyError:
 async def errors(http_request: web.Request, handler):
     """The one error boundary: everything leaves in OpenAI's shape, nothing as a trace."""
     refused = server.framing_error(http_request)  # framing the HTTP parser let through (R24)
-    if refused is not None:
+    if refused is not None and not (isinstance(refused, PayloadTooLarge) and http_request.match_info.handler
+                                    in _DATA_PLANE):  # those answer a 413 themselves, with a usage record
         return server.closing(refused)
     try:
         return await handler(http_request)

@@ -169,6 +169,10 @@ class Limits(_Struct):
     """Admission and HTTP server limits (RELIABILITY policy 5; R18-R23). 0 turns a cap off."""
 
     max_body_bytes: int = 32 * 1024 * 1024
+    # request bodies being read at once, in bytes (a body of unknown length counts as maxBodyBytes):
+    # past it a request waits up to bodyBufferWait seconds, then gets a fast 503 (R20)
+    max_body_buffer: Annotated[int, Meta(ge=0)] = 256 * 1024 * 1024
+    body_buffer_wait: Annotated[float, Meta(ge=0)] = 5.0
     max_response_bytes: int = 32 * 1024 * 1024
     max_in_flight: Annotated[int, Meta(ge=0)] = 0  # chat/embeddings served at once; more: fast 503
     max_rss_mib: Annotated[int, Meta(ge=0)] = 0  # above this resident size new requests get 503

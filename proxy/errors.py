@@ -27,6 +27,7 @@ class ProxyError(Exception):
     status = 500
     type = "api_error"
     code: str | None = "internal_error"
+    closes = False  # the request's body was left unread: the connection closes after the answer
 
     def __init__(
         self,
@@ -107,6 +108,7 @@ class PayloadTooLarge(ProxyError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+    closes = True
 
 
 class RateLimited(ProxyError):

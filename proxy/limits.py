@@ -13,6 +13,7 @@ to hand freed memory back, at most once a second, so admission resumes when the 
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes
 import ctypes.util
 import gc
@@ -76,7 +77,7 @@ def relieve() -> None:
 class Admission:
     """`admit()` raises `Unavailable` (503, Retry-After) when a cap is reached; else costs a compare."""
 
-    __slots__ = ("metrics", "max_in_flight", "max_rss", "rss", "pending", "_previous", "_read", "_next_read",
+    __slots__ = ("metrics", "bodies", "max_in_flight", "max_rss", "rss", "pending", "_previous", "_read", "_next_read",
                  "_next_relief", "rejected")
 
     def __init__(self, limits: Limits, metrics, read_rss=None) -> None:
@@ -90,6 +91,7 @@ class Admission:
         self._next_read = 0.0
         self._next_relief = 0.0
         self.rejected = {"in_flight": 0, "memory": 0}
+        self.bodies: BodyBuffer | None = None
 
     def admit(self, body_bytes: int | None = None) -> None:
         """Called with this request already counted in `metrics.in_flight`."""
@@ -132,6 +134,8 @@ class _Collector(Collector):
                                        labels=("reason",))
         for reason, count in self.admission.rejected.items():
             rejected.add_metric((reason,), count)
+        if self.admission.bodies is not None:
+            rejected.add_metric(("body_buffer",), self.admission.bodies.rejected)
         yield rejected
         yield GaugeMetricFamily("proxy_resident_memory_bytes", "Resident set size of this process",
                                 value=self.admission._read())
@@ -142,11 +146,89 @@ class _Collector(Collector):
         yield GaugeMetricFamily("proxy_asyncio_tasks", "Live asyncio tasks", value=tasks)
 
 
+class BodyBuffer:
+    """A budget for the bytes of request bodies being read at once (`limits.maxBodyBuffer`, R20).
+
+    A request reserves its declared length, or `maxBodyBytes` when it declares none (chunked),
+    before it reads its body, and gives it back when the read ends. Past the budget requests wait
+    in arrival order for up to `limits.bodyBufferWait` seconds, then get a fast 503; while one
+    waits, its connection's read buffer fills and the server stops reading it, so 50 oversized
+    chunked bodies are read one budget at a time instead of all at once. A body larger than the
+    whole budget is read alone. The common case costs a compare and an add.
+    """
+
+    __slots__ = ("capacity", "wait", "used", "_waiters", "rejected")
+
+    def __init__(self, capacity: int, wait: float) -> None:
+        self.capacity = capacity
+        self.wait = wait
+        self.used = 0
+        self._waiters: collections.deque[tuple[int, asyncio.Future]] = collections.deque()
+        self.rejected = 0
+
+    def take(self, size: int) -> bool:
+        """Reserve `size` bytes now if they fit (and nobody waits before), else False."""
+        if not self.capacity:
+            return True
+        if not self._waiters and (self.used + size <= self.capacity or not self.used):
+            self.used += size
+            return True
+        return False
+
+    async def reserve(self, size: int) -> None:
+        """Wait for `size` bytes in arrival order; 503 after `wait` seconds."""
+        waiter = asyncio.get_running_loop().create_future()
+        entry = (size, waiter)
+        self._waiters.append(entry)
+        try:
+            async with asyncio.timeout(self.wait):
+                await waiter
+        except TimeoutError:
+            self._abandon(entry)
+            self.rejected += 1
+            error = Unavailable("the gateway is reading its maximum of request bodies; retry shortly",
+                                retry_after=RETRY_AFTER, code="overloaded")
+            error.closes = True  # the body stays unread
+            raise error from None
+        except BaseException:  # cancelled: the client went away
+            self._abandon(entry)
+            raise
+
+    def _abandon(self, entry: tuple[int, asyncio.Future]) -> None:
+        size, waiter = entry
+        if waiter.done() and not waiter.cancelled():
+            self.release(size)  # granted just as the wait ended: hand it on
+            return
+        try:
+            self._waiters.remove(entry)
+        except ValueError:
+            pass
+        self._wake()
+
+    def release(self, size: int) -> None:
+        if self.capacity:
+            self.used -= size
+            self._wake()
+
+    def _wake(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            size, waiter = waiters[0]
+            if self.used and self.used + size > self.capacity:
+                return
+            waiters.popleft()
+            if not waiter.done():
+                self.used += size
+                waiter.set_result(None)
+
+
 ADMISSION = web.AppKey("admission", Admission)
+BODIES = web.AppKey("bodies", BodyBuffer)
 
 
 def install(app: web.Application, limits: Limits, metrics) -> Admission:
     """Put an `Admission` on the app and its numbers on /metrics."""
     admission = app[ADMISSION] = Admission(limits, metrics)
+    admission.bodies = app[BODIES] = BodyBuffer(limits.max_body_buffer, limits.body_buffer_wait)
     metrics.registry.register(admission.collector())
     return admission

@@ -33,12 +33,14 @@ from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
 
 from proxy.config import Limits
-from proxy.errors import InvalidRequest, ProxyError
+from proxy.errors import InvalidRequest, PayloadTooLarge, ProxyError
 
 log = structlog.get_logger("proxy.server")
 
 _VERSIONS = frozenset({(1, 0), (1, 1)})
-READ_BUFSIZE = 16 * 1024  # a request body read ahead of the handler: 2 × this per connection
+READ_BUFSIZE = 2 * 1024  # body bytes buffered ahead of a handler that has not asked for them: 2 × this
+SMALL_READ = 4 * 1024  # one socket read while no handler reads a body on the connection…
+LARGE_READ = 64 * 1024  # …and while one does
 
 
 class Guard:
@@ -72,7 +74,7 @@ _HEADER_TOO_LARGE = _raw_response(InvalidRequest("the request headers are too la
 class GuardedHandler(web.RequestHandler):
     """One client connection: aiohttp's handler plus the header deadline and body rate."""
 
-    __slots__ = ("refusal", "_guard", "_timer", "_header_bytes", "_payload", "_body_mark")
+    __slots__ = ("refusal", "_guard", "_timer", "_header_bytes", "_payload", "_body_mark", "_body_open")
 
     def __init__(self, manager: web.Server, *, guard: Guard, **kwargs) -> None:
         super().__init__(manager, **kwargs)
@@ -82,6 +84,32 @@ class GuardedHandler(web.RequestHandler):
         self._header_bytes = 0
         self._payload = None  # the body of the latest request: while it runs, bytes are body bytes
         self._body_mark = 0
+        self._body_open = False  # a handler reads that body within the body budget: read in large pieces
+
+    def hold_body(self) -> None:
+        """The handler waits for the body budget before it reads: the body's rate is not this
+        client's fault meanwhile, so its clock stops (called by `proxy.routes.chat.read_body`)."""
+        self._cancel_timer()
+
+    def open_body(self, content) -> None:
+        """The handler reads the current request's body now, within the body budget (called by
+        `proxy.routes.chat.read_body`): reads grow to LARGE_READ, and so does what the body's
+        buffer holds before it pauses the socket; the body's rate is measured from here."""
+        self._body_open = True
+        widen = getattr(content, "set_read_chunk_size", None)  # aiohttp ≥ 3.13
+        if widen is not None:
+            widen(LARGE_READ)
+        payload = self._payload
+        if self._timer is None and payload is not None and not payload.is_eof() and self._guard.limits.min_body_rate:
+            self._body_mark = payload.total_bytes
+            self._timer = self._loop.call_later(self._guard.limits.body_rate_window, self._check_body)
+
+    @property
+    def read_size(self) -> int:
+        payload = self._payload
+        if self._body_open and payload is not None and not payload.is_eof():
+            return LARGE_READ
+        return SMALL_READ
 
     def idle(self) -> bool:
         """No request in progress: silent, between keep-alive requests, or still sending headers."""
@@ -111,10 +139,27 @@ class GuardedHandler(web.RequestHandler):
             self._measure_headers()  # they came with a large body in one read: measure them exactly
         self._header_bytes = 0
         self._cancel_timer()
-        payload = self._payload = self._messages[-1][1]
+        message, payload = self._messages[-1]
+        self._payload = payload
+        self._body_open = False
+        if not payload.is_eof() and self._declares_too_much(message):
+            return
         if limits.min_body_rate and not payload.is_eof():  # the body did not come with the headers
             self._body_mark = payload.total_bytes
             self._timer = self._loop.call_later(limits.body_rate_window, self._check_body)
+
+    def _declares_too_much(self, message) -> bool:
+        """A declared body over `limits.maxBodyBytes`: refused before any of it is read (R20). The
+        answer is a 413 with `Connection: close` (from the route, or the error boundary for the
+        others); what the client still sends is read in small pieces and dropped (aiohttp's
+        lingering close), so a client that sends its whole body before it reads sees the 413."""
+        limit = self._guard.limits.max_body_bytes
+        declared = message.headers.get("Content-Length")
+        if declared is None or not limit or int(declared) <= limit:
+            return False
+        self._guard.count("body_too_large")
+        self.refusal = PayloadTooLarge(f"the request body is larger than {limit} bytes")
+        return True
 
     def _measure_headers(self) -> None:
         cap = self._guard.limits.max_header_bytes
@@ -175,6 +220,41 @@ class GuardedHandler(web.RequestHandler):
         return response
 
 
+class Reader(asyncio.BufferedProtocol):
+    """The protocol the transport sees: it reads into a buffer of the size the handler asks for and
+    hands aiohttp's handler the bytes. The loop would read up to 256 KiB at once, so 50 connections
+    sending large bodies would hold 50 × 256 KiB before any handler ran (R20); reads are 8 KiB
+    until a handler reads its body within the body budget. One buffer serves every connection of a
+    server: a read and its hand-over happen in one callback."""
+
+    __slots__ = ("handler", "_buffer")
+
+    def __init__(self, handler: GuardedHandler, buffer: memoryview) -> None:
+        self.handler = handler
+        self._buffer = buffer
+
+    def connection_made(self, transport) -> None:
+        self.handler.connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.handler.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.handler.resume_writing()
+
+    def eof_received(self) -> bool | None:
+        return self.handler.eof_received()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._buffer[:self.handler.read_size]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.handler.data_received(bytes(self._buffer[:nbytes]))
+
+
 class GuardedServer(web.Server):
     """aiohttp's server, making `GuardedHandler`s and keeping the connection count under the cap."""
 
@@ -182,9 +262,10 @@ class GuardedServer(web.Server):
         super().__init__(plain.request_handler, request_factory=plain.request_factory,
                          handler_cancellation=plain.handler_cancellation, loop=plain._loop, **plain._kwargs)
         self.guard = guard
+        self._buffer = memoryview(bytearray(LARGE_READ))  # every read of this server's connections
 
-    def __call__(self) -> GuardedHandler:
-        return GuardedHandler(self, loop=self._loop, guard=self.guard, **self._kwargs)
+    def __call__(self) -> Reader:
+        return Reader(GuardedHandler(self, loop=self._loop, guard=self.guard, **self._kwargs), self._buffer)
 
     def connection_made(self, handler, transport) -> None:
         super().connection_made(handler, transport)

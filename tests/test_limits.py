@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 
 import msgspec
 import pytest
@@ -128,3 +130,60 @@ async def test_a_capped_gateway_answers_503_in_openai_shape(gateway, fake_openai
         assert (await r.json())["error"] == {"message": "the gateway is serving its maximum of 1 requests; retry shortly",
                                              "type": "service_unavailable", "param": None, "code": "overloaded"}
     gw.gw.metrics.in_flight = 0
+
+
+def test_body_buffer_takes_what_fits_and_a_body_larger_than_it_alone():
+    bodies = limits.BodyBuffer(100, wait=1.0)
+    assert bodies.take(60) and not bodies.take(50) and bodies.take(40)
+    assert bodies.used == 100
+    bodies.release(100)
+    assert bodies.take(500) and bodies.used == 500  # larger than the whole budget: read alone
+    assert not bodies.take(1)
+    off = limits.BodyBuffer(0, wait=1.0)
+    assert off.take(10**12) and off.take(10**12) and off.used == 0
+
+
+async def test_body_buffer_waiters_go_in_arrival_order():
+    bodies = limits.BodyBuffer(100, wait=2.0)
+    assert bodies.take(90)
+    order: list[str] = []
+
+    async def wait(name: str, size: int) -> None:
+        if not bodies.take(size):
+            await bodies.reserve(size)
+        order.append(name)
+
+    big = asyncio.ensure_future(wait("big", 60))
+    await asyncio.sleep(0)
+    small = asyncio.ensure_future(wait("small", 5))  # would fit now, but the big one came first
+    await asyncio.sleep(0.01)
+    assert order == [] and not bodies.take(5)
+    bodies.release(90)
+    await asyncio.gather(big, small)
+    assert order == ["big", "small"] and bodies.used == 65
+
+
+async def test_body_buffer_wait_ends_in_a_503_that_closes_and_leaks_nothing():
+    bodies = limits.BodyBuffer(100, wait=0.1)
+    assert bodies.take(100)
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as caught:
+        await bodies.reserve(10)
+    assert 0.1 <= time.monotonic() - started < 0.5
+    assert caught.value.retry_after == 1 and caught.value.closes and bodies.rejected == 1
+    cancelled = asyncio.ensure_future(bodies.reserve(10))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    bodies.release(100)
+    assert bodies.used == 0 and bodies.take(100)  # neither the refused nor the cancelled one holds any
+
+
+def test_body_buffer_refusals_are_on_metrics():
+    from aiohttp import web
+
+    app, metrics = web.Application(), Metrics()
+    limits.install(app, msgspec.convert({"maxBodyBuffer": 10}, type=Limits), metrics)
+    app[limits.BODIES].rejected = 3
+    assert 'proxy_admission_rejected_total{reason="body_buffer"} 3.0' in metrics.render().decode()

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from proxy import server
+from proxy import limits, server
 from tests.conftest import openai_provider
 from tests.fakes.openai import Behaviour
 
@@ -134,6 +134,76 @@ async def test_over_the_cap_with_every_connection_busy_the_new_one_is_closed(ser
     assert gw.runner.guard.refused == {"connection_cap": 1}
     for r, _ in busy:  # the busy ones finish normally
         assert (await asyncio.wait_for(r.readuntil(b"\r\n"), 3)).startswith(b"HTTP/1.1 200")
+
+
+def _record_reads(monkeypatch) -> list[int]:
+    sizes: list[int] = []
+    original = server.Reader.buffer_updated
+
+    def buffer_updated(self, nbytes: int) -> None:
+        sizes.append(nbytes)
+        original(self, nbytes)
+
+    monkeypatch.setattr(server.Reader, "buffer_updated", buffer_updated)
+    return sizes
+
+
+async def test_reads_stay_small_until_the_handler_reads_the_body(served, fake_openai, monkeypatch):
+    gw = await served({"providers": [openai_provider(fake_openai, models=("m",))]})
+    sizes = _record_reads(monkeypatch)
+    content = "".join(chr(0x41 + i % 26) for i in range(600_000))
+    reader, writer = await _open(gw.port)
+    writer.write(_post(body=orjson.dumps({"model": "m", "messages": [{"role": "user", "content": content}]})))
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)).startswith(b"HTTP/1.1 200")
+    assert fake_openai.requests[-1].body["messages"][0]["content"] == content  # every piece, in order
+    assert sizes[0] <= server.SMALL_READ  # the headers' read: no handler yet
+    assert max(sizes) > server.SMALL_READ and max(sizes) <= server.LARGE_READ  # widened once it reads
+    writer.close()
+
+
+async def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(served, fake_openai, monkeypatch):
+    gw = await served({"providers": [openai_provider(fake_openai, models=("m",))],
+                       "limits": {"maxBodyBytes": 1024 * 1024}})
+    sizes = _record_reads(monkeypatch)
+    for path in ("/v1/chat/completions", "/v1/llm/providers"):  # a data-plane route and an admin one
+        sizes.clear()
+        reader, writer = await _open(gw.port)
+        writer.write(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {20 * 1024 * 1024}\r\n\r\n".encode() + b"x" * 1000)  # and no more
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2)
+        assert head.startswith(b"HTTP/1.1 413") and b"Connection: close" in head
+        assert sum(sizes) <= server.SMALL_READ  # answered without waiting for the body
+        length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+        assert orjson.loads(await reader.readexactly(length))["error"]["code"] == "request_too_large"
+        writer.close()
+    assert gw.runner.guard.refused == {"body_too_large": 2} and fake_openai.requests == []
+    (record,) = await gw.records()  # the data-plane refusal keeps its usage record
+    assert record.status == "rejected" and record.error_type == "request_too_large"
+
+
+async def test_past_the_body_buffer_a_request_waits_then_gets_a_503(served, fake_openai):
+    gw = await served({"providers": [openai_provider(fake_openai, models=("m",))],
+                       "limits": {"maxBodyBytes": 4096, "maxBodyBuffer": 4096, "bodyBufferWait": 0.3}})
+    holder_r, holder_w = await _open(gw.port)  # a chunked body, of unknown length: it reserves 4096
+    holder_w.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   + b"%x\r\n%s\r\n" % (len(BODY) - 5, BODY[:-5]))
+    await asyncio.sleep(0.1)
+    reader, writer = await _open(gw.port)
+    started = time.monotonic()
+    writer.write(_post())
+    answer = await asyncio.wait_for(reader.read(), 2)  # and closed
+    assert 0.3 <= time.monotonic() - started < 1.0
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in head
+    assert orjson.loads(body)["error"]["code"] == "overloaded"
+    holder_w.write(b"5\r\n%s\r\n0\r\n\r\n" % BODY[-5:])  # the holder finishes: served, budget back
+    assert (await asyncio.wait_for(holder_r.readuntil(b"\r\n"), 2)).startswith(b"HTTP/1.1 200")
+    reader, writer = await _open(gw.port)
+    writer.write(_post())
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 2)).startswith(b"HTTP/1.1 200")
+    assert gw.app[limits.BODIES].used == 0 and gw.app[limits.BODIES].rejected == 1
+    for w in (holder_w, writer):
+        w.close()
 
 
 async def test_parser_errors_leave_in_openai_shape_and_close(served):

@@ -12,7 +12,8 @@ from proxy import tags as tagging
 from proxy.errors import PayloadTooLarge, ProxyError
 from proxy.exchange import Exchange
 from proxy.gateway import GATEWAY, Gateway
-from proxy.limits import ADMISSION
+from proxy.limits import ADMISSION, BodyBuffer
+from proxy.server import GuardedHandler
 from proxy.providers.base import estimate_tokens
 from proxy.streaming.relay import relay
 from proxy.telemetry import journal
@@ -21,14 +22,32 @@ from proxy.upstream import dispatch
 _JSON = "application/json"
 
 
-async def read_body(http_request: web.Request, limit: int) -> bytes:
+async def read_body(http_request: web.Request, limit: int, bodies: BodyBuffer) -> bytes:
+    """The whole request body, read within the global budget for bodies being read (R20)."""
     declared = http_request.content_length
-    if declared is not None and declared > limit:
+    if declared is not None and declared > limit:  # the server refuses these first; kept for safety
         raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+    size = limit if declared is None else declared
+    protocol = http_request.protocol
+    guarded = isinstance(protocol, GuardedHandler)
+    if not bodies.take(size):
+        if guarded:
+            protocol.hold_body()
+        await bodies.reserve(size)
+    content = http_request.content
+    if guarded:
+        protocol.open_body(content)
+    parts, read = [], 0
     try:
-        return await http_request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLarge(f"the request body is larger than {limit} bytes") from None
+        while chunk := await content.readany():  # pieces kept as they came: no copy while growing
+            read += len(chunk)
+            if read > limit:
+                parts.clear()
+                raise PayloadTooLarge(f"the request body is larger than {limit} bytes")
+            parts.append(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+    finally:
+        bodies.release(size)
 
 
 def error_response(error: ProxyError, request_id: str | None = None) -> web.Response:
@@ -36,7 +55,7 @@ def error_response(error: ProxyError, request_id: str | None = None) -> web.Resp
     if request_id:
         headers["X-Request-Id"] = request_id
     response = web.Response(status=error.status, body=error.to_json(), content_type=_JSON, headers=headers)
-    if error.status == 413:  # the rest of the body is not read (aiohttp would linger reading it): close
+    if error.closes:  # the rest of the body is not read (aiohttp would linger reading it): close
         response.force_close()
     return response
 
@@ -72,10 +91,11 @@ async def _serve(http_request: web.Request, kind: str) -> web.StreamResponse:
 
 
 async def _exchange(http_request: web.Request, gw: Gateway, ex: Exchange, kind: str) -> web.StreamResponse:
-    http_request.app[ADMISSION].admit(http_request.content_length)  # in-flight, memory: fast 503s
+    admission = http_request.app[ADMISSION]
+    admission.admit(http_request.content_length)  # in-flight, memory: fast 503s
     caller = await gw.auth.authenticate(http_request.headers, http_request.get(journal.RESOLVED))
     ex.caller_id = caller.id
-    body = await read_body(http_request, gw.cfg.limits.max_body_bytes)
+    body = await read_body(http_request, gw.cfg.limits.max_body_bytes, admission.bodies)
     request = decoding.parse(body, kind)
     ex.model_requested = request.model
     ex.stream = request.stream
