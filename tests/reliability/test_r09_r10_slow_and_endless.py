@@ -140,12 +140,14 @@ async def _slow_readers(gateway_process, aiohttp_server, streams: int, seconds: 
 async def test_r09_gateway_memory_stays_bounded_under_slow_readers(gateway_process, aiohttp_server):
     streams = 30
     growth = await _slow_readers(gateway_process, aiohttp_server, streams, seconds=4)
+    print(f"R09 {streams} slow readers for 4 s: RSS growth {growth / 2**20:.1f} MiB")
     assert growth <= streams * 0.6 * 1024 * 1024, growth
 
 
 @pytest.mark.slow
 async def test_r09_slow_100_streams_for_60_seconds(gateway_process, aiohttp_server):
     growth = await _slow_readers(gateway_process, aiohttp_server, 100, seconds=60)
+    print(f"R09 100 slow readers for 60 s: RSS growth {growth / 2**20:.1f} MiB")
     assert growth <= 64 * 1024 * 1024, growth
 
 
