@@ -137,7 +137,10 @@ async def _scenario(name: str, target: Target, cfg: Settings, idle_count: int) -
     elif name == "s1000":
         result = await _streams(target, 1000, cfg.paced_model, cfg, ramp=1.0)  # 1,000 new streams/s
     elif name == "delayed":
-        result = await _streams(target, 16, cfg.delayed_model, cfg)
+        # Spread over one stream's length: started together, 16 streams of equal length would stay
+        # in step and arrive as a burst of 16 every stream, and TTFB would measure that queue.
+        length = (cfg.delayed_ttfb_ms + 100 * cfg.delayed_chunk_ms) / 1000
+        result = await _streams(target, 16, cfg.delayed_model, cfg, ramp=length)
     else:
         result = await _idle(target, idle_count, cfg)
     cpu1, elapsed = target.cpu(), time.monotonic() - start

@@ -1,6 +1,7 @@
 """One sink's delivery: its own task, its own cursor in the spool, its own retries.
 
-A sink is any object with a `name` and `async send(records)`. `send` returns once the batch is
+A sink is any object with a `name` and `async send(records)`, and optionally a `batch_size`
+smaller than `telemetry.batchSize`. `send` returns once the batch is
 handled (accepted, or refused for good and dead-lettered by the sink); it raises when the batch
 must be sent again: `Retryable` (with the server's Retry-After, when it gave one) or any other
 exception. The batch stays in the spool until `send` returns, so a crash resends it: record ids
@@ -78,7 +79,8 @@ class Lane:
         self.name = sink.name
         self.spool = spool
         self.pool = pool  # the spool's reader thread
-        self.batch_size = cfg.batch_size
+        # A sink may take smaller batches than `telemetry.batchSize` (the local store does: see it)
+        self.batch_size = min(getattr(sink, "batch_size", None) or cfg.batch_size, cfg.batch_size)
         self.flush_s = cfg.flush_ms / 1000
         self.backoff = Backoff(cfg.retry_initial, cfg.retry_max)
         self.metrics = metrics

@@ -101,6 +101,11 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 class UsageStore:
     name = "local"
+    # Batches of 16: the store's work per batch (decoding on the spool's thread, the insert on
+    # its own) shares the gateway's core with the requests, and one batch of 500 held the loop
+    # back ~3 ms once a second: c1 p99 3.7 → 1.7 ms (bench), CPU per request unchanged within
+    # the noise. Remote sinks keep `telemetry.batchSize`.
+    batch_size = 16
 
     def __init__(self, path: str) -> None:
         self.path = path

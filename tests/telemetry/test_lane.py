@@ -59,6 +59,27 @@ async def test_a_failing_batch_is_retried_in_order_until_taken(tmp_path):
     pool.shutdown()
 
 
+async def test_a_sink_may_take_smaller_batches_than_the_setting(tmp_path):
+    sink = Recorder("local")
+    sink.batch_size = 4
+    spool, pool, lane, w = await _lane(tmp_path, sink, batch_size=10, flush_ms=20)
+    assert lane.batch_size == 4
+    for i in range(10):
+        w.submit((writer.RECORD, record(i), None))
+    await until(lambda: w.pending() == 0)
+    await asyncio.sleep(0.05)  # synced
+    lane.start()
+    await until(lambda: len(sink.ids) == 10)
+    assert max(sink.batches) == 4 and sink.ids == [f"rec-{i:08d}" for i in range(10)]
+    big = Recorder("big")
+    big.batch_size = 1000  # never more than the setting
+    assert Lane(big, spool, pool, Telemetry(batch_size=10)).batch_size == 10
+    await lane.close(1)
+    w.stop(5)
+    spool.close()
+    pool.shutdown()
+
+
 async def test_retry_after_is_honoured(tmp_path):
     sink = Recorder("castai", fail=1, retry_after=0.4)
     spool, pool, lane, w = await _lane(tmp_path, sink, batch_size=5, flush_ms=20, retry_initial=0.01,
