@@ -91,7 +91,7 @@ class Admission:
         self._next_read = 0.0
         self._next_relief = 0.0
         self.rejected = {"in_flight": 0, "memory": 0}
-        self.bodies: BodyBuffer | None = None
+        self.bodies = BodyBuffer(limits.max_body_buffer, limits.body_buffer_wait)
 
     def admit(self, body_bytes: int | None = None) -> None:
         """Called with this request already counted in `metrics.in_flight`."""
@@ -134,8 +134,7 @@ class _Collector(Collector):
                                        labels=("reason",))
         for reason, count in self.admission.rejected.items():
             rejected.add_metric((reason,), count)
-        if self.admission.bodies is not None:
-            rejected.add_metric(("body_buffer",), self.admission.bodies.rejected)
+        rejected.add_metric(("body_buffer",), self.admission.bodies.rejected)
         yield rejected
         yield GaugeMetricFamily("proxy_resident_memory_bytes", "Resident set size of this process",
                                 value=self.admission._read())
@@ -223,12 +222,10 @@ class BodyBuffer:
 
 
 ADMISSION = web.AppKey("admission", Admission)
-BODIES = web.AppKey("bodies", BodyBuffer)
 
 
 def install(app: web.Application, limits: Limits, metrics) -> Admission:
     """Put an `Admission` on the app and its numbers on /metrics."""
     admission = app[ADMISSION] = Admission(limits, metrics)
-    admission.bodies = app[BODIES] = BodyBuffer(limits.max_body_buffer, limits.body_buffer_wait)
     metrics.registry.register(admission.collector())
     return admission

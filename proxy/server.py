@@ -105,11 +105,10 @@ class GuardedHandler(web.RequestHandler):
             self._timer = self._loop.call_later(self._guard.limits.body_rate_window, self._check_body)
 
     @property
-    def read_size(self) -> int:
+    def reads_body(self) -> bool:
+        """A handler is reading the current body: reads may be LARGE_READ, else SMALL_READ."""
         payload = self._payload
-        if self._body_open and payload is not None and not payload.is_eof():
-            return LARGE_READ
-        return SMALL_READ
+        return self._body_open and payload is not None and not payload.is_eof()
 
     def idle(self) -> bool:
         """No request in progress: silent, between keep-alive requests, or still sending headers."""
@@ -223,15 +222,16 @@ class GuardedHandler(web.RequestHandler):
 class Reader(asyncio.BufferedProtocol):
     """The protocol the transport sees: it reads into a buffer of the size the handler asks for and
     hands aiohttp's handler the bytes. The loop would read up to 256 KiB at once, so 50 connections
-    sending large bodies would hold 50 × 256 KiB before any handler ran (R20); reads are 8 KiB
-    until a handler reads its body within the body budget. One buffer serves every connection of a
-    server: a read and its hand-over happen in one callback."""
+    sending large bodies would hold 50 × 256 KiB before any handler ran (R20); reads are
+    SMALL_READ until a handler reads its body within the body budget, then LARGE_READ. One buffer
+    serves every connection of a server: a read and its hand-over happen in one callback."""
 
-    __slots__ = ("handler", "_buffer")
+    __slots__ = ("handler", "_buffer", "_small")
 
-    def __init__(self, handler: GuardedHandler, buffer: memoryview) -> None:
+    def __init__(self, handler: GuardedHandler, buffer: memoryview, small: memoryview) -> None:
         self.handler = handler
         self._buffer = buffer
+        self._small = small
 
     def connection_made(self, transport) -> None:
         self.handler.connection_made(transport)
@@ -249,7 +249,7 @@ class Reader(asyncio.BufferedProtocol):
         return self.handler.eof_received()
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        return self._buffer[:self.handler.read_size]
+        return self._buffer if self.handler.reads_body else self._small
 
     def buffer_updated(self, nbytes: int) -> None:
         self.handler.data_received(bytes(self._buffer[:nbytes]))
@@ -263,9 +263,11 @@ class GuardedServer(web.Server):
                          handler_cancellation=plain.handler_cancellation, loop=plain._loop, **plain._kwargs)
         self.guard = guard
         self._buffer = memoryview(bytearray(LARGE_READ))  # every read of this server's connections
+        self._small = self._buffer[:SMALL_READ]
 
     def __call__(self) -> Reader:
-        return Reader(GuardedHandler(self, loop=self._loop, guard=self.guard, **self._kwargs), self._buffer)
+        return Reader(GuardedHandler(self, loop=self._loop, guard=self.guard, **self._kwargs), self._buffer,
+                      self._small)
 
     def connection_made(self, handler, transport) -> None:
         super().connection_made(handler, transport)

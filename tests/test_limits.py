@@ -185,5 +185,5 @@ def test_body_buffer_refusals_are_on_metrics():
 
     app, metrics = web.Application(), Metrics()
     limits.install(app, msgspec.convert({"maxBodyBuffer": 10}, type=Limits), metrics)
-    app[limits.BODIES].rejected = 3
+    app[limits.ADMISSION].bodies.rejected = 3
     assert 'proxy_admission_rejected_total{reason="body_buffer"} 3.0' in metrics.render().decode()

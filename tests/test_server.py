@@ -201,7 +201,8 @@ async def test_past_the_body_buffer_a_request_waits_then_gets_a_503(served, fake
     reader, writer = await _open(gw.port)
     writer.write(_post())
     assert (await asyncio.wait_for(reader.readuntil(b"\r\n"), 2)).startswith(b"HTTP/1.1 200")
-    assert gw.app[limits.BODIES].used == 0 and gw.app[limits.BODIES].rejected == 1
+    bodies = gw.app[limits.ADMISSION].bodies
+    assert bodies.used == 0 and bodies.rejected == 1
     for w in (holder_w, writer):
         w.close()
 
