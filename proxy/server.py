@@ -38,7 +38,7 @@ from proxy.errors import InvalidRequest, PayloadTooLarge, ProxyError
 log = structlog.get_logger("proxy.server")
 
 _VERSIONS = frozenset({(1, 0), (1, 1)})
-READ_BUFSIZE = 2 * 1024  # body bytes buffered ahead of a handler that has not asked for them: 2 × this
+READ_BUFSIZE = 1024  # a body buffers past 2 × this, its socket pauses: a read ahead of its handler is paused at once
 SMALL_READ = 4 * 1024  # one socket read while no handler reads a body on the connection…
 LARGE_READ = 64 * 1024  # …and while one does
 
@@ -74,7 +74,8 @@ _HEADER_TOO_LARGE = _raw_response(InvalidRequest("the request headers are too la
 class GuardedHandler(web.RequestHandler):
     """One client connection: aiohttp's handler plus the header deadline and body rate."""
 
-    __slots__ = ("refusal", "_guard", "_timer", "_header_bytes", "_payload", "_body_mark", "_body_open")
+    __slots__ = ("refusal", "discarding", "_guard", "_timer", "_header_bytes", "_payload", "_body_mark",
+                 "_body_open")
 
     def __init__(self, manager: web.Server, *, guard: Guard, **kwargs) -> None:
         super().__init__(manager, **kwargs)
@@ -85,28 +86,64 @@ class GuardedHandler(web.RequestHandler):
         self._payload = None  # the body of the latest request: while it runs, bytes are body bytes
         self._body_mark = 0
         self._body_open = False  # a handler reads that body within the body budget: read in large pieces
+        self.discarding = False  # the body was refused: what still arrives is dropped unparsed
 
     def hold_body(self) -> None:
         """The handler waits for the body budget before it reads: the body's rate is not this
-        client's fault meanwhile, so its clock stops (called by `proxy.routes.chat.read_body`)."""
+        client's fault meanwhile, so its clock stops (called by `proxy.routes.chat.read_body`), and
+        the socket is not read: what a waiting body holds is what came with its headers."""
         self._cancel_timer()
+        payload = self._payload
+        if payload is not None and not payload.is_eof() and not self._reading_paused and self._parser is not None:
+            self.pause_reading()  # (a body sent whole has nothing to pause; no parser: the client left)
 
-    def open_body(self, content) -> None:
+    def open_body(self) -> None:
         """The handler reads the current request's body now, within the body budget (called by
-        `proxy.routes.chat.read_body`): reads grow to LARGE_READ, and so does what the body's
-        buffer holds before it pauses the socket; the body's rate is measured from here."""
+        `proxy.routes.chat.read_body`): reads grow to LARGE_READ, one at a time (the body's buffer
+        pauses the socket past READ_BUFSIZE, so each read is taken before the next); the body's rate
+        is measured from here."""
         self._body_open = True
-        widen = getattr(content, "set_read_chunk_size", None)  # aiohttp ≥ 3.13
-        if widen is not None:
-            widen(LARGE_READ)
+        if self._reading_paused:  # by `hold_body`, or by the body's buffer (read below resumes it then)
+            self.resume_reading()
         payload = self._payload
         if self._timer is None and payload is not None and not payload.is_eof() and self._guard.limits.min_body_rate:
             self._body_mark = payload.total_bytes
             self._timer = self._loop.call_later(self._guard.limits.body_rate_window, self._check_body)
 
+    def close_body(self) -> None:
+        """The handler has read the body, or given up on it (called by `proxy.routes.chat.read_body`).
+        A body left unread was refused, and its connection closes after the answer: see `_discard`."""
+        self._body_open = False
+        payload = self._payload
+        if payload is not None and not payload.is_eof():
+            self._discard()
+
+    def _discard(self) -> None:
+        """Drop the rest of a refused body unparsed, read in large pieces into the shared buffer:
+        it costs no memory, and a client that sends its whole body before it reads still gets the
+        answer, which `finish_response` follows with the end of our side of the stream. aiohttp's
+        lingering close holds the connection until the client hangs up too (at most its lingering
+        time), then closes it; a request pipelined behind is never parsed."""
+        self.discarding = True
+        self._cancel_timer()
+        if self._reading_paused:
+            self.resume_reading()
+
+    async def finish_response(self, request, resp, start_time):
+        """aiohttp's, then, after the answer to a refused body, the end of our half of the stream:
+        the client sees the answer end, and hangs up, while its body's rest is dropped."""
+        result = await super().finish_response(request, resp, start_time)
+        transport = self.transport
+        if self.discarding and transport is not None and transport.can_write_eof():
+            transport.write_eof()
+        return result
+
     @property
     def reads_body(self) -> bool:
-        """A handler is reading the current body: reads may be LARGE_READ, else SMALL_READ."""
+        """A handler is reading the current body, or a refused one is dropped: reads may be
+        LARGE_READ, else SMALL_READ."""
+        if self.discarding:
+            return True
         payload = self._payload
         return self._body_open and payload is not None and not payload.is_eof()
 
@@ -150,14 +187,14 @@ class GuardedHandler(web.RequestHandler):
     def _declares_too_much(self, message) -> bool:
         """A declared body over `limits.maxBodyBytes`: refused before any of it is read (R20). The
         answer is a 413 with `Connection: close` (from the route, or the error boundary for the
-        others); what the client still sends is read in small pieces and dropped (aiohttp's
-        lingering close), so a client that sends its whole body before it reads sees the 413."""
+        others); what the client still sends is dropped unparsed (`_discard`)."""
         limit = self._guard.limits.max_body_bytes
         declared = message.headers.get("Content-Length")
         if declared is None or not limit or int(declared) <= limit:
             return False
         self._guard.count("body_too_large")
         self.refusal = PayloadTooLarge(f"the request body is larger than {limit} bytes")
+        self._discard()
         return True
 
     def _measure_headers(self) -> None:
@@ -252,7 +289,9 @@ class Reader(asyncio.BufferedProtocol):
         return self._buffer if self.handler.reads_body else self._small
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.handler.data_received(bytes(self._buffer[:nbytes]))
+        handler = self.handler
+        if not handler.discarding:
+            handler.data_received(bytes(self._buffer[:nbytes]))
 
 
 class GuardedServer(web.Server):

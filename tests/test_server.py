@@ -34,6 +34,7 @@ def test_it_still_hooks_into_aiohttp_the_way_it_expects():
     assert {"_waiter", "_messages", "_force_close"} <= set(web.RequestHandler.__slots__)
     assert "_loop" in BaseProtocol.__slots__
     assert callable(web.AppRunner._make_server)
+    assert callable(web.RequestHandler.finish_response) and "_lingering_time" in web.RequestHandler.__slots__
 
 
 async def test_runner_serves_guarded_handlers_with_the_configured_limits(served, fake_openai):
@@ -179,6 +180,44 @@ async def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(serve
     assert gw.runner.guard.refused == {"body_too_large": 2} and fake_openai.requests == []
     (record,) = await gw.records()  # the data-plane refusal keeps its usage record
     assert record.status == "rejected" and record.error_type == "request_too_large"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_client_sending_its_whole_oversized_body_first_gets_the_413_and_the_end(served, fake_openai,
+                                                                                       monkeypatch, chunked):
+    """The way httpx and requests send: the whole body, then read. The rest of the refused body is
+    read and dropped unparsed (a request pipelined behind it is never run), the 413 is followed
+    by the end of the gateway's half of the stream, and nothing resets the connection."""
+    gw = await served({"providers": [openai_provider(fake_openai, models=("m",))],
+                       "limits": {"maxBodyBytes": 64 * 1024}})
+    parsed: list[int] = []
+    original = server.GuardedHandler.data_received
+
+    def data_received(self, data: bytes) -> None:
+        parsed.append(len(data))
+        original(self, data)
+
+    monkeypatch.setattr(server.GuardedHandler, "data_received", data_received)
+    big = b'{"model":"m","messages":[{"role":"user","content":"' + b"x" * (1024 * 1024) + b'"}]}'
+    if chunked:
+        framed = b"".join(b"%x\r\n%s\r\n" % (len(big[i:i + 8192]), big[i:i + 8192])
+                          for i in range(0, len(big), 8192))
+        request = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   + framed + b"0\r\n\r\n")
+    else:
+        request = _post(body=big)
+    reader, writer = await _open(gw.port)
+    started = time.monotonic()
+    writer.write(request + _post())  # and a request pipelined behind it
+    await asyncio.wait_for(writer.drain(), 5)  # every byte was taken
+    answer = await asyncio.wait_for(reader.read(), 2)  # up to the end of the stream, not a reset
+    assert time.monotonic() - started < 2.0
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413") and b"Connection: close" in head
+    assert answer.count(b"HTTP/1.1 ") == 1 and orjson.loads(body)["error"]["code"] == "request_too_large"
+    assert fake_openai.requests == []
+    assert sum(parsed) <= 64 * 1024 + server.LARGE_READ + server.SMALL_READ  # the rest went unparsed
+    writer.close()
 
 
 async def test_past_the_body_buffer_a_request_waits_then_gets_a_503(served, fake_openai):

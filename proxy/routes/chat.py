@@ -13,8 +13,8 @@ from proxy.errors import PayloadTooLarge, ProxyError
 from proxy.exchange import Exchange
 from proxy.gateway import GATEWAY, Gateway
 from proxy.limits import ADMISSION, BodyBuffer
-from proxy.server import GuardedHandler
 from proxy.providers.base import estimate_tokens
+from proxy.server import GuardedHandler
 from proxy.streaming.relay import relay
 from proxy.telemetry import journal
 from proxy.upstream import dispatch
@@ -30,15 +30,16 @@ async def read_body(http_request: web.Request, limit: int, bodies: BodyBuffer) -
     size = limit if declared is None else declared
     protocol = http_request.protocol
     guarded = isinstance(protocol, GuardedHandler)
-    if not bodies.take(size):
-        if guarded:
-            protocol.hold_body()
-        await bodies.reserve(size)
-    content = http_request.content
-    if guarded:
-        protocol.open_body(content)
-    parts, read = [], 0
+    reserved = bodies.take(size)
     try:
+        if not reserved:
+            if guarded:
+                protocol.hold_body()
+            await bodies.reserve(size)  # or a 503 after `bodyBufferWait`
+            reserved = True
+        if guarded:
+            protocol.open_body()
+        content, parts, read = http_request.content, [], 0
         while chunk := await content.readany():  # pieces kept as they came: no copy while growing
             read += len(chunk)
             if read > limit:
@@ -47,7 +48,10 @@ async def read_body(http_request: web.Request, limit: int, bodies: BodyBuffer) -
             parts.append(chunk)
         return parts[0] if len(parts) == 1 else b"".join(parts)
     finally:
-        bodies.release(size)
+        if guarded:
+            protocol.close_body()  # a body left unread is dropped from here on
+        if reserved:
+            bodies.release(size)
 
 
 def error_response(error: ProxyError, request_id: str | None = None) -> web.Response:
