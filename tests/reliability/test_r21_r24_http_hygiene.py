@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import statistics
+import sys
 import time
 
 import aiohttp
@@ -13,6 +14,7 @@ import orjson
 import pytest
 
 from tests.conftest import openai_provider
+from tests.procs import ROOT
 
 BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
 CL = b"%d" % len(BODY)
@@ -90,29 +92,6 @@ async def test_r21_headers_within_the_limits_pass(hygienic):
 
 
 # -- R22 ---------------------------------------------------------------------------------------
-async def _dribble(port: int, raw: bytes, every: float, first: int = 0) -> float:
-    """Send `raw` a byte every `every` s after the first `first` bytes; seconds until closed."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    started = time.monotonic()
-    try:
-        writer.write(raw[:first])
-        for i in range(first, len(raw)):
-            if reader.at_eof():
-                break
-            writer.write(raw[i:i + 1])
-            try:
-                await writer.drain()
-                if await asyncio.wait_for(reader.read(65536), every) == b"":
-                    break
-            except TimeoutError:
-                continue
-            except ConnectionError:
-                break
-        return time.monotonic() - started
-    finally:
-        writer.close()
-
-
 async def _latencies(session: aiohttp.ClientSession, url: str, n: int) -> list[float]:
     async def one() -> float:
         started = time.monotonic()
@@ -139,12 +118,14 @@ async def test_r22_slowloris_and_slow_post_are_cut_and_real_traffic_is_served(se
     baseline = await _latencies(gw.session, gw.url, 200)
     slow_headers = _req(b"Content-Length: %s\r\nX-Slow: " % CL + b"z" * 200 + b"\r\n")
     slow_body = _req(b"Content-Length: %s\r\nContent-Type: application/json\r\n" % CL)
-    attack = [asyncio.ensure_future(_dribble(gw.port, slow_headers, every=0.1)) for _ in range(100)]
-    attack += [asyncio.ensure_future(_dribble(gw.port, slow_body, every=0.1, first=len(slow_body) - len(BODY)))
-               for _ in range(100)]
+    attack = await asyncio.create_subprocess_exec(  # a process of its own, as slowhttptest would be
+        sys.executable, "-m", "tests.reliability.dribble", str(gw.port), "0.1", f"100:0:{slow_headers.hex()}",
+        f"100:{len(slow_body) - len(BODY)}:{slow_body.hex()}", stdout=asyncio.subprocess.PIPE, cwd=ROOT)
+    assert await asyncio.wait_for(attack.stdout.readline(), 10) == b"OPEN\n"
     await asyncio.sleep(0.2)
     during = await _latencies(gw.session, gw.url, 200)
-    lasted = await asyncio.gather(*attack)
+    lasted = orjson.loads(await asyncio.wait_for(attack.stdout.readline(), 10))
+    assert await attack.wait() == 0
     assert max(lasted[:100]) <= deadline + 1.0, max(lasted[:100])  # header deadline
     assert max(lasted[100:]) <= window + 1.0, max(lasted[100:])  # body below the minimum rate
     p99 = lambda xs: xs[int(len(xs) * 0.99) - 1]  # noqa: E731
