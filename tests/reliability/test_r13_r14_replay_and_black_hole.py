@@ -51,7 +51,7 @@ async def test_r13_first_byte_timeout_after_the_request_was_sent_is_never_replay
     fake_openai.on("m", Behaviour(delay_headers=3600))
     gw = await gateway({"providers": [openai_provider(fake_openai, name="a", models=("m",), weight=1000),
                                       openai_provider(backup, name="b", models=("m",), isHosted=False)],
-                        "timeouts": {"firstByte": 0.3}})
+                        "timeouts": {"firstByte": 1.0}})  # 100 new connections in one loop: each is sent in time
 
     async def one() -> None:
         async with gw.post("/v1/chat/completions", json=BODY) as resp:

@@ -47,7 +47,9 @@ async def test_put_never_waits(tmp_path):
     started = time.perf_counter()
     for r in records:
         batcher.put(r)
-    assert (time.perf_counter() - started) / len(records) < 20e-6
+    # with the sink hung, a put that waited for it would never return: the bound only tells that
+    # from a put that hands over and returns (~2-5 µs each here), not how fast it is (bench/ does)
+    assert time.perf_counter() - started < 2.0
     await batcher.close(timeout=0.2)
 
 
