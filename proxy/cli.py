@@ -45,6 +45,7 @@ async def _serve(cfg: Config, reuse_port: bool) -> None:
     # Runner: aiohttp's, plus header/keep-alive limits, the connection cap and the header and
     # body deadlines (proxy.server, RELIABILITY R21-R24).
     runner = Runner(app, cfg.limits, handler_cancellation=True, access_log=None, shutdown_timeout=2)
+    gw.metrics.registry.register(runner.guard.collector())
     await runner.setup()
     sites = [web.TCPSite(runner, cfg.listen.host, cfg.listen.port, reuse_port=reuse_port, backlog=2048)]
     for site in sites:

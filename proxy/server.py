@@ -31,6 +31,8 @@ import http
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import LineTooLong
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from proxy.config import Limits
 from proxy.errors import InvalidRequest, PayloadTooLarge, ProxyError
@@ -54,6 +56,24 @@ class Guard:
 
     def count(self, reason: str) -> None:
         self.refused[reason] = self.refused.get(reason, 0) + 1
+
+    def collector(self) -> Collector:
+        return _GuardCollector(self)
+
+
+class _GuardCollector(Collector):
+    """`proxy_connections_refused_total{reason}`: what the server refused or cut before a handler
+    answered (header deadline and size, slow body, connection cap, declared body too large, …)."""
+
+    def __init__(self, guard: Guard) -> None:
+        self.guard = guard
+
+    def collect(self):
+        family = CounterMetricFamily("proxy_connections_refused", "Connections and requests the server "
+                                     "refused or cut before a handler answered", labels=("reason",))
+        for reason, count in sorted(self.guard.refused.items()):
+            family.add_metric((reason,), count)
+        yield family
 
 
 def _raw_response(error: ProxyError) -> bytes:

@@ -104,6 +104,7 @@ async def served(tmp_path):
         cfg = msgspec.convert(raw, type=Config)
         app = build(cfg)
         runner = Runner(app, cfg.limits, handler_cancellation=True, access_log=None, shutdown_timeout=1)
+        app[GATEWAY].metrics.registry.register(runner.guard.collector())  # as `serve` does
         await runner.setup()
         runners.append(runner)
         site = web.TCPSite(runner, "127.0.0.1", 0, backlog=2048)  # as `serve` listens
