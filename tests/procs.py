@@ -62,7 +62,18 @@ class RssSampler:
         return self.peak - self.baseline
 
 
+def clean_env(**extra) -> dict:
+    """This environment without what the gateway would overlay on its config (a developer's shell
+    must not point a gateway under test at a real Cast AI API, or move its port or data)."""
+    drop = ("API_KEY", "API_URL", "CLUSTER_ID", "ADMIN_API_KEY", "API_KEY_FALLBACK", "PORT", "HEALTH_PORT",
+            "DATA_DIR")
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, "PYTHONPATH": str(ROOT), **extra}
+
+
 class GatewayProcess:
+    """`python -m proxy serve` as a user runs it, on a loopback port of its own that it keeps
+    across restarts: started, killed (-9) or terminated, and started again at will."""
+
     def __init__(self, home: pathlib.Path, config: dict, log_level: str = "info", env: dict | None = None) -> None:
         self.home = home
         self.env = env or {}
@@ -79,10 +90,8 @@ class GatewayProcess:
     async def start(self, timeout: float = 15.0) -> None:
         path = self.home / "config.json"
         path.write_bytes(orjson.dumps(self.config))
-        env = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "ADMIN_API_KEY", "API_KEY_FALLBACK")}
-        env["PYTHONPATH"] = str(ROOT)
-        env.update(self.env)
-        with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
+        env = clean_env(**self.env)
+        with open(self.stdout, "ab") as out, open(self.stderr, "ab") as err:  # (a restart appends)
             self.proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(path)],
                                          stdout=out, stderr=err, env=env, cwd=str(self.home))
         deadline = time.monotonic() + timeout
@@ -142,8 +151,22 @@ class GatewayProcess:
     def logs(self) -> bytes:
         return self.stdout.read_bytes() + self.stderr.read_bytes()
 
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        """Its exit code, once it exited."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            assert time.monotonic() < deadline, "the gateway did not exit in time"
+            await asyncio.sleep(0.05)
+        return self.proc.returncode
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        self.kill9()

@@ -13,27 +13,12 @@ import pytest
 from proxy.drain import CUT_EVENT
 from tests.conftest import openai_provider
 from tests.fakes.openai import Behaviour
-from tests.telemetry.conftest import GatewayProcess, free_port
 
 
 def _config(tmp_path, fake, **drain) -> dict:
-    return {"listen": {"host": "127.0.0.1", "port": free_port()}, "dataDir": str(tmp_path / "data"),
+    return {"dataDir": str(tmp_path / "data"),
             "providers": [openai_provider(fake, models=("gpt-4o-mini", "long", "endless"))],
             "telemetry": {"flushMs": 50}, "drain": {"flushSeconds": 2, **drain}}
-
-
-@pytest.fixture
-def process(tmp_path):
-    made = []
-
-    def make(config) -> GatewayProcess:
-        gw = GatewayProcess(config, tmp_path)
-        made.append(gw)
-        return gw
-
-    yield make
-    for gw in made:
-        gw.stop()
 
 
 async def _stream(session, url: str, model: str, first: asyncio.Event | None = None) -> bytes:
@@ -59,11 +44,9 @@ def _records(tmp_path) -> list[tuple]:
         db.close()
 
 
-async def test_r34_sigterm_readiness_fails_streams_finish_records_kept(tmp_path, fake_openai, process):
+async def test_r34_sigterm_readiness_fails_streams_finish_records_kept(tmp_path, fake_openai, gateway_process):
     fake_openai.on("long", Behaviour(delay_chunk=0.15))
-    gw = process(_config(tmp_path, fake_openai, acceptSeconds=1.0, deadlineSeconds=8))
-    gw.start()
-    await gw.ready()
+    gw = await gateway_process(_config(tmp_path, fake_openai, acceptSeconds=1.0, deadlineSeconds=8))
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         started = [asyncio.Event() for _ in range(20)]
         streams = [asyncio.ensure_future(_stream(session, gw.url, "long", e)) for e in started]
@@ -92,11 +75,9 @@ async def test_r34_sigterm_readiness_fails_streams_finish_records_kept(tmp_path,
     assert len(records) == 25 and {status for status, _, _ in records} == {"completed"}  # 0 lost
 
 
-async def test_r34_streams_still_running_at_the_deadline_get_an_error_event(tmp_path, fake_openai, process):
+async def test_r34_streams_still_running_at_the_deadline_get_an_error_event(tmp_path, fake_openai, gateway_process):
     fake_openai.on("endless", Behaviour(delay_chunk=0.3, content=["word "] * 200))
-    gw = process(_config(tmp_path, fake_openai, acceptSeconds=0.3, deadlineSeconds=1.5))
-    gw.start()
-    await gw.ready()
+    gw = await gateway_process(_config(tmp_path, fake_openai, acceptSeconds=0.3, deadlineSeconds=1.5))
     async with aiohttp.ClientSession() as session:
         started = [asyncio.Event() for _ in range(3)]
         streams = [asyncio.ensure_future(_stream(session, gw.url, "endless", e)) for e in started]
@@ -111,10 +92,8 @@ async def test_r34_streams_still_running_at_the_deadline_get_an_error_event(tmp_
     assert len(records) == 3 and all(status == "client_aborted" and tokens > 0 for status, _, tokens in records)
 
 
-async def test_sigint_skips_the_accept_window(tmp_path, fake_openai, process):
-    gw = process(_config(tmp_path, fake_openai, acceptSeconds=30))
-    gw.start()
-    await gw.ready()
+async def test_sigint_skips_the_accept_window(tmp_path, fake_openai, gateway_process):
+    gw = await gateway_process(_config(tmp_path, fake_openai, acceptSeconds=30))
     signalled = time.monotonic()
     gw.proc.send_signal(signal.SIGINT)
     assert await gw.wait(25) == 0

@@ -15,7 +15,7 @@ from proxy.telemetry import journal
 from proxy.telemetry.batcher import Batcher
 from proxy.telemetry.spool import Spool
 from tests.fakes.openai import Behaviour
-from tests.telemetry.conftest import CASTAI_KEY, free_port
+from tests.telemetry.conftest import CASTAI_KEY
 from tests.telemetry.helpers import Recorder, record, until
 
 
@@ -182,10 +182,10 @@ async def test_r02_every_aborted_request_has_exactly_one_record(gateway, fake_op
 
 
 # -- R33: kill -9 loses no usage records ----------------------------------------------------
-def _crash_config(port: int, data, fake_openai, castai_url: str, batch: int) -> dict:
+def _crash_config(data, fake_openai, castai_url: str, batch: int) -> dict:
     from tests.conftest import openai_provider
 
-    return {"listen": {"host": "127.0.0.1", "port": port}, "dataDir": str(data),
+    return {"dataDir": str(data),
             "providers": [openai_provider(fake_openai, models=("gpt-4o-mini", "slow-stream"))],
             "castai": {"apiKey": CASTAI_KEY, "apiUrl": castai_url, "clusterId": "crash-test"},
             "telemetry": {"batchSize": batch, "flushMs": 100, "commitMs": 20, "retryInitial": 0.1,
@@ -217,8 +217,7 @@ async def _kill_at(gateway, moments: list[float], killed: list[float]) -> None:
         await asyncio.sleep(max(moment - time.monotonic(), 0))
         killed.append(time.monotonic())
         gateway.kill9()
-        gateway.start()  # restarted at once; it takes its time to be ready again
-        await gateway.ready()
+        await gateway.start()  # restarted at once, on the same port; it takes its time to be ready
 
 
 def _request_of(record: dict) -> int | None:
@@ -231,9 +230,7 @@ def _request_of(record: dict) -> int | None:
 async def _r33(tmp_path, fake_openai, castai_process, gateway_process, total: int, kills: int, rps: float,
                batch: int) -> dict:
     fake_openai.on("slow-stream", Behaviour(delay_chunk=0.02))
-    gateway = gateway_process(_crash_config(free_port(), tmp_path / "data", fake_openai, castai_process.url, batch))
-    gateway.start()
-    await gateway.ready()
+    gateway = await gateway_process(_crash_config(tmp_path / "data", fake_openai, castai_process.url, batch))
     rng = random.Random(33)
     started = time.monotonic() + 0.2
     span = total / rps
