@@ -141,22 +141,13 @@ class GuardedHandler(web.RequestHandler):
     def _discard(self) -> None:
         """Drop the rest of a refused body unparsed, read in large pieces into the shared buffer:
         it costs no memory, and a client that sends its whole body before it reads still gets the
-        answer, which `finish_response` follows with the end of our side of the stream. aiohttp's
+        answer, which `Closing` follows with the end of our half of the stream. aiohttp's
         lingering close holds the connection until the client hangs up too (at most its lingering
         time), then closes it; a request pipelined behind is never parsed."""
         self.discarding = True
         self._cancel_timer()
         if self._reading_paused:
             self.resume_reading()
-
-    async def finish_response(self, request, resp, start_time):
-        """aiohttp's, then, after the answer to a refused body, the end of our half of the stream:
-        the client sees the answer end, and hangs up, while its body's rest is dropped."""
-        result = await super().finish_response(request, resp, start_time)
-        transport = self.transport
-        if self.discarding and transport is not None and transport.can_write_eof():
-            transport.write_eof()
-        return result
 
     @property
     def reads_body(self) -> bool:
@@ -358,12 +349,27 @@ class Runner(web.AppRunner):
         return GuardedServer(await super()._make_server(), self.guard)
 
 
+class Closing(web.Response):
+    """An answer after which its connection closes, the request's body left unread: once it is
+    written, our half of the stream ends too, so the client sees the answer end and hangs up
+    while what it still sends is dropped (`GuardedHandler._discard`)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.force_close()
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        request = self._req  # (aiohttp lets go of it in write_eof; None once the answer is written)
+        await super().write_eof(data)
+        transport = request.transport if request is not None else None
+        if transport is not None and transport.can_write_eof():
+            transport.write_eof()
+
+
 def closing(error: ProxyError) -> web.Response:
     """The answer to a request refused for its framing: the connection closes after it, so
     nothing pipelined behind the request is ever read as a request."""
-    response = web.Response(status=error.status, body=error.to_json(), content_type="application/json")
-    response.force_close()
-    return response
+    return Closing(status=error.status, body=error.to_json(), content_type="application/json")
 
 
 def framing_error(http_request: web.BaseRequest) -> ProxyError | None:

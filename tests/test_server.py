@@ -34,7 +34,7 @@ def test_it_still_hooks_into_aiohttp_the_way_it_expects():
     assert {"_waiter", "_messages", "_force_close"} <= set(web.RequestHandler.__slots__)
     assert "_loop" in BaseProtocol.__slots__
     assert callable(web.AppRunner._make_server)
-    assert callable(web.RequestHandler.finish_response) and "_lingering_time" in web.RequestHandler.__slots__
+    assert hasattr(web.StreamResponse, "_req") and "_lingering_time" in web.RequestHandler.__slots__
 
 
 async def test_runner_serves_guarded_handlers_with_the_configured_limits(served, fake_openai):

@@ -14,7 +14,7 @@ from proxy.exchange import Exchange
 from proxy.gateway import GATEWAY, Gateway
 from proxy.limits import ADMISSION, BodyBuffer
 from proxy.providers.base import estimate_tokens
-from proxy.server import GuardedHandler
+from proxy.server import Closing, GuardedHandler
 from proxy.streaming.relay import relay
 from proxy.telemetry import journal
 from proxy.upstream import dispatch
@@ -58,10 +58,8 @@ def error_response(error: ProxyError, request_id: str | None = None) -> web.Resp
     headers = error.headers()
     if request_id:
         headers["X-Request-Id"] = request_id
-    response = web.Response(status=error.status, body=error.to_json(), content_type=_JSON, headers=headers)
-    if error.closes:  # the rest of the body is not read (aiohttp would linger reading it): close
-        response.force_close()
-    return response
+    kind = Closing if error.closes else web.Response  # the rest of the body is not read: close
+    return kind(status=error.status, body=error.to_json(), content_type=_JSON, headers=headers)
 
 
 async def chat(http_request: web.Request) -> web.StreamResponse:
