@@ -32,14 +32,14 @@ def error_event(error: ProxyError) -> bytes:
 
 async def relay(http_request: web.Request, opened: Opened, ex, idle: float, max_stream: float) -> web.StreamResponse:
     out = web.StreamResponse(status=200, headers={**HEADERS, "X-Request-Id": ex.id})
-    await out.prepare(http_request)
     parser, upstream = opened.parser, opened.response
-    ex.first_byte()
     ending: ProxyError | None = None
     deadline = asyncio.get_running_loop().time() + max_stream
     transport = http_request.transport
     unsent = transport.get_write_buffer_size if transport is not None else None
     try:
+        await out.prepare(http_request)  # the client may have gone while the provider answered
+        ex.first_byte()
         async with Watchdog(idle, deadline, unsent) as watchdog:
             if opened.first:
                 await out.write(opened.first)

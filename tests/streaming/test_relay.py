@@ -283,3 +283,31 @@ async def test_client_disconnect_record_counts_relayed_tokens(gateway, fake_open
     (record,) = await gw.records()
     assert record.status == "client_aborted" and record.tokens_estimated
     assert abs(record.completion_tokens - 9) <= 1
+
+
+async def test_a_client_gone_before_the_stream_starts_is_an_aborted_record_not_an_error(gateway, fake_openai):
+    """The client hung up while the provider answered, and the handler ran before aiohttp saw the
+    connection lost: writing the stream's headers fails. That race cannot be timed over a socket,
+    so the request stands in for it: its transport is closing and the writer refuses."""
+    from unittest import mock
+
+    from aiohttp.client_exceptions import ClientConnectionResetError
+    from aiohttp.test_utils import make_mocked_request
+
+    from proxy.exchange import Exchange
+    from proxy.streaming.relay import relay
+    from proxy.upstream import Opened
+
+    gw = await gateway({"providers": [openai_provider(fake_openai, models=("m",))]})
+    transport = mock.Mock()
+    transport.is_closing.return_value = True
+    writer = mock.Mock()
+    writer.write_headers = mock.AsyncMock(side_effect=ClientConnectionResetError("Cannot write to closing transport"))
+    writer.send_headers = mock.Mock(side_effect=ClientConnectionResetError("Cannot write to closing transport"))
+    request = make_mocked_request("POST", "/v1/chat/completions", writer=writer, transport=transport)
+    closed = []
+    opened = Opened(None, mock.Mock(close=lambda: closed.append(True)), 0.0)
+    opened.parser = mock.Mock(model=None, usage=None, content_events=0)
+    ex = Exchange(gw.gw, "chat")
+    await relay(request, opened, ex, idle=5.0, max_stream=60.0)  # no exception escapes
+    assert ex.status == "client_aborted" and closed == [True]  # and the provider's answer is let go
