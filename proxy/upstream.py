@@ -12,10 +12,9 @@ import asyncio
 import time
 from urllib.parse import unquote, urlsplit
 
-import aiohttp
 import structlog
 
-from proxy import __version__, netguard, retries
+from proxy import __version__, httpclient, netguard, retries
 from proxy.config import Config, ProviderTimeouts
 from proxy.errors import (
     InvalidRequest,
@@ -109,23 +108,6 @@ class Watchdog:
         return await self._cm.__aexit__(*exc)
 
 
-class HttpResponse:
-    """An upstream answer: the small surface the relay uses (in-process fakes have the same)."""
-
-    __slots__ = ("_resp", "status", "headers")
-
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
-        self._resp = resp
-        self.status = resp.status
-        self.headers = resp.headers
-
-    async def chunk(self) -> bytes:
-        return await self._resp.content.readany()
-
-    def close(self) -> None:
-        self._resp.close()
-
-
 class Retry(Exception):
     """This attempt failed in a way that allows the next candidate."""
 
@@ -159,7 +141,7 @@ def redact(text: str, secret: str | None) -> str:
 async def read_body(response, limit: int, watchdog: Watchdog | None = None) -> bytes:
     """Read a whole upstream body, refusing one larger than `limit` (502)."""
     parts, size = [], 0
-    while chunk := await response.chunk():
+    while chunk := await _read(response):
         if watchdog is not None:
             watchdog.touch()
         size += len(chunk)
@@ -168,6 +150,13 @@ async def read_body(response, limit: int, watchdog: Watchdog | None = None) -> b
                                 code="upstream_response_too_large")
         parts.append(chunk)
     return b"".join(parts)
+
+
+async def _read(response) -> bytes:
+    try:
+        return await response.chunk()
+    except httpclient.ClientError as exc:  # cut short, or not HTTP: the provider's fault
+        raise UpstreamError("the provider's answer broke off", code="upstream_truncated") from exc
 
 
 def check_path(url: str) -> None:
@@ -203,34 +192,21 @@ class Upstream:
         self.cfg = cfg
         self.router = router
         self.metrics = metrics
-        self.session: aiohttp.ClientSession | None = None
-        self._client_timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self.client: httpclient.Client | None = None
         self.in_flight = 0
         self.budget = retries.Budget(cfg.routing.retry_budget)
         self.cooldowns = retries.Cooldowns()
 
     async def start(self) -> None:
-        resolver = netguard.GuardedResolver(self.router.registry.private_ok)
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=60, keepalive_timeout=30, resolver=resolver)
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.cfg.timeouts.connect),
-            headers={"User-Agent": f"ai-enabler-proxy/{__version__}"},
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=True,
+        self.client = httpclient.Client(
+            netguard.GuardedResolver(self.router.registry.private_ok),
+            user_agent=f"ai-enabler-proxy/{__version__}",
             # Read-ahead per upstream connection while the client is slower (R09): 2 × this.
-            read_bufsize=READ_BUFSIZE,
-        )
+            read_bufsize=READ_BUFSIZE, keepalive=30.0)
 
     async def close(self) -> None:
-        if self.session is not None:
-            await self.session.close()
-
-    def _client_timeout(self, connect: float) -> aiohttp.ClientTimeout:
-        found = self._client_timeouts.get(connect)
-        if found is None:
-            found = self._client_timeouts[connect] = aiohttp.ClientTimeout(total=None, sock_connect=connect)
-        return found
+        if self.client is not None:
+            await self.client.close()
 
     def _timeouts(self, override: ProviderTimeouts | None) -> tuple[float, float, float]:
         base = self.cfg.timeouts
@@ -243,21 +219,19 @@ class Upstream:
         """Send a request and wait for the answer's headers (the caller's Watchdog bounds the wait)."""
         if adapter.caps.in_process:
             return adapter.serve(upstream_request)
-        headers = upstream_request.headers
-        if upstream_request.stream:
-            headers = {**headers, "Accept-Encoding": "identity"}
         try:
-            resp = await self.session.request(
-                upstream_request.method, upstream_request.url, data=upstream_request.body,
-                headers=headers, allow_redirects=False, timeout=self._client_timeout(connect))
-        except aiohttp.ConnectionTimeoutError as exc:
+            # A stream is relayed as it comes: no compression to undo on the way.
+            return await self.client.request(
+                upstream_request.method, upstream_request.url, upstream_request.headers, upstream_request.body,
+                connect_timeout=connect, decompress=not upstream_request.stream)
+        except httpclient.ConnectTimeout as exc:
             raise Retry(UpstreamTimeout("connecting to the provider timed out"), "connect_timeout") from exc
-        except aiohttp.ClientConnectorError as exc:
+        except httpclient.ConnectFailed as exc:
             raise Retry(UpstreamError("the provider could not be reached"), "connect") from exc
-        except aiohttp.ClientConnectionResetError as exc:
+        except httpclient.ResetBeforeSent as exc:
             raise Retry(UpstreamError("the connection was reset before the request was sent"),
                         "reset_before_sent") from exc
-        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        except httpclient.Disconnected as exc:
             # A reset with no answer at all: from the client side it cannot be told whether the
             # provider read the request. In practice it is a balancer or a restarting server
             # refusing the connection, so it is retried unless `routing.retryOnReset` is off.
@@ -265,9 +239,8 @@ class Upstream:
             if self.cfg.routing.retry_on_reset:
                 raise Retry(error, "reset") from exc
             raise error from exc
-        except aiohttp.ClientError as exc:
+        except (httpclient.ClientError, ValueError) as exc:  # not HTTP; a URL or header it cannot send
             raise UpstreamError("the provider could not be called", code="upstream_error") from exc
-        return HttpResponse(resp)
 
     async def attempt(self, route: Route, request, watchdog_idle: float | None = None) -> Opened:
         """One attempt at one provider, up to the first event (stream) or the whole body."""
@@ -317,7 +290,7 @@ class Upstream:
         parser = opened.parser = adapter.stream_parser(request)
         first = []
         while parser.events == 0:
-            chunk = await response.chunk()
+            chunk = await _read(response)
             if not chunk:
                 raise UpstreamError("the provider ended the stream before any event",
                                     code="upstream_truncated")
