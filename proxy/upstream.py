@@ -45,8 +45,8 @@ class Watchdog:
     is slow but reading is not cut, and one that stopped is, within 1.25 × idle: RELIABILITY R09).
     """
 
-    __slots__ = ("idle", "deadline", "last", "reason", "progress", "has_answered", "_mark", "_cm", "_loop",
-                 "_handle")
+    __slots__ = ("idle", "deadline", "last", "reason", "progress", "has_answered", "_mark", "_loop", "_task",
+                 "_cancelling", "_handle")
 
     def __init__(self, idle: float, deadline: float | None = None, progress=None) -> None:
         self.idle = idle
@@ -57,9 +57,11 @@ class Watchdog:
         self._mark = None
 
     async def __aenter__(self) -> Watchdog:
+        # asyncio.timeout's protocol, by hand (it cost more than the rest of the watchdog): the
+        # timer cancels the task; leaving the block turns that cancellation into TimeoutError.
         self._loop = asyncio.get_running_loop()
-        self._cm = asyncio.timeout(None)
-        await self._cm.__aenter__()
+        task = self._task = asyncio.current_task()
+        self._cancelling = task.cancelling()
         self.last = self._loop.time()
         if self.progress is not None:
             self._mark = self.progress()
@@ -87,7 +89,7 @@ class Watchdog:
         else:
             self._arm()
             return
-        self._cm.reschedule(now)
+        self._task.cancel()
 
     def touch(self) -> None:
         self.last = self._loop.time()
@@ -103,9 +105,11 @@ class Watchdog:
         else:
             self.idle = idle
 
-    async def __aexit__(self, *exc) -> bool | None:
+    async def __aexit__(self, exc_type, exc, tb) -> None:
         self._handle.cancel()
-        return await self._cm.__aexit__(*exc)
+        if self.reason is not None and self._task.uncancel() <= self._cancelling \
+                and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc
 
 
 class Retry(Exception):
