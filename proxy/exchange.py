@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import datetime
 import itertools
 import os
 import time
 
 from proxy.providers.base import Usage
-from proxy.telemetry.record import UsageRecord
+from proxy.telemetry.record import UsageRecord, stamp
 from proxy.vault import last4
-
-_UTC = datetime.UTC
-
 
 _PREFIX = os.urandom(8).hex()  # per process: ids stay unique across workers and restarts
 _counter = itertools.count(1)
@@ -132,16 +128,17 @@ class Exchange:
         cost = gw.prices.cost(served, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
                               provider.name if provider else None)
         baseline = self.savings_baseline or self.model_requested
-        listed = gw.prices.cost(baseline, usage.prompt_tokens, usage.completion_tokens)
-        savings = max(listed - (cost or 0.0), 0.0) if listed is not None and served != baseline else 0.0
+        savings = 0.0
+        if served != baseline:  # served as asked: nothing saved, no second price to look up
+            listed = gw.prices.cost(baseline, usage.prompt_tokens, usage.completion_tokens)
+            savings = max(listed - (cost or 0.0), 0.0) if listed is not None else 0.0
         if self.cache_hit:  # nothing was paid: what the answer cost when it was made is saved
             savings, cost = cost or 0.0, 0.0
         upstream = 0.0
         if self.upstream_started is not None:
             upstream = (self.upstream_done or time.monotonic()) - self.upstream_started
-        wall = datetime.datetime.fromtimestamp(self.wall, _UTC)
         return UsageRecord(
-            id=self.id, time=wall.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            id=self.id, time=stamp(self.wall),
             cluster_id=gw.cfg.castai.cluster_id, api_key_id=self.caller_id,
             provider=provider.name if provider else None,
             provider_type=provider.item.supported_provider if provider else None,

@@ -15,7 +15,6 @@ writes.
 from __future__ import annotations
 
 import contextvars
-import datetime
 import itertools
 import os
 import time
@@ -25,7 +24,7 @@ from aiohttp import web
 
 from proxy import tags as tagging
 from proxy.errors import ProxyError, Unavailable
-from proxy.telemetry.record import UsageRecord
+from proxy.telemetry.record import UsageRecord, stamp
 
 _RECORDED = ("/chat/completions", "/embeddings")
 _RETRY_AFTER_S = 5
@@ -77,9 +76,8 @@ def aborted(slot: str, body: bytes, cluster_id: str | None) -> UsageRecord:
         tags = tagging.merge(None, {"X-Tags": begin.tags}) if begin.tags else []
     except ProxyError:
         tags = []
-    when = datetime.datetime.fromtimestamp(begin.ts, datetime.UTC)
     return UsageRecord(
-        id=slot, time=when.isoformat(timespec="milliseconds").replace("+00:00", "Z"), cluster_id=cluster_id,
+        id=slot, time=stamp(begin.ts), cluster_id=cluster_id,
         api_key_id=begin.caller, provider=None, provider_type=None, provider_key_last4=None,
         model_requested="", model_served=None, stream=False, status="aborted_unknown",
         error_type="gateway_restarted", tags=tags, ts=begin.ts)

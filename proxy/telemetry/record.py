@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
+import math
+
 import msgspec
 
 
@@ -37,3 +40,24 @@ class UsageRecord(msgspec.Struct, rename="camel", omit_defaults=False):
 
 encode = msgspec.json.Encoder().encode
 decode = msgspec.json.Decoder(UsageRecord).decode
+
+
+_second: tuple[float, str] = (math.nan, "")  # the last whole second stamped, and its text
+
+
+def stamp(ts: float) -> str:
+    """`ts` (Unix seconds) as the record's `time`, RFC 3339 in UTC with milliseconds: the text of
+    `datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds")` with a "Z", its date and
+    time of day formatted once per second rather than once per record."""
+    global _second
+    fraction, whole = math.modf(ts)
+    micros = round(fraction * 1e6)  # rounded half to even, as datetime does
+    if micros >= 1_000_000:
+        micros, whole = micros - 1_000_000, whole + 1
+    elif micros < 0:
+        micros, whole = micros + 1_000_000, whole - 1
+    second, text = _second
+    if whole != second:
+        text = datetime.datetime.fromtimestamp(whole, datetime.UTC).isoformat(timespec="seconds")[:19]
+        _second = (whole, text)
+    return f"{text}.{micros // 1000:03d}Z"

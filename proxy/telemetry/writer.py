@@ -41,6 +41,8 @@ class Writer:
         self.queue_size = queue_size
         self.drop_oldest = drop_oldest
         self.metrics = metrics
+        if metrics is not None:  # read at scrape time, not set at every write
+            metrics.spool_bytes.set_function(lambda: spool.bytes)
         self.on_written = on_written
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.failing = False
@@ -180,8 +182,6 @@ class Writer:
             lost = sum(spool.drop_oldest().values())
             if lost:
                 self._dropped("spool_full", lost)
-        if self.metrics is not None:
-            self.metrics.spool_bytes.set(spool.bytes)
         if records and self.on_written is not None:
             self.on_written(records)
 

@@ -69,6 +69,25 @@ def test_a_restart_resumes_after_the_last_acknowledged_batch(tmp_path):
     again.close()
 
 
+def test_a_cursor_written_by_an_older_version_is_read_and_then_overwritten_whole(tmp_path):
+    spool = Spool(tmp_path, segment_bytes=16 * 1024)
+    spool.open()
+    spool.attach("castai")
+    _fill(spool, 100)
+    _, end = spool.read("castai", 30)
+    spool.close()
+    cursor = spool.dir / "castai.cursor"
+    cursor.write_text(f"{end[0]} {end[1]}\n")  # the old format: as short as the numbers
+    again = Spool(tmp_path, segment_bytes=16 * 1024)
+    again.open()
+    again.attach("castai")
+    _, later = again.read("castai", 10)
+    again.ack("castai", later)  # rewritten in place, fixed width: nothing of the old line is left
+    assert cursor.read_text().split() == [f"{later[0]:012d}", f"{later[1]:012d}"]
+    assert _drain(again, "castai") == list(range(40, 100))
+    again.close()
+
+
 def test_drop_oldest_counts_exactly_what_each_reader_lost(tmp_path):
     spool = Spool(tmp_path, max_bytes=64 * 1024, segment_bytes=8 * 1024)
     spool.open()
