@@ -53,6 +53,7 @@ class FakeOpenAI:
         self.requests: list[Seen] = []
         self.open_connections = 0
         self.closed_at: list[float] = []
+        self.stalled_at: dict[str, float] = {}  # a stream's `user` -> when its last event was written
         self.app = web.Application()
         self.app.router.add_post("/v1/chat/completions", self._chat)
         self.app.router.add_post("/v1/embeddings", self._embeddings)
@@ -114,6 +115,8 @@ class FakeOpenAI:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         for i, data in enumerate(stream_events(body["model"], b, include_usage)):
             if b.cut_after is not None and i > b.cut_after:
+                if body.get("user"):
+                    self.stalled_at[body["user"]] = time.monotonic()
                 return await self._end(request, out, b)
             await out.write(data)
             if b.delay_chunk:

@@ -122,17 +122,16 @@ async def test_r06_stalled_stream_ends_after_idle_and_keepalives_keep_it(gateway
     gw = await gateway({"providers": [openai_provider(fake_openai, models=("stall", "alive"))],
                         "timeouts": {"idle": idle}})
 
-    async def stalled() -> float:
-        async with gw.post("/v1/chat/completions", json=_stream_body("stall")) as resp:
-            started = None
+    async def stalled(n: int) -> float:
+        # Timed from the provider's last event: the client may read it late (one event loop runs the
+        # test, the fake and the gateway), never early.
+        async with gw.post("/v1/chat/completions", json={**_stream_body("stall"), "user": f"s{n}"}) as resp:
             async for line in resp.content:
-                if line.startswith(b"data: ") and b"content" in line:
-                    started = time.monotonic()
                 if b"upstream_timeout" in line:
-                    return time.monotonic() - started
+                    return time.monotonic() - fake_openai.stalled_at[f"s{n}"]
         raise AssertionError("no timeout event")
 
-    waits = await asyncio.gather(*(stalled() for _ in range(100)))
+    waits = await asyncio.gather(*(stalled(n) for n in range(100)))
     assert idle * 0.9 <= min(waits) and max(waits) <= idle + 1.0
 
     async with gw.post("/v1/chat/completions", json=_stream_body("alive")) as resp:
