@@ -52,11 +52,17 @@ def test_records_leave_only_after_every_reader_acknowledged(tmp_path):
     spool.close()
 
 
-def test_a_restart_resumes_after_the_last_acknowledged_batch(tmp_path):
+def _castai_spool(tmp_path, records: int) -> Spool:
+    """An open spool of small segments holding `records` records, with one reader attached."""
     spool = Spool(tmp_path, segment_bytes=16 * 1024)
     spool.open()
     spool.attach("castai")
-    _fill(spool, 100)
+    _fill(spool, records)
+    return spool
+
+
+def test_a_restart_resumes_after_the_last_acknowledged_batch(tmp_path):
+    spool = _castai_spool(tmp_path, 100)
     batch, end = spool.read("castai", 30)
     spool.ack("castai", end)
     spool.read("castai", 30)  # sent, never acknowledged: the crash comes first
@@ -70,10 +76,7 @@ def test_a_restart_resumes_after_the_last_acknowledged_batch(tmp_path):
 
 
 def test_a_cursor_written_by_an_older_version_is_read_and_then_overwritten_whole(tmp_path):
-    spool = Spool(tmp_path, segment_bytes=16 * 1024)
-    spool.open()
-    spool.attach("castai")
-    _fill(spool, 100)
+    spool = _castai_spool(tmp_path, 100)
     _, end = spool.read("castai", 30)
     spool.close()
     cursor = spool.dir / "castai.cursor"
