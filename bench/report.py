@@ -14,7 +14,7 @@ from bench import wrk
 
 BASELINES = ("direct", "passthrough")
 NOTES = "## Notes"  # RESULTS.md from this heading on is written by hand and kept by --record
-_PACKAGES = ("ai-enabler-proxy", "aiohttp", "uvloop", "msgspec", "orjson", "prometheus_client", "structlog")
+_PACKAGES = ("ai-enabler-proxy", "aiohttp", "httptools", "uvloop", "msgspec", "orjson", "prometheus_client", "structlog")
 
 
 def _get(result: dict, name: str, scenario: str, key: str):
