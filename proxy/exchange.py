@@ -129,7 +129,7 @@ class Exchange:
                               provider.name if provider else None)
         baseline = self.savings_baseline or self.model_requested
         savings = 0.0
-        if served != baseline:  # served as asked: nothing saved, no second price to look up
+        if not gw.prices.same_model(served, baseline):  # served as asked: nothing saved, no second price
             listed = gw.prices.cost(baseline, usage.prompt_tokens, usage.completion_tokens)
             savings = max(listed - (cost or 0.0), 0.0) if listed is not None else 0.0
         if self.cache_hit:  # nothing was paid: what the answer cost when it was made is saved

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import re
 from collections.abc import Mapping
 
 import msgspec
@@ -18,6 +19,12 @@ class _Table(msgspec.Struct):
     asOf: str
     source: str
     models: dict[str, Price]
+
+
+# A dated or numbered snapshot of a listed model, priced as the model: providers answer with these
+# names (OpenAI `gpt-4o-mini-2024-07-18`, `gpt-3.5-turbo-0125`; Google `gemini-1.5-flash-001`), and
+# an unpriced served model would record a cost of 0 and the whole list price as savings.
+_SNAPSHOT = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{3,4})$")
 
 
 def bundled() -> dict[str, Price]:
@@ -36,6 +43,21 @@ class Prices:
     def get(self, model: str | None, provider: str | None = None) -> Price | None:
         if not model:
             return None
+        found = self._lookup(model, provider)
+        if found is None and (snapshot := _SNAPSHOT.search(model)) is not None:
+            found = self._lookup(model[:snapshot.start()], provider)
+        return found
+
+    @staticmethod
+    def same_model(a: str | None, b: str | None) -> bool:
+        """`a` and `b` name one model, or a snapshot of it (`gpt-4o-mini-2024-07-18`): no savings."""
+        if a == b:
+            return True
+        if not a or not b:
+            return False
+        return _SNAPSHOT.sub("", a.rsplit("/", 1)[-1]) == _SNAPSHOT.sub("", b.rsplit("/", 1)[-1])
+
+    def _lookup(self, model: str, provider: str | None) -> Price | None:
         if provider is not None and (found := self.table.get(f"{provider}/{model}")) is not None:
             return found
         found = self.table.get(model)
