@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import gzip
+import socket
+import ssl
 import zlib
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from proxy import httpclient
 from proxy.netguard import GuardedResolver
@@ -335,3 +342,49 @@ async def test_a_cancelled_request_closes_its_connection(wire, client):
     w.answer = lambda n: OK
     await _body(await _post(client, w.url + "/x"))
     assert w.connections == 2
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:
+    """A certificate for `localhost` and its key, as PEM files."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+async def test_https_verifies_the_provider_and_keeps_the_connection(tmp_path):
+    cert, key = _self_signed(tmp_path)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    names: list[str | None] = []
+    server_ctx.sni_callback = lambda sock, name, ctx: names.append(name)
+    w = Wire(lambda n: OK)
+    w.server = await asyncio.start_server(w._serve, "127.0.0.1", 0, ssl=server_ctx)
+    port = w.server.sockets[0].getsockname()[1]
+
+    class Loopback:  # `localhost` resolves to the test server
+        async def resolve(self, host, port, family):
+            return [{"family": socket.AF_INET, "host": "127.0.0.1", "port": port}]
+
+    trusting = ssl.create_default_context(cafile=cert)
+    client = httpclient.Client(Loopback(), user_agent="t", ssl_context=trusting)
+    stranger = httpclient.Client(Loopback(), user_agent="t")  # the system's trust store only
+    try:
+        for _ in range(3):
+            assert await _body(await _post(client, f"https://localhost:{port}/x")) == b"{}"
+        assert w.connections == 1 and names == ["localhost"]  # SNI sent, one TLS connection reused
+        with pytest.raises(httpclient.ConnectFailed):  # an unknown issuer is refused
+            await _post(stranger, f"https://localhost:{port}/x")
+    finally:
+        await client.close()
+        await stranger.close()
+        await w.stop()
