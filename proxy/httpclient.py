@@ -75,13 +75,12 @@ class BodyBroken(ClientError):
 class _Origin:
     """Where connections go, and the ones idle for reuse (newest last)."""
 
-    __slots__ = ("scheme", "host", "port", "tls", "idle")
+    __slots__ = ("host", "port", "tls", "idle")
 
-    def __init__(self, scheme: str, host: str, port: int) -> None:
-        self.scheme = scheme
+    def __init__(self, host: str, port: int, tls: bool) -> None:
         self.host = host
         self.port = port
-        self.tls = scheme == "https"
+        self.tls = tls
         self.idle: collections.deque[_Connection] = collections.deque()
 
 
@@ -184,9 +183,9 @@ class Response:
         if self._inflate is not None:
             try:
                 tail = self._inflate.flush()
-            except zlib.error:
+            except zlib.error:  # the reader gets the error; the connection is still fine for reuse
                 self._failed(BadResponse("the provider's compressed body could not be decoded"))
-                return
+                tail = b""
             if tail:
                 self._parts.append(tail)
         self._done = True
@@ -344,8 +343,8 @@ class Client:
     async def request(self, method: str, url: str, headers: dict[str, str], body: bytes, *,
                       connect_timeout: float, decompress: bool = True) -> Response:
         target = self._targets.get(url) or self._target(url)
-        data = [self._head(method, target, headers, len(body), decompress), body] if body else \
-            [self._head(method, target, headers, 0, decompress)]
+        head = self._head(method, target, headers, len(body), decompress)
+        data = [head, body] if body else [head]
         conn = self._reuse(target.origin)
         if conn is None:
             conn = await self._connect(target.origin, connect_timeout)
@@ -376,7 +375,7 @@ class Client:
         key = (scheme, parts.hostname, port)
         origin = self._origins.get(key)
         if origin is None:
-            origin = self._origins[key] = _Origin(scheme, parts.hostname, port)
+            origin = self._origins[key] = _Origin(parts.hostname, port, scheme == "https")
         request_target = quote(parts.path or "/", safe=_SAFE_PATH)
         if parts.query:
             request_target += "?" + quote(parts.query, safe=_SAFE_QUERY)

@@ -27,6 +27,11 @@ class _Table(msgspec.Struct):
 _SNAPSHOT = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{3,4})$")
 
 
+def _base(model: str) -> str:
+    """`model` without a snapshot suffix."""
+    return _SNAPSHOT.sub("", model)
+
+
 def bundled() -> dict[str, Price]:
     raw = importlib.resources.files("proxy.data").joinpath("prices.json").read_bytes()
     return msgspec.json.decode(raw, type=_Table).models
@@ -44,8 +49,8 @@ class Prices:
         if not model:
             return None
         found = self._lookup(model, provider)
-        if found is None and (snapshot := _SNAPSHOT.search(model)) is not None:
-            found = self._lookup(model[:snapshot.start()], provider)
+        if found is None and (base := _base(model)) != model:
+            found = self._lookup(base, provider)
         return found
 
     @staticmethod
@@ -55,7 +60,7 @@ class Prices:
             return True
         if not a or not b:
             return False
-        return _SNAPSHOT.sub("", a.rsplit("/", 1)[-1]) == _SNAPSHOT.sub("", b.rsplit("/", 1)[-1])
+        return _base(a.rsplit("/", 1)[-1]) == _base(b.rsplit("/", 1)[-1])
 
     def _lookup(self, model: str, provider: str | None) -> Price | None:
         if provider is not None and (found := self.table.get(f"{provider}/{model}")) is not None:

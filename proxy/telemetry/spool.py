@@ -208,6 +208,9 @@ class Spool:
         with self._lock:
             first = next(iter(self._sizes))
             cursor = saved if saved is not None and saved[0] >= first else (first, 0)
+            previous = self._readers.get(name)
+            if previous is not None:  # attached again: one cursor file descriptor per sink
+                os.close(previous.fd)
             self._readers[name] = _Reader(min(cursor, (self._active, self._sizes[self._active])), fd)
 
     def read(self, name: str, limit: int) -> tuple[list[bytes], Pos]:
