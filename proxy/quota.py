@@ -23,6 +23,7 @@ from proxy.errors import RateLimited, Unavailable
 from proxy.state.base import Rule, StateUnavailable, Store, Verdict
 
 log = structlog.get_logger("proxy.quota")
+_MAX_PCT = 1e15  # usagePct's ceiling
 
 
 class QuotaExceeded(RateLimited):
@@ -110,7 +111,8 @@ class Quota:
         limit, source = self.limit(key_id)
         spent = await self.store.spend(key_id)
         return {"apiKeyId": key_id, "budgetLimitUsd": limit, "totalSpendUsd": round(spent, 10),
-                "usagePct": round(spent / limit * 100, 4) if limit else 0.0,
+                # capped: a spend over a denormal budget (1e-308) would be inf, which JSON cannot carry
+                "usagePct": round(min(spent / limit * 100, _MAX_PCT), 4) if limit else 0.0,
                 "exhausted": bool(limit) and spent >= limit, "source": source}
 
     async def set_budget(self, key_id: str, limit: float | None, spend: float | None = None) -> None:

@@ -47,6 +47,13 @@ async def test_read_set_and_drop_a_budget(gateway):
     assert (body["source"], body["totalSpendUsd"], body["budgetLimitUsd"]) == ("none", 0.0, 0.0)
 
 
+async def test_a_spend_far_over_a_tiny_budget_is_still_a_json_number(gateway):
+    gw = await gateway(config())  # found by R26's fuzzing: 3e10 / 1e-308 is inf, which JSON has no number for
+    status, body = await budget(gw, "free", "PUT", json={"budgetLimitUsd": 1.1125369292536007e-308,
+                                                          "totalSpendUsd": 29852894751.144726})
+    assert status == 200 and body["exhausted"] is True and body["usagePct"] == 1e15
+
+
 async def test_an_api_budget_replaces_the_config_one_until_dropped(gateway):
     gw = await gateway(config())
     await budget(gw, "team", "PUT", json={"budgetLimitUsd": COST / 2})
