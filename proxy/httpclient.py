@@ -47,6 +47,10 @@ _DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflat
 class ClientError(ConnectionError):
     """Calling the provider failed; the subclass says how far the call got."""
 
+    # On a kept-alive connection taken from the pool, closed with no answer begun (reset while
+    # writing, or closed after): most likely the provider closed it as idle just as it was reused.
+    stale = False
+
 
 class ConnectTimeout(ClientError):
     """No connection within the connect timeout."""
@@ -213,7 +217,7 @@ class Response:
 class _Connection(asyncio.Protocol):
     """One connection to an origin, answering one request at a time."""
 
-    __slots__ = ("loop", "client", "origin", "transport", "parser", "response", "closed", "idle_since",
+    __slots__ = ("loop", "client", "origin", "transport", "parser", "response", "closed", "idle_since", "reused",
                  "_head_bytes", "_headers", "_decompress", "_flushed")
 
     def __init__(self, client: Client, origin: _Origin) -> None:
@@ -225,6 +229,7 @@ class _Connection(asyncio.Protocol):
         self.response: Response | None = None
         self.closed = False
         self.idle_since = 0.0
+        self.reused = False  # taken from the pool at least once
         self._head_bytes = 0
         self._headers: CIMultiDict | None = None
         self._decompress = True
@@ -341,17 +346,23 @@ class Client:
         self._closed = False
 
     async def request(self, method: str, url: str, headers: dict[str, str], body: bytes, *,
-                      connect_timeout: float, decompress: bool = True) -> Response:
+                      connect_timeout: float, decompress: bool = True, fresh: bool = False) -> Response:
+        """Send one request and wait for the answer's head. `fresh`: on a new connection, not a
+        pooled one. A reused connection that fails before an answer begins raises with `stale`."""
         target = self._targets.get(url) or self._target(url)
         head = self._head(method, target, headers, len(body), decompress)
         data = [head, body] if body else [head]
-        conn = self._reuse(target.origin)
+        conn = None if fresh else self._reuse(target.origin)
         if conn is None:
             conn = await self._connect(target.origin, connect_timeout)
         response = Response(conn, self.high)
         try:
             conn.send(data, response, decompress)
             await response._head
+        except (ResetBeforeSent, Disconnected) as exc:
+            conn.abort()
+            exc.stale = conn.reused
+            raise
         except BaseException:
             conn.abort()
             raise
@@ -418,6 +429,7 @@ class Client:
             if conn.idle_since < expired:
                 conn.abort()
                 continue
+            conn.reused = True
             return conn
         return None
 

@@ -112,6 +112,11 @@ class Watchdog:
             raise TimeoutError from exc
 
 
+# A pooled keep-alive connection the provider closed just as it was reused, with no answer begun:
+# the same provider is tried again once, on a new connection, and not held against it.
+STALE = "stale_connection"
+
+
 class Retry(Exception):
     """This attempt failed in a way that allows the next candidate."""
 
@@ -219,7 +224,7 @@ class Upstream:
         return (override.connect or base.connect, override.first_byte or base.first_byte,
                 override.idle or base.idle)
 
-    async def open(self, adapter, upstream_request, connect: float):
+    async def open(self, adapter, upstream_request, connect: float, fresh: bool = False):
         """Send a request and wait for the answer's headers (the caller's Watchdog bounds the wait)."""
         if adapter.caps.in_process:
             return adapter.serve(upstream_request)
@@ -227,26 +232,26 @@ class Upstream:
             # A stream is relayed as it comes: no compression to undo on the way.
             return await self.client.request(
                 upstream_request.method, upstream_request.url, upstream_request.headers, upstream_request.body,
-                connect_timeout=connect, decompress=not upstream_request.stream)
+                connect_timeout=connect, decompress=not upstream_request.stream, fresh=fresh)
         except httpclient.ConnectTimeout as exc:
             raise Retry(UpstreamTimeout("connecting to the provider timed out"), "connect_timeout") from exc
         except httpclient.ConnectFailed as exc:
             raise Retry(UpstreamError("the provider could not be reached"), "connect") from exc
         except httpclient.ResetBeforeSent as exc:
-            raise Retry(UpstreamError("the connection was reset before the request was sent"),
-                        "reset_before_sent") from exc
+            error = UpstreamError("the connection was reset before the request was sent")
+            raise Retry(error, STALE if exc.stale else "reset_before_sent") from exc
         except httpclient.Disconnected as exc:
             # A reset with no answer at all: from the client side it cannot be told whether the
             # provider read the request. In practice it is a balancer or a restarting server
             # refusing the connection, so it is retried unless `routing.retryOnReset` is off.
             error = UpstreamError("the provider closed the connection without answering", code="upstream_reset")
             if self.cfg.routing.retry_on_reset:
-                raise Retry(error, "reset") from exc
+                raise Retry(error, STALE if exc.stale else "reset") from exc
             raise error from exc
         except (httpclient.ClientError, ValueError) as exc:  # not HTTP; a URL or header it cannot send
             raise UpstreamError("the provider could not be called", code="upstream_error") from exc
 
-    async def attempt(self, route: Route, request, watchdog_idle: float | None = None) -> Opened:
+    async def attempt(self, route: Route, request, watchdog_idle: float | None = None, fresh: bool = False) -> Opened:
         """One attempt at one provider, up to the first event (stream) or the whole body."""
         provider = route.provider
         adapter = provider.adapter
@@ -260,7 +265,7 @@ class Upstream:
         watchdog = Watchdog(first_byte)
         try:
             async with watchdog:
-                response = await self.open(adapter, upstream_request, connect)
+                response = await self.open(adapter, upstream_request, connect, fresh)
                 watchdog.answered(watchdog_idle or idle)
                 opened = Opened(route, response, sent_at)
                 try:
@@ -325,13 +330,15 @@ async def dispatch(upstream: Upstream, routes: list[Route], request, ex) -> Open
     open circuits are still tried, last (panic mode). An attempt after the first goes to a provider
     with a clean record (no failure since its last success) freely, to any other only if the retry
     budget allows, else that provider is skipped. A 429 from the last candidate is waited out and
-    retried when the wait fits `routing.retryAfterCap`.
+    retried when the wait fits `routing.retryAfterCap`. A stale pooled connection (STALE) is
+    retried once on the same provider, on a new connection, without counting against it.
     """
     router, metrics, routing = upstream.router, upstream.metrics, upstream.cfg.routing
     upstream.budget.request()
     routes = await _usable(upstream, routes)
     last: ProxyError | None = None
     index = attempts = waits = 0
+    fresh = stale_retried = False  # fresh: the next attempt opens a new connection
     while index < len(routes) and attempts < routing.max_attempts:
         route = routes[index]
         provider = route.provider
@@ -343,10 +350,16 @@ async def dispatch(upstream: Upstream, routes: list[Route], request, ex) -> Open
         ex.begin_attempt(provider)
         metrics.attempts.inc((provider.name,))
         try:
-            opened = await upstream.attempt(route, request)
+            opened = await upstream.attempt(route, request, fresh=fresh)
         except Retry as retry:
-            ex.failures += 1
             metrics.upstream_errors.inc((provider.name, retry.kind))
+            if retry.kind == STALE and not stale_retried:
+                log.info("upstream_stale_connection", provider=provider.name, request_id=ex.id, retrying=True)
+                fresh = stale_retried = True
+                last = retry.error
+                continue
+            fresh = False
+            ex.failures += 1
             log.warning("upstream_failed", provider=provider.name, kind=retry.kind, request_id=ex.id,
                         status=retry.error.status, retrying=True)
             rate_limited = retry.kind == "rate_limit"

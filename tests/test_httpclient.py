@@ -215,8 +215,9 @@ async def test_informational_answers_are_skipped(wire, client):
 
 async def test_a_close_without_an_answer_is_disconnected(wire, client):
     w = await wire(None)
-    with pytest.raises(httpclient.Disconnected):
+    with pytest.raises(httpclient.Disconnected) as caught:
         await _post(client, w.url + "/x")
+    assert caught.value.stale is False  # a new connection: not a pool's stale one
 
 
 async def test_a_body_cut_short_is_body_broken(wire, client):
@@ -388,3 +389,14 @@ async def test_https_verifies_the_provider_and_keeps_the_connection(tmp_path):
         await client.close()
         await stranger.close()
         await w.stop()
+
+
+async def test_a_pooled_connection_closed_as_it_is_reused_is_stale_and_fresh_skips_the_pool(wire, client):
+    w = await wire(lambda n: OK if n != 1 else None)  # the second request is read, then the connection closed
+    assert await _body(await _post(client, w.url + "/x")) == b"{}"
+    with pytest.raises(httpclient.Disconnected) as caught:
+        await _post(client, w.url + "/x")
+    assert caught.value.stale is True and w.connections == 1
+    assert await _body(await _post(client, w.url + "/x", fresh=True)) == b"{}"
+    assert await _body(await _post(client, w.url + "/x", fresh=True)) == b"{}"
+    assert w.connections == 3  # fresh: a new connection although one was idle in the pool

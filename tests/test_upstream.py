@@ -232,3 +232,71 @@ async def test_watchdog_fires_after_idle_and_not_while_touched():
 def test_redact_keeps_only_the_last_four():
     assert redact("key sk-abcdef123456 bad", "sk-abcdef123456") == "key …3456 bad"
     assert orjson.dumps(redact("nothing", None))
+
+
+class IdleCloser:
+    """A provider that closes its first connection, as idle, just as a second request arrives on it
+    (the request is read, no answer is written); every other request gets a chat.completion."""
+
+    ANSWER = orjson.dumps({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+                           "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                                        "finish_reason": "stop"}],
+                           "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.connections = 0
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        first_connection, served = self.connections == 1, 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                await reader.readexactly(length)
+                self.requests += 1
+                if first_connection and served == 1:
+                    break  # closed with the request unanswered
+                served += 1
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(self.ANSWER), self.ANSWER))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    def provider(self, port: int) -> dict:
+        return {"name": "a", "supportedProvider": "OPENAI_COMPATIBLE", "isHosted": True,
+                "url": f"http://127.0.0.1:{port}/v1", "models": ["m"]}
+
+
+async def test_a_pooled_connection_the_provider_closed_as_idle_is_retried_once_on_a_new_one(gateway):
+    closer = IdleCloser()
+    gw = await gateway({"providers": [closer.provider(await closer.start())]})
+    for _ in range(3):
+        async with gw.post("/v1/chat/completions", json=_body("m")) as resp:
+            assert resp.status == 200 and (await resp.json())["choices"][0]["message"]["content"] == "ok"
+    assert (closer.requests, closer.connections) == (4, 2)  # the second request was sent twice
+    records = await gw.records()
+    assert [(r.attempts, r.status, r.recovered) for r in records] == [(1, "completed", False), (2, "completed", False),
+                                                                      (1, "completed", False)]
+    assert gw.gw.router.health["a"].failures == 0  # not held against the provider
+    closer.server.close()
+
+
+async def test_without_retry_on_reset_a_stale_connection_is_not_replayed(gateway):
+    closer = IdleCloser()
+    gw = await gateway({"providers": [closer.provider(await closer.start())], "routing": {"retryOnReset": False}})
+    async with gw.post("/v1/chat/completions", json=_body("m")) as resp:
+        assert resp.status == 200
+    async with gw.post("/v1/chat/completions", json=_body("m")) as resp:
+        assert resp.status == 502 and (await resp.json())["error"]["code"] == "upstream_reset"
+    assert closer.requests == 2  # R13: a request that was sent is never sent again
+    closer.server.close()
