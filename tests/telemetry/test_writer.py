@@ -27,6 +27,28 @@ def _spool(tmp_path, **kw) -> Spool:
     return spool
 
 
+def _refusing(spool: Spool) -> tuple[dict, list]:
+    """Make the spool's appends fail with ENOSPC while `refuse["on"]`; `attempts` lists the
+    thread of every append tried."""
+    refuse, attempts, real_append = {"on": True}, [], spool.append
+
+    def append(data):
+        attempts.append(threading.get_ident())
+        if refuse["on"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_append(data)
+
+    spool.append = append
+    return refuse, attempts
+
+
+def _syncs(spool: Spool, mark) -> list:
+    """Count the spool's syncs: `mark()` of each (its time, its thread)."""
+    syncs, real_sync = [], spool.sync
+    spool.sync = lambda: (syncs.append(mark()), real_sync())
+    return syncs
+
+
 def _barrier(w: writer.Writer) -> None:
     done = threading.Event()
     w.submit((writer.BARRIER, done.set))
@@ -35,9 +57,7 @@ def _barrier(w: writer.Writer) -> None:
 
 def test_a_record_is_in_the_file_at_once_and_synced_within_the_commit_window(tmp_path):
     spool = _spool(tmp_path)
-    syncs = []
-    real_sync = spool.sync
-    spool.sync = lambda: (syncs.append(time.monotonic()), real_sync())
+    syncs = _syncs(spool, time.monotonic)
     w = writer.Writer(spool, commit_ms=50)
     w.start()
     submitted = time.monotonic()
@@ -59,15 +79,7 @@ def test_a_record_is_in_the_file_at_once_and_synced_within_the_commit_window(tmp
 def test_when_the_disk_refuses_records_wait_in_memory_then_land(tmp_path):
     spool = _spool(tmp_path)
     metrics = Metrics()
-    refuse = {"on": True}
-    real_append = spool.append
-
-    def append(data):
-        if refuse["on"]:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_append(data)
-
-    spool.append = append
+    refuse, _ = _refusing(spool)
     w = writer.Writer(spool, commit_ms=10, queue_size=1000, metrics=metrics)
     w.start()
     for i in range(20):
@@ -176,9 +188,7 @@ def _frames(tmp_path) -> tuple[list, int]:
 
 def test_write_appends_before_it_returns_and_the_thread_only_syncs(tmp_path):
     spool = _spool(tmp_path)
-    syncs = []
-    real_sync = spool.sync
-    spool.sync = lambda: (syncs.append(threading.get_ident()), real_sync())
+    syncs = _syncs(spool, threading.get_ident)
     w = writer.Writer(spool, commit_ms=20)
     wakes = []
 
@@ -212,17 +222,7 @@ def test_write_appends_before_it_returns_and_the_thread_only_syncs(tmp_path):
 def test_write_while_the_disk_refuses_holds_the_records_and_the_thread_lands_them(tmp_path):
     spool = _spool(tmp_path)
     metrics = Metrics()
-    refuse = {"on": True}
-    real_append = spool.append
-    attempts = []
-
-    def append(data):
-        attempts.append(threading.get_ident())
-        if refuse["on"]:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_append(data)
-
-    spool.append = append
+    refuse, attempts = _refusing(spool)
     w = writer.Writer(spool, commit_ms=10, metrics=metrics)
     w.start()
     assert w.write([(writer.RECORD, record(0), None)]) == 0
