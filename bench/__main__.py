@@ -51,6 +51,9 @@ def parser() -> argparse.ArgumentParser:
                    help="fixed port for the mock upstream, so a --target gateway can be configured for it")
     p.add_argument("--idle-streams", type=int, help="idle streams held open for memory (default 10000; --quick 2000)")
     p.add_argument("--stall-ms", type=float, default=1000.0, help="a gap between chunks longer than this is a stall")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="rounds of c1, c32, c256, s32 and delayed, targets interleaved; figures are medians "
+                        "(3 or 5 on a noisy machine)")
     p.add_argument("--python-driver", action="store_true", help="use the Python driver even when wrk is installed")
     p.add_argument("--flamegraph", action="store_true", help="py-spy flame graph of the gateway under c32 load")
     p.add_argument("--record", action="store_true", help="also rewrite bench/RESULTS.md with this run")
@@ -75,6 +78,7 @@ def settings(args: argparse.Namespace) -> Settings:
         flamegraph=args.flamegraph,
         keep=args.keep,
         mock_port=args.mock_port,
+        repeat=max(args.repeat, 1),
     )
 
 
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]),
         "machine": report.machine(), "versions": report.versions(), "pinned": pinning(),
         "settings": {k: getattr(cfg, k) for k in ("duration", "stall_ms", "delayed_ttfb_ms", "delayed_chunk_ms",
-                                                  "paced_chunk_ms", "use_wrk")},
+                                                  "paced_chunk_ms", "use_wrk", "repeat")},
     })
     report.derive(result)
     result["goals"] = report.goals(result)

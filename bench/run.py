@@ -1,7 +1,10 @@
 """One bench run: start the servers, run every scenario against every target, stop everything.
 
 Scenarios run target after target (direct, passthrough, gateway, others) so that the ratios
-compare numbers taken minutes apart at most, on the same machine state.
+compare numbers taken minutes apart at most, on the same machine state. With `repeat` N > 1 the
+load scenarios run N rounds, the targets' order reversed every other round, and each figure is
+the median of the N (counts of requests, errors and stalls are summed): on a host whose speed
+drifts, a ratio of medians of interleaved runs moves far less than one of two single runs.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import json
 import os
 import pathlib
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,6 +27,8 @@ from bench.procs import LOAD_CPU, SERVER_CPU, cpu_busy, pinned, pinning
 from bench.targets import Target, start_gateway, start_mock, start_passthrough
 
 SCENARIOS = ("c1", "c32", "c256", "s32", "s1000", "delayed", "idle")
+REPEATED = ("c1", "c32", "c256", "s32", "delayed")  # what `repeat` applies to (not s1000, idle)
+_SUMMED = frozenset({"requests", "errors", "events", "streams", "completed", "timeouts", "stalls", "server_cpu_s"})
 BUILTIN = ("direct", "passthrough", "gateway")
 MODEL = "bench-model"
 IDLE_MODEL = "bench-ttfb0-chunk600000"  # one chunk, then nothing for ten minutes
@@ -45,6 +51,7 @@ class Settings:
     flamegraph: bool = False
     keep: bool = False
     mock_port: int = 0
+    repeat: int = 1
 
     @property
     def delayed_model(self) -> str:
@@ -197,6 +204,29 @@ def flamegraph(target: Target, cfg: Settings) -> dict:
     return {"svg": str(out), "load": load}
 
 
+def combine(runs: list[dict]) -> dict:
+    """One scenario's figures from several rounds: medians, counts summed, every round's RPS kept."""
+    if len(runs) == 1:
+        return runs[0]
+    out: dict = {}
+    for key, first in runs[0].items():
+        values = [run.get(key) for run in runs]
+        if isinstance(first, bool) or not all(isinstance(v, int | float) for v in values):
+            out[key] = first  # text, flags, nested figures: the first round's
+        elif key in _SUMMED:
+            out[key] = sum(values)
+        else:
+            out[key] = statistics.median(values)
+    kinds = [run["error_kinds"] for run in runs if isinstance(run.get("error_kinds"), dict)]
+    if kinds:
+        out["error_kinds"] = {k: sum(each.get(k, 0) for each in kinds) for k in kinds[0]}
+    out["rounds"] = len(runs)
+    for figure in ("rps", "chunks_per_s", "req_per_cpu_s", "p50_ms"):
+        if figure in runs[0]:
+            out[f"{figure}_rounds"] = [run.get(figure) for run in runs]
+    return out
+
+
 def idle_cap(requested: int, nofile: int) -> tuple[int, str | None]:
     """A proxy holds two sockets per stream: cap the count to what the fd limit allows."""
     cap = max((nofile - 256) // 2, 0)
@@ -211,12 +241,17 @@ async def _measure(targets: list[Target], cfg: Settings, idle_count: int, result
         await warm(target, cfg)
         target.rss_idle_mb = target.rss()
     for name in cfg.scenarios:
+        rounds = cfg.repeat if name in REPEATED else 1
+        runs: dict[str, list[dict]] = {target.name: [] for target in targets}
+        for number in range(rounds):
+            for target in targets if number % 2 == 0 else targets[::-1]:
+                log(f"{name} -> {target.name}" + (f" (round {number + 1} of {rounds})" if rounds > 1 else ""))
+                runs[target.name].append(await scenario(name, target, cfg, idle_count))
+                if name == "c32" and cfg.flamegraph and target.name == "gateway" and number == 0:
+                    results[target.name]["flamegraph"] = await asyncio.to_thread(flamegraph, target, cfg)
+                await asyncio.sleep(0.3)
         for target in targets:
-            log(f"{name} -> {target.name}")
-            results[target.name][name] = await scenario(name, target, cfg, idle_count)
-            if name == "c32" and cfg.flamegraph and target.name == "gateway":
-                results[target.name]["flamegraph"] = await asyncio.to_thread(flamegraph, target, cfg)
-            await asyncio.sleep(0.3)
+            results[target.name][name] = combine(runs[target.name])
     for target in targets:
         target.rss_end_mb = target.rss()
 
