@@ -135,14 +135,15 @@ class Spool:
 
     def _create(self, seq: int) -> int:
         fd = os.open(self._path(seq), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        dir_fd = os.open(self.dir, os.O_RDONLY)
         try:
-            os.fsync(dir_fd)  # the new name survives a power cut
+            dir_fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)  # the new name survives a power cut
+            finally:
+                os.close(dir_fd)
         except OSError:
             os.close(fd)
             raise
-        finally:
-            os.close(dir_fd)
         return fd
 
     def _activate(self, seq: int, fd: int) -> None:
