@@ -1,9 +1,7 @@
 """The batcher: the request path hands over records without waiting; each sink gets them in batches.
 
-    put(record) ──▶ spool ─────────────────────────▶ lane per sink ──▶ sink.send
-                    appended at the end of the            N records or T ms
-                    loop turn, fsynced by the writer's
-                    thread (group commit)
+    put(record) ──▶ writer thread ──▶ spool (disk, group commit) ──▶ lane per sink ──▶ sink.send
+                                                                     (N records or T ms)
 
 Every record is on disk moments after `put` (a kill -9 loses nothing handed over; a power cut
 at most the `commit_ms` window), and leaves the spool only once every sink acknowledged it. Each
@@ -53,7 +51,7 @@ class Batcher:
         self._held: list[tuple] = []  # this loop turn's items, handed to the writer in one go
 
     def _submit(self, item: tuple) -> None:
-        """Queue `item` for the writer at the end of this loop turn: one append per turn, not per item."""
+        """Queue `item` for the writer at the end of this loop turn: one wake-up per turn, not per item."""
         held = self._held
         held.append(item)
         if len(held) == 1:
@@ -65,12 +63,7 @@ class Batcher:
     def _handover(self) -> None:
         if self._held:
             held, self._held = self._held, []
-            if not self._running:  # not started (or closing): the writer's thread takes them in order
-                self.writer.submit((writer.BATCH, held))
-                return
-            written = self.writer.write(held)
-            if written:
-                self._written(written)
+            self.writer.submit((writer.BATCH, held))
 
     # -- the request path: never waits, never raises ------------------------------------
     def put(self, record: UsageRecord) -> None:

@@ -15,9 +15,8 @@ each worker of `serve --workers N` owns one, and a restarted worker adopts a dea
     {seq:012d}.seg   segments (`proxy.telemetry.segments`)
     {sink}.cursor    "seq offset": where that sink's unacknowledged records start
 
-Threads: appends come from the event loop (`proxy.telemetry.writer`: one `pwrite` per loop
-turn) or the writer's thread, under the writer's lock; that thread syncs, rolls and drops; reads
-and acks run on a reader thread. The lock here guards segment sizes and cursors.
+Threads: one writer thread appends, rolls, syncs and drops; reads and acks run on a reader
+thread. The lock guards segment sizes and cursors; the request path never takes it.
 """
 
 from __future__ import annotations
@@ -131,9 +130,6 @@ class Spool:
         return self.dir / f"{seq:012d}.seg"
 
     def _start_segment(self, seq: int) -> None:
-        self._activate(seq, self._create(seq))
-
-    def _create(self, seq: int) -> int:
         fd = os.open(self._path(seq), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             dir_fd = os.open(self.dir, os.O_RDONLY)
@@ -144,9 +140,6 @@ class Spool:
         except OSError:
             os.close(fd)
             raise
-        return fd
-
-    def _activate(self, seq: int, fd: int) -> None:
         with self._lock:
             self._fd, self._active = fd, seq
             self._sizes[seq] = 0
@@ -177,28 +170,12 @@ class Spool:
 
     def roll(self, carried: bytes = b"") -> None:
         """Close the active segment and start the next, opening it with `carried` frames."""
-        self.retire(self.switch(self.prepare()))
+        os.fdatasync(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        self._start_segment(self._active + 1)
         if carried:
             self.append(carried)
-
-    # A roll in three steps, so that appends (under the writer's lock) wait only for the middle one:
-    def prepare(self) -> tuple[int, int]:
-        """Create the next segment, its name synced to disk, not yet active: (seq, fd)."""
-        seq = self._active + 1
-        return seq, self._create(seq)
-
-    def switch(self, prepared: tuple[int, int]) -> int:
-        """Make the prepared segment the active one; returns the previous one's descriptor."""
-        old = self._fd
-        self._activate(*prepared)
-        return old
-
-    def retire(self, fd: int) -> None:
-        """Sync and close a segment that no longer takes appends."""
-        try:
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
 
     def drop_oldest(self) -> dict[str, int]:
         """Over the cap: delete the oldest segments; returns the records each sink lost."""

@@ -1,18 +1,10 @@
-"""The spool's writer: appends on the request path's thread, fsyncs and rolls on its own.
+"""The spool's writer thread.
 
-`write(items)` is called once per event-loop turn with that turn's items: it encodes them and
-appends them to the active segment at once, one `pwrite` into the page cache (so a kill -9 loses
-nothing written; the page cache outlives the process). Handing the items to a thread instead
-cost a thread wake-up per loop turn, ~25 µs of CPU per request at c32 on the gateway's one core
-(bench). Everything that may block stays on the writer's thread: the `fdatasync` of the group
-commit, at most `commit_ms` after the first unsynced write (a power cut loses at most that
-window), rolling to the next segment (its file created and its name synced before appends switch
-to it), and deleting the oldest segments at the cap.
-
-When the disk refuses a write, the items wait in memory and the thread retries each second; up
-to `queue_size` records are held, beyond that the oldest are dropped and counted. `submit(item)`
-hands items to the thread instead (recovered records, barriers, and everything from callers on
-other threads).
+The request path hands it items without waiting (`SimpleQueue.put`). It writes them at once, so a
+kill -9 loses nothing already handed over (the page cache outlives the process), and it fsyncs
+at most `commit_ms` after the first unsynced write (group commit: a power cut loses at most that
+window). When the disk refuses writes, items wait in memory up to `queue_size` records; beyond
+that the oldest are dropped and counted.
 """
 
 from __future__ import annotations
@@ -37,7 +29,6 @@ END = "E"  # (END, slot)
 BATCH = "M"  # (BATCH, [item, …]): one loop turn's items in one hand-over
 BARRIER = "F"  # (BARRIER, callback): called once everything queued before it is written and synced
 STOP = "S"  # (STOP,)
-WAKE = "W"  # (WAKE,): `write` left work for the thread (a sync, a roll, the cap, a retry)
 
 _RETRY_S = 1.0
 
@@ -52,46 +43,18 @@ class Writer:
         self.metrics = metrics
         if metrics is not None:  # read at scrape time, not set at every write
             metrics.spool_bytes.set_function(lambda: spool.bytes)
-        self.on_written = on_written  # from the thread's own writes; `write` returns its count instead
+        self.on_written = on_written
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.failing = False
-        self._encode_one = msgspec.json.Encoder().encode
-        # Held while encoding and appending, by `write` and by the thread: the segment being
-        # appended to, the backlog and the open BEGINs change only under it.
-        self._lock = threading.Lock()
         self._backlog: list[tuple[bytes, int]] = []  # (frames, records) not yet written
         self._backlog_records = 0
         self._open: dict[str, bytes] = {}  # slot → BEGIN frame of a request still running
-        self._unsynced = False  # appended since the thread's last sync began
-        self._woken = False  # the thread was sent a WAKE and has not gone idle since
         self._thread = threading.Thread(target=self._run, name="usage-spool", daemon=True)
         self._submitted = 0  # items handed over (written by the submitting thread only)
         self._taken = 0  # items taken off the queue (written by this writer's thread only)
 
     def start(self) -> None:
         self._thread.start()
-
-    def write(self, items: list[tuple]) -> int:
-        """Encode and append `items` (RECORD, BEGIN, END) now, on the caller's thread; returns the
-        records written. While the disk refuses writes they join the backlog the thread retries."""
-        with self._lock:
-            retrying = bool(self._backlog)
-            self._encode(items)
-            written = 0
-            if not retrying and self._backlog:
-                written = self._write()
-            # Once told, the thread keeps watching until it has nothing left to do (see _run)
-            wake = not self._woken and self._wants_thread()
-            if wake:
-                self._woken = True
-        if wake:
-            self.queue.put((WAKE,))
-        return written
-
-    def _wants_thread(self) -> bool:
-        spool = self.spool
-        return (self._unsynced or bool(self._backlog) or spool.wants_roll()
-                or (self.drop_oldest and spool.bytes > spool.max_bytes))
 
     def submit(self, item: tuple) -> None:
         self._submitted += len(item[1]) if item[0] == BATCH else 1
@@ -108,34 +71,25 @@ class Writer:
 
     # -- the thread ----------------------------------------------------------------------
     def _run(self) -> None:
-        last_sync, stopping = time.monotonic(), False
+        encode = msgspec.json.Encoder().encode
+        last_sync, dirty, stopping = time.monotonic(), False, False
         while not stopping:
-            with self._lock:
-                timeout = self._timeout(last_sync)
-                if timeout is None:  # nothing to watch for: the next `write` that leaves work wakes us
-                    self._woken = False
-            items = self._take(timeout)
-            barriers = [item[1] for item in items if item[0] == BARRIER]
-            stopping = any(item[0] == STOP for item in items)
-            with self._lock:
-                self._encode(items)
-                written = self._write() if self._backlog else 0
-            if written and self.on_written is not None:
-                self.on_written(written)
-            self._housekeeping()
+            items = self._take(self._timeout(dirty, last_sync))
+            barriers: list[Callable[[], None]] = []
+            stopping = self._encode(items, encode, barriers)
+            if self._backlog:
+                dirty = self._write() or dirty
             now = time.monotonic()
-            if self._unsynced and (barriers or stopping or now - last_sync >= self.commit_s) and self._sync():
-                last_sync = now
+            if dirty and (barriers or stopping or now - last_sync >= self.commit_s) and self._sync():
+                last_sync, dirty = now, False
             for callback in barriers:
                 callback()
 
-    def _timeout(self, last_sync: float) -> float | None:
+    def _timeout(self, dirty: bool, last_sync: float) -> float | None:
         if self._backlog:
             return _RETRY_S
-        if self._unsynced:
+        if dirty:
             return max(last_sync + self.commit_s - time.monotonic(), 0.0)
-        if self.spool.wants_roll() or (self.drop_oldest and self.spool.bytes > self.spool.max_bytes):
-            return _RETRY_S  # a roll or a drop that could not be done: retried
         return None
 
     def _take(self, timeout: float | None) -> list[tuple]:
@@ -155,12 +109,11 @@ class Writer:
                 flat += item[1]
             else:
                 flat.append(item)
-        self._taken += sum(1 for item in flat if item[0] not in (STOP, WAKE))
+        self._taken += len(flat) - sum(1 for item in flat if item[0] == STOP)
         return flat
 
-    def _encode(self, items: list[tuple]) -> None:
-        """Frame RECORD, BEGIN and END items into the backlog (other items are the thread's)."""
-        encode, out, records = self._encode_one, [], 0
+    def _encode(self, items: list[tuple], encode, barriers: list) -> bool:
+        out, records, stopping = [], 0, False
         # A request that began and ended within these items needs no BEGIN on disk: its record
         # (or its END) is written in the same append.
         ended = {item[2] if item[0] == RECORD else item[1] for item in items
@@ -182,25 +135,29 @@ class Writer:
             elif tag == END:
                 if self._open.pop(item[1], None) is not None:
                     out.append(segments.frame(segments.END, segments.payload(item[1])))
+            elif tag == BARRIER:
+                barriers.append(item[1])
+            elif tag == STOP:
+                stopping = True
         if out:
             self._backlog.append((b"".join(out), records))
             self._backlog_records += records
+        return stopping
 
-    def _write(self) -> int:
-        """Append the backlog (under the lock); the records written, 0 when the disk refused."""
+    def _write(self) -> bool:
         data = b"".join(chunk for chunk, _ in self._backlog)
         try:
             self.spool.append(data)
         except OSError as exc:
             self._failed(exc)
-            return 0
+            return False
         written = self._backlog_records
         self._backlog, self._backlog_records = [], 0
-        self._unsynced = True
         if self.failing:
             self.failing = False
             log.warning("spool_writable_again")
-        return written
+        self._after_write(written)
+        return True
 
     def _failed(self, exc: OSError) -> None:
         if self.metrics is not None:
@@ -214,35 +171,19 @@ class Writer:
             self._backlog_records -= lost
             self._dropped("queue_full", lost)
 
-    def _housekeeping(self) -> None:
-        """Roll to the next segment and drop the oldest at the cap (the thread, not under the lock)."""
+    def _after_write(self, records: int) -> None:
         spool = self.spool
         if spool.wants_roll():
             try:
-                prepared = spool.prepare()  # the new file and its name on disk: slow, so not under the lock
+                spool.roll(b"".join(self._open.values()))  # running requests' BEGINs move along
             except OSError as exc:
-                prepared = None
-                with self._lock:
-                    self._failed(exc)
-            if prepared is not None:
-                with self._lock:
-                    old = spool.switch(prepared)
-                    self._unsynced = True
-                    carried = b"".join(self._open.values())  # running requests' BEGINs move along
-                    try:
-                        if carried:
-                            spool.append(carried)
-                    except OSError as exc:
-                        self._failed(exc)
-                try:
-                    spool.retire(old)
-                except OSError as exc:
-                    with self._lock:
-                        self._failed(exc)
+                self._failed(exc)
         if self.drop_oldest and spool.bytes > spool.max_bytes:
             lost = sum(spool.drop_oldest().values())
             if lost:
                 self._dropped("spool_full", lost)
+        if records and self.on_written is not None:
+            self.on_written(records)
 
     def _dropped(self, reason: str, count: int) -> None:
         if self.metrics is not None:
@@ -250,13 +191,9 @@ class Writer:
         log.error("usage_records_dropped", reason=reason, records=count)
 
     def _sync(self) -> bool:
-        with self._lock:  # what is appended from here on waits for the next sync
-            self._unsynced = False
         try:
             self.spool.sync()
         except OSError as exc:
-            with self._lock:
-                self._unsynced = True
-                self._failed(exc)
+            self._failed(exc)
             return False
         return True

@@ -27,28 +27,6 @@ def _spool(tmp_path, **kw) -> Spool:
     return spool
 
 
-def _refusing(spool: Spool) -> tuple[dict, list]:
-    """Make the spool's appends fail with ENOSPC while `refuse["on"]`; `attempts` lists the
-    thread of every append tried."""
-    refuse, attempts, real_append = {"on": True}, [], spool.append
-
-    def append(data):
-        attempts.append(threading.get_ident())
-        if refuse["on"]:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_append(data)
-
-    spool.append = append
-    return refuse, attempts
-
-
-def _syncs(spool: Spool, mark) -> list:
-    """Count the spool's syncs: `mark()` of each (its time, its thread)."""
-    syncs, real_sync = [], spool.sync
-    spool.sync = lambda: (syncs.append(mark()), real_sync())
-    return syncs
-
-
 def _barrier(w: writer.Writer) -> None:
     done = threading.Event()
     w.submit((writer.BARRIER, done.set))
@@ -57,7 +35,9 @@ def _barrier(w: writer.Writer) -> None:
 
 def test_a_record_is_in_the_file_at_once_and_synced_within_the_commit_window(tmp_path):
     spool = _spool(tmp_path)
-    syncs = _syncs(spool, time.monotonic)
+    syncs = []
+    real_sync = spool.sync
+    spool.sync = lambda: (syncs.append(time.monotonic()), real_sync())
     w = writer.Writer(spool, commit_ms=50)
     w.start()
     submitted = time.monotonic()
@@ -79,7 +59,15 @@ def test_a_record_is_in_the_file_at_once_and_synced_within_the_commit_window(tmp
 def test_when_the_disk_refuses_records_wait_in_memory_then_land(tmp_path):
     spool = _spool(tmp_path)
     metrics = Metrics()
-    refuse, _ = _refusing(spool)
+    refuse = {"on": True}
+    real_append = spool.append
+
+    def append(data):
+        if refuse["on"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_append(data)
+
+    spool.append = append
     w = writer.Writer(spool, commit_ms=10, queue_size=1000, metrics=metrics)
     w.start()
     for i in range(20):
@@ -173,88 +161,3 @@ def test_a_batch_is_written_in_one_go_and_a_begin_closed_within_it_is_left_out(t
         recovery.scan(path.read_bytes())
     assert recovery.records == 2 and recovery.open_begins() == {}
     assert w.stop(5)
-
-
-# -- write(): appended on the caller's thread ----------------------------------------------------
-def _frames(tmp_path) -> tuple[list, int]:
-    from proxy.telemetry import segments
-
-    damaged: list = []
-    found = []
-    for path in sorted(tmp_path.rglob("*.seg")):
-        found += list(segments.frames(path.read_bytes(), damaged))
-    return found, len(damaged)
-
-
-def test_write_appends_before_it_returns_and_the_thread_only_syncs(tmp_path):
-    spool = _spool(tmp_path)
-    syncs = _syncs(spool, threading.get_ident)
-    w = writer.Writer(spool, commit_ms=20)
-    wakes = []
-
-    class Counting:  # the thread's queue, counting what is put on it
-        def __init__(self, inner):
-            self.get, self.get_nowait, self._put = inner.get, inner.get_nowait, inner.put
-
-        def put(self, item):
-            wakes.append(item[0])
-            self._put(item)
-
-    w.queue = Counting(w.queue)
-    w.start()
-    assert w.write([(writer.BEGIN, "a" * 24, {"ts": 1}), (writer.RECORD, record(0), "a" * 24)]) == 1
-    assert spool.bytes > 0 and not syncs  # in the file at once, not yet synced
-    _wait(lambda: syncs)
-    assert syncs[0] == w._thread.ident
-    started = time.monotonic()
-    for i in range(1, 200):  # a steady stream: the thread is woken about once per commit window
-        assert w.write([(writer.RECORD, record(i), None)]) == 1
-        time.sleep(0.001)
-    elapsed = time.monotonic() - started
-    _wait(lambda: not w._unsynced)
-    assert wakes.count(writer.WAKE) <= 2 + elapsed / 0.02, (len(wakes), elapsed)
-    assert w.pending() == 0 and w.stop(5)
-    frames, damaged = _frames(tmp_path)
-    assert damaged == 0 and len(frames) == 200  # the BEGIN closed in the same call was left out
-    spool.close()
-
-
-def test_write_while_the_disk_refuses_holds_the_records_and_the_thread_lands_them(tmp_path):
-    spool = _spool(tmp_path)
-    metrics = Metrics()
-    refuse, attempts = _refusing(spool)
-    w = writer.Writer(spool, commit_ms=10, metrics=metrics)
-    w.start()
-    assert w.write([(writer.RECORD, record(0), None)]) == 0
-    assert w.failing and w.pending() == 1
-    for i in range(1, 50):  # held without a write attempt each: the thread retries once a second
-        assert w.write([(writer.RECORD, record(i), None)]) == 0
-    assert w.pending() == 50 and attempts.count(threading.get_ident()) == 1
-    refuse["on"] = False
-    _wait(lambda: not w.failing and w.pending() == 0, timeout=3)
-    assert w.write([(writer.RECORD, record(50), None)]) == 1  # and writes go straight in again
-    assert w.stop(5)
-    assert len(spool.read("local", 100)[0]) == 51
-    spool.close()
-
-
-def test_rolls_happen_on_the_thread_while_writes_go_on_and_carry_open_begins(tmp_path):
-    spool = _spool(tmp_path, segment_bytes=8192)
-    w = writer.Writer(spool, commit_ms=5)
-    w.start()
-    w.write([(writer.BEGIN, "b" * 24, {"ts": 1.0, "route": "chat"})])
-    for i in range(2000):
-        w.write([(writer.BEGIN, f"{i:024d}", {"ts": 1.0}), (writer.RECORD, record(i), f"{i:024d}")])
-    _barrier(w)
-    assert w.stop(5)
-    segs = sorted(spool.dir.glob("*.seg"))
-    assert len(segs) > 2  # rolled (by the thread, within a commit window) while the writes went on
-    frames, damaged = _frames(tmp_path)
-    assert damaged == 0
-    assert sum(1 for f in frames if f.kind == 1) == 2000
-    spool.close()
-    for seg in segs[:-1]:
-        seg.unlink()  # only the newest segment left: it still holds "b", carried along each roll
-    again = Spool(tmp_path)
-    assert list(again.open().open_begins()) == ["b" * 24]
-    again.close()
