@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import time
 
@@ -200,36 +201,65 @@ async def test_r08_relay_adds_no_buffering(served_gateway, fake_openai):
         return out
 
     fake_openai._stream = stamped
-    added, first_byte = [], {"gateway": [], "direct": []}
 
-    async def one(session, base: str, kind: str, delay: float = 0.0):
-        await asyncio.sleep(delay)  # arrivals 10 ms apart: all 50 streams still overlap (each lasts ~0.8 s)
-        started = time.monotonic()
-        async with session.post(base + "/chat/completions", json=_stream_body("paced")) as resp:
-            async for line in resp.content:
-                if not line.startswith(b"data: {"):
-                    continue
-                now = time.monotonic()
-                delta = orjson.loads(line[6:])["choices"][0]["delta"].get("content")
-                if delta:
-                    if kind == "gateway":
-                        added.append(now - float(delta))
-                    if len(first_byte[kind]) < 50 and now - started < 5:
-                        first_byte[kind].append(now - started)
-                        started = float("inf")
+    async def measure() -> tuple[list[float], list[float]]:
+        added, first_byte = [], {"gateway": [], "direct": []}
 
-    async with aiohttp.ClientSession() as session:
-        await one(session, url + "/v1", "gateway")  # warm up the connection pools
-        added.clear()
-        first_byte["gateway"].clear()
-        await asyncio.gather(*(one(session, fake_openai.url, "direct", i * 0.01) for i in range(50)))
-        await asyncio.gather(*(one(session, url + "/v1", "gateway", i * 0.01) for i in range(50)))
-    added.sort()
-    p50, p99 = statistics.median(added), added[int(len(added) * 0.99) - 1]
-    assert len(added) == 50 * 40
-    assert p50 <= 0.002 and p99 <= 0.010, (p50, p99)
-    overhead = sorted(g - d for g, d in zip(sorted(first_byte["gateway"]), sorted(first_byte["direct"]), strict=True))
-    assert overhead[int(len(overhead) * 0.99) - 1] <= 0.020, overhead  # time-to-first-byte overhead p99
+        async def one(session, base: str, kind: str, delay: float = 0.0):
+            await asyncio.sleep(delay)  # arrivals 10 ms apart: all 50 streams still overlap (each lasts ~0.8 s)
+            started = time.monotonic()
+            async with session.post(base + "/chat/completions", json=_stream_body("paced")) as resp:
+                async for line in resp.content:
+                    if not line.startswith(b"data: {"):
+                        continue
+                    now = time.monotonic()
+                    delta = orjson.loads(line[6:])["choices"][0]["delta"].get("content")
+                    if delta:
+                        if kind == "gateway":
+                            added.append(now - float(delta))
+                        if len(first_byte[kind]) < 50 and now - started < 5:
+                            first_byte[kind].append(now - started)
+                            started = float("inf")
+
+        async with aiohttp.ClientSession() as session:
+            await one(session, url + "/v1", "gateway")  # warm up the connection pools
+            added.clear()
+            first_byte["gateway"].clear()
+            await asyncio.gather(*(one(session, fake_openai.url, "direct", i * 0.01) for i in range(50)))
+            await asyncio.gather(*(one(session, url + "/v1", "gateway", i * 0.01) for i in range(50)))
+        assert len(added) == 50 * 40
+        overhead = sorted(g - d for g, d in zip(sorted(first_byte["gateway"]), sorted(first_byte["direct"]),
+                                                strict=True))
+        return sorted(added), overhead
+
+    # The figures hold on a quiet host. A VM's hypervisor taking the CPU for 20 ms delays every
+    # chunk in flight and alone moves p99 past 10 ms, so a miss while it stole time is measured
+    # again (twice at most); a miss on a quiet host fails at once.
+    for attempt in range(3):
+        stolen = _steal_seconds()
+        added, overhead = await measure()
+        stolen = _steal_seconds() - stolen
+        p50, p99 = statistics.median(added), added[int(len(added) * 0.99) - 1]
+        ttfb_p99 = overhead[int(len(overhead) * 0.99) - 1]
+        if (p50 <= 0.002 and p99 <= 0.010 and ttfb_p99 <= 0.020) or stolen < _NOISY_STEAL_S or attempt == 2:
+            break
+        print(f"R08 attempt {attempt + 1}: p50 {p50 * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms, TTFB overhead "
+              f"p99 {ttfb_p99 * 1000:.1f} ms while the hypervisor stole {stolen * 1000:.0f} ms of CPU: measured again")
+    assert p50 <= 0.002 and p99 <= 0.010, (p50, p99, f"stolen {stolen * 1000:.0f} ms")
+    assert ttfb_p99 <= 0.020, overhead  # time-to-first-byte overhead p99
+
+
+_NOISY_STEAL_S = 0.02
+
+
+def _steal_seconds() -> float:
+    """CPU time the hypervisor has taken from this machine (`steal` in /proc/stat); 0 where unknown."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 async def test_r12_no_retry_once_bytes_reached_the_client(gateway, fake_openai, aiohttp_server):
