@@ -359,12 +359,10 @@ class Client:
         try:
             conn.send(data, response, decompress)
             await response._head
-        except (ResetBeforeSent, Disconnected) as exc:
+        except BaseException as exc:
             conn.abort()
-            exc.stale = conn.reused
-            raise
-        except BaseException:
-            conn.abort()
+            if isinstance(exc, ResetBeforeSent | Disconnected):
+                exc.stale = conn.reused
             raise
         return response
 

@@ -331,14 +331,14 @@ async def dispatch(upstream: Upstream, routes: list[Route], request, ex) -> Open
     with a clean record (no failure since its last success) freely, to any other only if the retry
     budget allows, else that provider is skipped. A 429 from the last candidate is waited out and
     retried when the wait fits `routing.retryAfterCap`. A stale pooled connection (STALE) is
-    retried once on the same provider, on a new connection, without counting against it.
+    retried on the same provider, on a new connection, without counting against it.
     """
     router, metrics, routing = upstream.router, upstream.metrics, upstream.cfg.routing
     upstream.budget.request()
     routes = await _usable(upstream, routes)
     last: ProxyError | None = None
     index = attempts = waits = 0
-    fresh = stale_retried = False  # fresh: the next attempt opens a new connection
+    fresh = False  # the next attempt opens a new connection: the pooled one was stale
     while index < len(routes) and attempts < routing.max_attempts:
         route = routes[index]
         provider = route.provider
@@ -353,10 +353,9 @@ async def dispatch(upstream: Upstream, routes: list[Route], request, ex) -> Open
             opened = await upstream.attempt(route, request, fresh=fresh)
         except Retry as retry:
             metrics.upstream_errors.inc((provider.name, retry.kind))
-            if retry.kind == STALE and not stale_retried:
+            if retry.kind == STALE:  # a new connection is never stale, so this repeats at most once per provider
                 log.info("upstream_stale_connection", provider=provider.name, request_id=ex.id, retrying=True)
-                fresh = stale_retried = True
-                last = retry.error
+                fresh, last = True, retry.error
                 continue
             fresh = False
             ex.failures += 1
