@@ -32,8 +32,8 @@ def render(values: dict | None = None, namespace: str = "castai-llms", chart: pa
     return objects
 
 
-def notes(values: dict | None = None) -> str:
-    return render_chart(CHART, values)["templates/NOTES.txt"]
+def notes(values: dict | None = None, namespace: str = "castai-llms") -> str:
+    return render_chart(CHART, values, namespace=namespace)["templates/NOTES.txt"]
 
 
 def container(objects) -> dict:
