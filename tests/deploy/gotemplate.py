@@ -305,10 +305,12 @@ def _field(value, path: str):
 
 
 def merge(base: dict, override: dict) -> dict:
-    """Helm's values merge: maps merge key by key, everything else is replaced."""
+    """Helm's values merge: maps merge key by key, everything else is replaced, null deletes."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

@@ -15,8 +15,7 @@ import shutil
 import pytest
 import yaml
 
-from tests.deploy.chartkit import (CASTAI_KEY, CHART, EXAMPLES, every, helm, helm_binary, helm_template,
-                                   load, render)
+from tests.deploy.chartkit import CASTAI_KEY, CHART, EXAMPLES, every, helm, helm_binary, helm_template, load, render
 from tests.deploy.conftest import check_objects
 from tests.deploy.gotemplate import merge
 
