@@ -10,13 +10,26 @@ into the venv. Where it could not, these tests skip and say so.
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import subprocess
 
 import pytest
 import yaml
 
-from tests.deploy.chartkit import CASTAI_KEY, CHART, EXAMPLES, every, helm, helm_binary, helm_template, load, render
-from tests.deploy.conftest import check_objects
+from tests.deploy.chartkit import (
+    CASTAI_KEY,
+    CHART,
+    EXAMPLES,
+    ROOT,
+    every,
+    helm,
+    helm_binary,
+    helm_template,
+    load,
+    render,
+)
+from tests.deploy.conftest import check_objects, documents
 from tests.deploy.gotemplate import merge
 
 pytestmark = pytest.mark.skipif(
@@ -95,3 +108,37 @@ def test_helm_reads_the_dashboard_copy_into_its_configmap(tmp_path):
     (configmap,) = [d for d in docs if d["metadata"]["name"].endswith("-dashboard")]
     assert json.loads(configmap["data"]["ai-enabler-proxy.json"]) == board
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+
+
+def _install_commands(text: str) -> list[str]:
+    """`helm upgrade --install …` commands in shell text or a YAML file's comments, continuations joined."""
+    commands, parts = [], []
+    for line in (re.sub(r"^\s*#\s?", "", raw).strip() for raw in text.splitlines()):
+        parts.append(line.removesuffix("\\").strip())
+        if not line.endswith("\\"):
+            command, parts = " ".join(parts), []
+            if command.startswith("helm upgrade --install"):
+                commands.append(command)
+    return commands
+
+
+DOCUMENTED = [(path.name, command) for path in (ROOT / "README.md", *sorted(EXAMPLES.glob("*-values.yaml")))
+              for command in _install_commands(path.read_text())]
+
+
+def test_the_readme_and_the_examples_document_install_commands():
+    assert {name for name, _ in DOCUMENTED} >= {"README.md", "edge-redis-values.yaml", "edge-sentinel-values.yaml"}
+
+
+@pytest.mark.parametrize(("source", "command"), DOCUMENTED, ids=[f"{n}:{i}" for i, (n, _) in enumerate(DOCUMENTED)])
+def test_documented_install_commands_render_as_written(source, command):
+    """Each documented `helm upgrade --install`, run as `helm template` from the repository root."""
+    env = {"PATH": "/usr/bin:/bin", "CASTAI_API_KEY": "castai-key", "CASTAI_CLUSTER_ID": "c-1",
+           "ADMIN_API_KEY": "admin-key", "REDIS_PASSWORD": "redis-password", "HOME": "/tmp"}
+    script = command.replace("helm upgrade --install", f"{helm_binary()} template", 1)
+    script = script.replace("$(openssl rand -hex 32)", "0" * 64)
+    done = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    docs = documents(done.stdout)
+    check_objects(docs)
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "Service"] == ["castai-ai-optimizer-proxy"]
