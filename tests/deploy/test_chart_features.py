@@ -258,3 +258,13 @@ def test_the_chart_copy_of_the_dashboard_is_the_dashboard():
         pytest.skip("deploy/grafana/dashboard.json is not in this checkout")
     assert copy.exists(), f"cp {source.relative_to(ROOT)} {copy.relative_to(ROOT)}"
     assert copy.read_bytes() == source.read_bytes(), f"the chart's copy is stale: cp {source} {copy}"
+
+
+def test_the_chart_installs_its_own_dashboard_copy():
+    copy = CHART / "dashboards" / "ai-enabler-proxy.json"
+    if not copy.exists():
+        pytest.skip("no dashboards/ai-enabler-proxy.json in the chart yet")
+    objects = render(merge(CASTAI_KEY, {"grafanaDashboard": {"enabled": True}}))
+    (board,) = [c for c in objects["ConfigMap"] if c["metadata"]["name"].endswith("-dashboard")]
+    check_objects([board])
+    assert json.loads(board["data"]["ai-enabler-proxy.json"]) == json.loads(copy.read_text())
