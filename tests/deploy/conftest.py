@@ -1,5 +1,6 @@
 """Kubernetes schema validation for the deploy tests: the bundled schemas of kubernetes-validate
-(no network), strict (unknown fields are errors), for the oldest and a recent supported version."""
+(no network), strict (unknown fields are errors), for the oldest and a recent supported version;
+the Prometheus Operator's kinds against tests/deploy/crds.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,18 @@ def documents(text: str) -> list[dict]:
 
 def check_objects(docs: list[dict]) -> None:
     kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="pip install kubernetes-validate")
+    import jsonschema
+
+    from tests.deploy.crds import SCHEMAS
+
     for doc in docs:
+        if doc["kind"] in SCHEMAS:
+            try:
+                jsonschema.validate(doc, SCHEMAS[doc["kind"]])
+            except jsonschema.ValidationError as exc:
+                raise AssertionError(f"{doc['kind']}/{doc['metadata'].get('name')}: {exc.message} "
+                                     f"at {list(exc.absolute_path)}") from None
+            continue
         for version in VERSIONS:
             try:
                 kubernetes_validate.validate(doc, version, strict=True)

@@ -5,7 +5,8 @@ Go's text/template: `{{ }}` actions with `{{-`/`-}}` trimming, comments, `if`/`e
 parenthesised calls, `.Field` chains, `$` and `$var`. The functions are Helm's (sprig) for the
 ones listed in FUNCTIONS. Anything else is an error, so the chart cannot drift outside what
 this renders without a test saying so. `render_chart` renders a chart directory like
-`helm template`: a dict of template path to text.
+`helm template`: it checks the values against values.schema.json, offers `.Files.Get`, and
+returns a dict of template path to text.
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ class TemplateError(Exception):
 NOTHING = object()  # no value piped into a command
 
 
-_ACTION = re.compile(r"{{(-\s)?(.*?)(\s-)?}}", re.S)
-_TOKEN = re.compile(r'\s*(?:(?P<str>"(?:[^"\\]|\\.)*")|(?P<num>-?\d+(?:\.\d+)?)|(?P<op>:=|[|(),=])'
+# An action ends at the first `}}` outside a string: `{{`{{ $labels.x }}`}}` prints its raw string.
+_ACTION = re.compile(r'{{(-\s)?(/\*.*?\*/|(?:"(?:[^"\\]|\\.)*"|`[^`]*`|[^"`])*?)(\s-)?}}', re.S)
+_TOKEN = re.compile(r'\s*(?:(?P<str>"(?:[^"\\]|\\.)*")|(?P<raw>`[^`]*`)|(?P<num>-?\d+(?:\.\d+)?)'
+                    r'|(?P<op>:=|[|(),=])'
                     r"|(?P<var>\$[A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*)|(?P<field>(?:\.[A-Za-z0-9_]+)+|\.)"
                     r"|(?P<ident>[A-Za-z_][A-Za-z0-9_]*))")
 
@@ -139,6 +142,16 @@ def _fail(message):
     raise TemplateError(message)
 
 
+def _dig(*args):
+    """sprig's dig: `dig "a" "b" DEFAULT MAP` is MAP.a.b, or DEFAULT where a key is missing."""
+    *keys, default, value = args
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return default
+        value = value[key]
+    return value
+
+
 def _printf(fmt, *args):
     return re.sub(r"%[vsd]", "%s", fmt) % tuple(text_of(a) for a in args)
 
@@ -152,6 +165,8 @@ FUNCTIONS = {
     "sha256sum": lambda s: hashlib.sha256(text_of(s).encode()).hexdigest(),
     "not": lambda v: not truthy(v), "eq": lambda a, b: a == b, "ne": lambda a, b: a != b,
     "gt": lambda a, b: a > b, "int": lambda v: int(v or 0), "toString": text_of,
+    "trim": lambda s: text_of(s).strip(), "dig": _dig,
+    "hasPrefix": lambda prefix, s: text_of(s).startswith(prefix),
 }
 
 
@@ -237,6 +252,8 @@ class Renderer:
         if piped is not NOTHING:
             args.append(piped)
         if name is None:
+            if callable(args[0]):  # a method, such as .Files.Get "path"
+                return args[0](*args[1:]), pos
             if len(args) != 1:
                 raise TemplateError(f"a value cannot take arguments: {tokens}")
             return args[0], pos
@@ -251,6 +268,8 @@ class Renderer:
             return value, pos + 1
         if kind == "str":
             return json.loads(text), pos + 1
+        if kind == "raw":
+            return text[1:-1], pos + 1
         if kind == "num":
             return (float(text) if "." in text else int(text)), pos + 1
         if kind == "ident":
@@ -286,14 +305,38 @@ def _field(value, path: str):
 
 
 def merge(base: dict, override: dict) -> dict:
-    """Helm's values merge: maps merge key by key, everything else is replaced."""
+    """Helm's values merge: maps merge key by key, everything else is replaced, null deletes."""
     out = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def check_values(chart: pathlib.Path, values: dict) -> None:
+    """What Helm does with a chart's values.schema.json before rendering: refuse values that break it."""
+    path = chart / "values.schema.json"
+    if not path.exists():
+        return
+    import jsonschema
+
+    validator = jsonschema.Draft7Validator(json.loads(path.read_text()))
+    problems = [f"{'.'.join(map(str, e.absolute_path)) or '(root)'}: {e.message}"
+                for e in sorted(validator.iter_errors(values), key=lambda e: list(map(str, e.absolute_path)))]
+    if problems:
+        raise TemplateError("values don't meet the specifications of the schema:\n" + "\n".join(problems))
+
+
+def _files(chart: pathlib.Path):
+    """.Files: Get reads a file of the chart by its path in the chart ("" when there is none)."""
+    def get(name: str) -> str:
+        path = chart / name
+        return path.read_text() if path.is_file() else ""
+    return {"Get": get}
 
 
 def render_chart(chart: pathlib.Path, values: dict | None = None, release: str = "gw",
@@ -303,7 +346,9 @@ def render_chart(chart: pathlib.Path, values: dict | None = None, release: str =
         "Values": merge(yaml.safe_load((chart / "values.yaml").read_text()) or {}, values or {}),
         "Release": {"Name": release, "Namespace": namespace, "Service": "Helm"},
         "Chart": {"Name": meta["name"], "Version": meta["version"], "AppVersion": meta["appVersion"]},
+        "Files": _files(chart),
     }
+    check_values(chart, top["Values"])
     renderer = Renderer()
     for helper in sorted((chart / "templates").glob("_*.tpl")):
         renderer.collect(helper.read_text())

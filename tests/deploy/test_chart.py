@@ -1,51 +1,32 @@
 """The Helm chart renders to valid Kubernetes objects, for the defaults and for every option.
 
-`helm template` renders it when the helm binary is installed; otherwise tests/deploy/gotemplate.py
-does (the chart keeps to the part of the template language it supports). Every object is then
-validated against the Kubernetes schemas, and the config it carries is decoded by the gateway.
+tests/deploy/gotemplate.py renders it here (the chart keeps to the part of the template language
+it supports, and the values are checked against values.schema.json as Helm does);
+test_chart_helm.py renders it with helm itself. Every object is validated against the
+Kubernetes schemas, and the config it carries is decoded by the gateway.
 """
 
 from __future__ import annotations
 
 import base64
-import pathlib
-import shutil
-import subprocess
 
 import pytest
-import yaml
 
 from proxy.config import decode
-from tests.deploy.conftest import check_objects, documents
-from tests.deploy.gotemplate import TemplateError, render_chart
+from tests.deploy.chartkit import CASTAI_KEY, CHART, EXAMPLES, container, every, load, render
+from tests.deploy.conftest import check_objects
+from tests.deploy.gotemplate import TemplateError, merge
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-CHART = ROOT / "deploy" / "helm" / "ai-enabler-proxy"
-ALL_OPTIONS = yaml.safe_load((CHART / "ci" / "all-options-values.yaml").read_text())
-EDGE = yaml.safe_load((ROOT / "deploy" / "examples" / "edge-redis-values.yaml").read_text())
-
-
-def render(values: dict | None = None) -> dict[str, list[dict]]:
-    """kind → objects, as `helm template gw CHART -n castai-llms` would print them."""
-    rendered = render_chart(CHART, values)
-    objects: dict[str, list[dict]] = {}
-    for path, text in rendered.items():
-        if path.endswith(".yaml"):
-            for doc in documents(text):
-                objects.setdefault(doc["kind"], []).append(doc)
-    return objects
-
-
-def container(objects) -> dict:
-    (deployment,) = objects["Deployment"]
-    (proxy,) = deployment["spec"]["template"]["spec"]["containers"]
-    return proxy
+ALL_OPTIONS = load(CHART / "ci" / "all-options-values.yaml")
+EDGE = merge(load(EXAMPLES / "edge-redis-values.yaml"), CASTAI_KEY)
+SENTINEL = merge(load(EXAMPLES / "edge-sentinel-values.yaml"), CASTAI_KEY)
 
 
 def test_defaults_render_valid_objects_that_are_non_root_and_read_only():
-    objects = render()
+    """The defaults plus the one thing they lack, the Cast AI key (here an existing Secret's name)."""
+    objects = render({"castai": {"apiKeySecretRef": "castai-credentials"}})
     assert sorted(objects) == ["ConfigMap", "Deployment", "Service", "ServiceAccount"]
-    check_objects([o for objs in objects.values() for o in objs])
+    check_objects(every(objects))
     (service,) = objects["Service"]
     assert service["spec"]["ports"] == [{"name": "http", "port": 443, "targetPort": "http", "protocol": "TCP"}]
     proxy = container(objects)
@@ -57,11 +38,12 @@ def test_defaults_render_valid_objects_that_are_non_root_and_read_only():
     assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == ["ALL"]
     mounts = {m["mountPath"] for m in proxy["volumeMounts"]}
     assert {"/var/lib/ai-enabler-proxy", "/tmp", "/etc/ai-enabler-proxy"} <= mounts
-    assert "envFrom" not in proxy  # nothing secret configured: no Secret to read
+    # Nothing secret given to the chart: no Secret of its own, only the Cast AI key's.
+    assert proxy["envFrom"] == [{"secretRef": {"name": "castai-credentials"}}]
 
 
 def test_the_config_in_the_configmap_is_one_the_gateway_accepts():
-    for values in (None, ALL_OPTIONS, EDGE):
+    for values in (CASTAI_KEY, ALL_OPTIONS, EDGE, SENTINEL):
         (configmap,) = render(values)["ConfigMap"]
         cfg = decode(configmap["data"]["config.yaml"].encode())
         assert (cfg.listen.host, cfg.listen.port, cfg.listen.health_port) == ("0.0.0.0", 8080, 9876)
@@ -70,9 +52,10 @@ def test_the_config_in_the_configmap_is_one_the_gateway_accepts():
 
 def test_every_option_renders_valid_objects():
     objects = render(ALL_OPTIONS)
-    assert sorted(objects) == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Namespace",
-                               "PodDisruptionBudget", "Secret", "Service", "ServiceAccount"]
-    check_objects([o for objs in objects.values() for o in objs])
+    assert sorted(objects) == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Ingress", "Namespace",
+                               "NetworkPolicy", "PodDisruptionBudget", "PrometheusRule", "Secret", "Service",
+                               "ServiceAccount", "ServiceMonitor"]
+    check_objects(every(objects))
     (secret,) = objects["Secret"]
     plain = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
     assert plain == {"API_KEY": "castai-api-key-for-tests", "API_KEY_FALLBACK": "fallback-caller-key",
@@ -82,9 +65,10 @@ def test_every_option_renders_valid_objects():
     proxy = container(objects)
     assert [ref["secretRef"]["name"] for ref in proxy["envFrom"]] == ["gw-llm-gateway", "castai-credentials",
                                                                        "provider-keys"]
-    env = {e["name"]: e["value"] for e in proxy["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in proxy["env"]}
     assert env == {"API_URL": "https://api.eu.cast.ai", "CLUSTER_ID": "11111111-2222-3333-4444-555555555555",
-                   "HEALTH_PORT": "9876", "LOG_FORMAT": "json"}
+                   "HEALTH_PORT": "9876", "LOG_FORMAT": "json",
+                   "POD_NAME": {"fieldRef": {"fieldPath": "metadata.name"}}}
     (deployment,) = objects["Deployment"]
     assert "replicas" not in deployment["spec"]  # the HPA owns the count
     assert deployment["metadata"]["labels"]["team"] == "platform"
@@ -96,7 +80,7 @@ def test_every_option_renders_valid_objects():
 
 def test_pdb_max_unavailable_and_an_existing_service_account():
     objects = render({"podDisruptionBudget": {"enabled": True, "maxUnavailable": 1},
-                      "serviceAccount": {"create": False, "name": "shared"}})
+                      "serviceAccount": {"create": False, "name": "shared"}, **CASTAI_KEY})
     (pdb,) = objects["PodDisruptionBudget"]
     assert pdb["spec"]["maxUnavailable"] == 1 and "minAvailable" not in pdb["spec"]
     assert "ServiceAccount" not in objects
@@ -109,7 +93,7 @@ def test_castai_values_files_work_unchanged():
     objects = render({"castai": {"apiKeySecretRef": "castai-ai-optimizer-proxy", "clusterID": "c-1"},
                       "createNamespace": True, "fullnameOverride": "castai-ai-optimizer-proxy",
                       "service": {"port": 443, "targetPort": 8080}, "additionalEnv": {"X": "1"}})
-    check_objects([o for objs in objects.values() for o in objs])
+    check_objects(every(objects))
     proxy = container(objects)
     assert proxy["envFrom"] == [{"secretRef": {"name": "castai-ai-optimizer-proxy"}}]
     assert objects["Service"][0]["metadata"]["name"] == "castai-ai-optimizer-proxy"
@@ -117,21 +101,20 @@ def test_castai_values_files_work_unchanged():
 
 def test_redis_without_a_shared_secret_key_is_refused():
     with pytest.raises(TemplateError, match="proxy.secretKey"):
-        render({"proxy": {"storeUrl": "redis://redis:6379/0"}})
+        render({"proxy": {"storeUrl": "redis://redis:6379/0"}, **CASTAI_KEY})
 
 
 def test_the_edge_example_renders_valid_objects():
     objects = render(EDGE)
-    check_objects([o for objs in objects.values() for o in objs])
+    check_objects(every(objects))
     assert objects["PodDisruptionBudget"][0]["spec"]["maxUnavailable"] == 1
 
 
-@pytest.mark.skipif(shutil.which("helm") is None, reason="the helm binary is not installed")
-def test_helm_itself_renders_the_same_kinds(tmp_path):
-    values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump(ALL_OPTIONS))
-    out = subprocess.run(["helm", "template", "gw", str(CHART), "-n", "castai-llms", "-f", str(values)],
-                         check=True, capture_output=True, text=True).stdout
-    docs = documents(out)
-    check_objects(docs)
-    assert sorted(d["kind"] for d in docs) == sorted(k for k, objs in render(ALL_OPTIONS).items() for _ in objs)
+def test_the_sentinel_example_reaches_redis_through_its_sentinels():
+    objects = render(SENTINEL)
+    check_objects(every(objects))
+    (secret,) = objects["Secret"]
+    store_url = base64.b64decode(secret["data"]["STORE_URL"]).decode()
+    assert store_url.startswith("redis+sentinel://") and store_url.count(":26379") == 3
+    assert store_url.split("/")[-2:] == ["mymaster", "0"]
+    assert "PROXY_SECRET_KEY" in secret["data"]  # every replica opens the keys the others sealed

@@ -61,3 +61,11 @@ def test_required_fail_and_unknown_functions_are_errors():
 
 def test_values_merge_like_helm():
     assert merge({"a": {"b": 1, "c": 2}, "l": [1]}, {"a": {"c": 3}, "l": [2]}) == {"a": {"b": 1, "c": 3}, "l": [2]}
+    assert merge({"a": {"b": 1, "c": 2}}, {"a": {"b": None}, "x": None}) == {"a": {"c": 2}}  # null deletes
+
+
+def test_raw_strings_and_methods():
+    dot = {"Files": {"Get": lambda name: f"<{name}>"}, "Values": {}}
+    assert r("{{`{{ $labels.x }}`}}|{{ .Files.Get \"a.json\" }}", dot) == "{{ $labels.x }}|<a.json>"
+    assert r('{{ dig "a" "b" "none" .Values }}', {"Values": {"a": {"b": 7}}}) == "7"
+    assert r('{{ dig "a" "z" "none" .Values }}', {"Values": {"a": {}}}) == "none"

@@ -5,11 +5,15 @@
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* castai-ai-optimizer-proxy unless overridden: the name Cast AI's chart gives its Service, which
+     apps and Cast AI's documentation call (castai-ai-optimizer-proxy.castai-agent:443). */}}
 {{- define "aiep.fullname" -}}
 {{- if .Values.fullnameOverride -}}
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if .Values.nameOverride -}}
+{{- printf "%s-%s" .Release.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name (include "aiep.name" .) | trunc 63 | trimSuffix "-" -}}
+castai-ai-optimizer-proxy
 {{- end -}}
 {{- end -}}
 
@@ -47,10 +51,65 @@ annotations:
 {{- end -}}
 {{- end -}}
 
+{{/* The chart Secret's data; the Deployment carries its hash, so a changed key restarts the pods. */}}
+{{- define "aiep.secretData" -}}
+{{- if and .Values.castai.enabled .Values.castai.apiKey }}
+API_KEY: {{ .Values.castai.apiKey | b64enc | quote }}
+{{- end }}
+{{- if .Values.castai.apiKeyFallback }}
+API_KEY_FALLBACK: {{ .Values.castai.apiKeyFallback | b64enc | quote }}
+{{- end }}
+{{- if .Values.proxy.adminApiKey }}
+ADMIN_API_KEY: {{ .Values.proxy.adminApiKey | b64enc | quote }}
+{{- end }}
+{{- if .Values.proxy.secretKey }}
+PROXY_SECRET_KEY: {{ .Values.proxy.secretKey | b64enc | quote }}
+{{- end }}
+{{- if .Values.proxy.storeUrl }}
+STORE_URL: {{ .Values.proxy.storeUrl | b64enc | quote }}
+{{- end }}
+{{- if .Values.proxy.cacheUrl }}
+CACHE_URL: {{ .Values.proxy.cacheUrl | b64enc | quote }}
+{{- end }}
+{{- range $name, $value := .Values.additionalSecretEnv }}
+{{ $name }}: {{ $value | b64enc | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "aiep.castaiSecretRef" -}}
+{{- if .Values.castai.enabled -}}
+{{- .Values.castai.apiKeySecretRef -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "aiep.hasSecret" -}}
-{{- if or .Values.castai.apiKey .Values.castai.apiKeyFallback .Values.proxy.adminApiKey .Values.proxy.secretKey .Values.proxy.storeUrl .Values.proxy.cacheUrl .Values.additionalSecretEnv -}}
+{{- if include "aiep.secretData" . -}}
 true
 {{- end -}}
+{{- end -}}
+
+{{/* More than one pod can run: state must then be shared (Redis) to stay exact. */}}
+{{- define "aiep.scalesOut" -}}
+{{- if .Values.autoscaling.enabled -}}
+{{- if gt (int .Values.autoscaling.maxReplicas) 1 }}true{{ end -}}
+{{- else if gt (int .Values.replicaCount) 1 -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* Combinations the schema cannot express; each would start pods that cannot work. */}}
+{{- define "aiep.checks" -}}
+{{- if and (hasPrefix "redis" .Values.proxy.storeUrl) (not .Values.proxy.secretKey) (not .Values.proxy.existingSecret) }}
+{{- fail "proxy.storeUrl (Redis) needs proxy.secretKey, or proxy.existingSecret with PROXY_SECRET_KEY: every replica must open the provider keys the others stored" }}
+{{- end }}
+{{- if not .Values.castai.enabled }}
+{{- if dig "auth" "castaiVerification" false .Values.proxy.config }}
+{{- fail "castai.enabled: false cannot verify callers' keys with Cast AI: set proxy.config.auth.castaiVerification: false" }}
+{{- end }}
+{{- if not (dig "auth" "keys" "" .Values.proxy.config) }}
+{{- fail "castai.enabled: false needs the callers' keys in proxy.config.auth.keys (see `ai-enabler-proxy hash-key`)" }}
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/* The config file; `listen` and `dataDir` belong to the chart (ports, probes, volume). */}}
