@@ -19,7 +19,7 @@ MOCK = {"name": "mock", "supportedProvider": "MOCK", "models": ["mock-gpt"], "is
 async def start_workers(home, workers: int = 2, env: dict | None = None, providers=()) -> GatewayProcess:
     config = {"providers": [MOCK, *providers], "auth": {"adminKey": ADMIN_KEY},
               "drain": {"acceptSeconds": 0, "deadlineSeconds": 5, "flushSeconds": 0.5}}
-    gw = GatewayProcess(home, config, log_level=os.environ.get("HW_LOG", "warning"), env=env)
+    gw = GatewayProcess(home, config, log_level="warning", env=env)
     gw.config["listen"]["workers"] = workers
     await gw.start()
     return gw
