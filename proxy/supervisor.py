@@ -113,10 +113,10 @@ class Supervisor:
     def run(self) -> int:
         for name in _PRELOAD:
             importlib.import_module(name)
-        for place in self.places:
-            self._start(place)
         signal.signal(signal.SIGTERM, self._signal)
         signal.signal(signal.SIGINT, self._signal)
+        for place in self.places:
+            self._start(place)
         while not (self.stopping and not self._running()):
             self._wait()
             self._tend(time.monotonic())
