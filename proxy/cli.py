@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import multiprocessing
 import signal
 import sys
 
@@ -30,7 +29,7 @@ def _listen_check(cfg: Config) -> None:
 async def _serve(cfg: Config, reuse_port: bool) -> None:
     from aiohttp import web
 
-    from proxy import logs
+    from proxy import logs, supervisor
     from proxy.app import build, build_health
     from proxy.drain import Drain
     from proxy.gateway import GATEWAY
@@ -56,6 +55,7 @@ async def _serve(cfg: Config, reuse_port: bool) -> None:
         await probes.setup()
         await web.TCPSite(probes, cfg.listen.host, cfg.listen.health_port, reuse_port=reuse_port).start()
     _announce(cfg, gw)
+    supervisor.serving()  # with --workers: this one counts as serving for /readyz
     _tune_gc()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -110,21 +110,11 @@ def serve(cfg: Config) -> int:
     if workers == 1:
         _worker(raw, reuse_port=False)
         return 0
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(raw, True), name=f"worker-{i}") for i in range(workers)]
-    for proc in procs:
-        proc.start()
+    from proxy import logs
+    from proxy.supervisor import Supervisor
 
-    def forward(signum, _frame):
-        for proc in procs:
-            if proc.is_alive():
-                proc.terminate()
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    for proc in procs:
-        proc.join()
-    return max((proc.exitcode or 0) for proc in procs)
+    logs.configure(cfg.log_level)
+    return Supervisor(_worker, (raw, True), workers).run()  # restarts workers that die (proxy.supervisor)
 
 
 def _parser() -> argparse.ArgumentParser:

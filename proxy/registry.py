@@ -2,13 +2,12 @@
 
 Admin registrations persist in SQLite with their keys sealed by the vault; config items are
 read from the file at every start and cannot be changed through the API. Readers use the
-immutable index (`by_model`), swapped whole on every change.
+immutable index (`by_model`), swapped whole on every change. The workers of one gateway share
+the SQLite file: each reloads it when another one changed it (`refresh`, driven by the store).
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -19,6 +18,7 @@ from proxy.config import ProviderItem, resolve_secret
 from proxy.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from proxy.providers.base import Adapter, Target
 from proxy.state.base import StateUnavailable
+from proxy.state.sqlite import ProviderRows
 from proxy.vault import Vault, last4
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -118,38 +118,11 @@ def validate(items: Iterable[ProviderItem], allow_private: bool = True) -> list[
 _SEALED = "sealed:"  # a static header value stored sealed by the vault
 
 
-class _Table:
-    """SQLite persistence of admin registrations (keys sealed)."""
-
-    def __init__(self, path: str) -> None:
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS providers (name TEXT PRIMARY KEY, item BLOB NOT NULL, "
-                         "sealed_key TEXT)")
-        self._lock = threading.Lock()
-
-    def rows(self) -> list[tuple[bytes, str | None]]:
-        with self._lock:
-            return self._db.execute("SELECT item, sealed_key FROM providers ORDER BY name").fetchall()
-
-    def put(self, rows: list[tuple[str, bytes, str | None]]) -> None:
-        with self._lock:
-            with self._db:
-                self._db.execute("BEGIN")
-                self._db.executemany("INSERT OR REPLACE INTO providers VALUES (?, ?, ?)", rows)
-
-    def delete(self, name: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM providers WHERE name = ?", (name,))
-
-    def close(self) -> None:
-        self._db.close()
-
-
 class Registry:
     """Config items and admin registrations. With a `shared` table (proxy.state, Redis mode)
     the registrations live there, shared by every replica, and `refresh` reloads them when
-    another replica changed them; otherwise they persist in this process's SQLite file."""
+    another replica changed them; otherwise they persist in a SQLite file (`table`) that the
+    other workers of this gateway share, and `refresh` reloads it when one of them changed it."""
 
     def __init__(self, config_items: Iterable[ProviderItem], vault: Vault, db_path: str | None,
                  allow_private: bool = True, shared=None) -> None:
@@ -158,9 +131,9 @@ class Registry:
         self._private_hosts: frozenset[str] = frozenset()
         self._shared = shared
         self._writes = 0  # admin changes completed here through shared state
-        self._table = _Table(db_path) if db_path and shared is None else None
+        self.table = ProviderRows(db_path) if db_path and shared is None else None
         self._config = {p.name: p for p in self._make(validate(config_items, allow_private), "config")}
-        self._api: dict[str, Provider] = self._load(self._table.rows()) if self._table else {}
+        self._api: dict[str, Provider] = self._load(self.table.rows()) if self.table else {}
         self.by_name: dict[str, Provider] = {}
         self.by_model: dict[str, tuple[Provider, ...]] = {}
         self._reindex()
@@ -225,8 +198,8 @@ class Registry:
 
     def upsert(self, items: list[ProviderItem]) -> list[Provider]:
         made, rows = self._prepare(items)
-        if self._table:
-            self._table.put(rows)
+        if self.table:
+            self.table.put(rows)
         self._adopt(made)
         return made
 
@@ -238,8 +211,8 @@ class Registry:
         self._removable(name)
         if name not in self._api:
             raise NotFound(f"no provider named {name!r}", code="provider_not_found")
-        if self._table:
-            self._table.delete(name)
+        if self.table:
+            self.table.delete(name)
         del self._api[name]
         self._reindex()
 
@@ -271,8 +244,11 @@ class Registry:
         self._reindex()
 
     async def refresh(self) -> None:
-        """Reload the admin registrations from shared state (another replica changed them)."""
+        """Reload the admin registrations: another replica, or another worker, changed them."""
         if self._shared is None:
+            if self.table is not None:  # read in one step: nothing of this worker writes meanwhile
+                self._api = self._load(self.table.rows())
+                self._reindex()
             return
         while True:  # rows read before a write of this replica completed would undo it here
             writes = self._writes
@@ -283,5 +259,5 @@ class Registry:
         self._reindex()
 
     def close(self) -> None:
-        if self._table:
-            self._table.close()
+        if self.table:
+            self.table.close()

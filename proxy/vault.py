@@ -6,6 +6,7 @@ import base64
 import hashlib
 import os
 import pathlib
+import time
 
 from proxy.config import ConfigError
 
@@ -29,13 +30,24 @@ def _fernet(key: bytes):
     return Fernet(key)
 
 
+def _read_key(path: pathlib.Path) -> bytes:
+    """The key file's key. The workers of `serve --workers N` start together: the file may exist
+    and be empty for a moment while the worker that created it writes the key."""
+    for _ in range(100):
+        key = path.read_bytes().strip()
+        if key:
+            return key
+        time.sleep(0.01)
+    raise SecretKeyError(f"the key file {path} is empty: restore it, or remove it when nothing is stored yet")
+
+
 def _key_file(data_dir: pathlib.Path) -> bytes:
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / KEY_FILE
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return path.read_bytes().strip()
+        return _read_key(path)
     key = base64.urlsafe_b64encode(os.urandom(32))  # what Fernet.generate_key() makes
     with os.fdopen(fd, "wb") as out:
         out.write(key)

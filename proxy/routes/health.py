@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from proxy import supervisor
 from proxy.gateway import GATEWAY
 from proxy.metrics import CONTENT_TYPE
 
@@ -13,11 +14,17 @@ async def healthz(http_request: web.Request) -> web.Response:
 
 
 async def readyz(http_request: web.Request) -> web.Response:
+    """Ready when this gateway is ready, not draining, and (with `--workers N`) all N workers
+    serve: while one is down and being restarted the pod takes less traffic elsewhere."""
     gw = http_request.app[GATEWAY]
-    if gw.ready and not gw.draining:
+    short = supervisor.short()
+    if gw.ready and not gw.draining and short is None:
         return web.json_response({"status": "ready"})
-    state = "draining" if gw.draining else "starting"
-    return web.json_response({"status": state}, status=503, headers={"Retry-After": "1"})
+    if gw.draining or not gw.ready:
+        body = {"status": "draining" if gw.draining else "starting"}
+    else:
+        body = {"status": "degraded", "workersServing": short[0], "workers": short[1]}
+    return web.json_response(body, status=503, headers={"Retry-After": "1"})
 
 
 async def metrics(http_request: web.Request) -> web.Response:

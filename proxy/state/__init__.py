@@ -1,7 +1,8 @@
 """Shared state: one interface (`proxy.state.base.Store`), two implementations chosen by STORE_URL.
 
     unset, or sqlite:///path      embedded: this process's memory; budgets and spend in SQLite
-                                  (`dataDir/state.db` by default); for a sidecar or one replica
+                                  (`dataDir/state.db` by default); for a sidecar or one replica;
+                                  its workers see each other's changes within 1 s
     redis://host:port/db          Redis: registry, limits, budgets, circuits and caches shared by
     rediss://… [?prefix=p]        every replica; changes announced on pub/sub (live within 1 s)
 
@@ -36,8 +37,10 @@ def open_store(cfg: Config) -> Store:
 async def connect(gw) -> None:
     """Start the store and tie the parts that mirror shared state to its change topics."""
     store, registry, router = gw.state, gw.registry, gw.router
-    if store.providers is not None:
+    if store.providers is not None or registry.table is not None:
         store.subscribe("providers", lambda _data: registry.refresh())
+    if registry.table is not None:  # the embedded store: other workers write the same file
+        store.watch("providers", registry.table)
     store.subscribe("budgets", gw.quota.reload)
     if store.shared:
         async def circuit(data: dict | None) -> None:

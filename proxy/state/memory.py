@@ -1,8 +1,13 @@
 """The embedded store: one process's memory, with budgets and spend saved to SQLite.
 
-For a sidecar or a single replica. Every count lives in this process, so with
-`listen.workers > 1` each worker keeps its own limits: use the Redis store to share them.
-Spend is written to SQLite once a second (and at stop), never on the request path.
+For a sidecar or a single replica. Requests-per-minute and token-per-minute windows live in
+this process, so with `listen.workers > 1` each worker counts its own: use the Redis store to
+share them. Budgets and spend live in SQLite files every worker of the gateway opens: spend is
+added to the file once a second (and at stop), never on the request path, and a few times a
+second each worker looks whether another one changed a file (`WATCH_SECONDS`); when one did,
+it reloads budgets and spend, and announces the change on the topic watching that file
+(`watch`), as the Redis store announces another replica's change. A registration, deletion or
+budget change made through one worker thus serves on every worker within a second.
 """
 
 from __future__ import annotations
@@ -12,12 +17,17 @@ import collections
 import math
 import time
 
+import structlog
+
 from proxy.state.base import Rule, Store, Verdict
-from proxy.state.sqlite import StateDB
+from proxy.state.sqlite import SharedFile, StateDB
+
+log = structlog.get_logger("proxy.state")
 
 WINDOW = 60.0  # seconds: RPM and TPM are counted over the last minute, sliding
 BUDGET_RETRY_AFTER = 3600  # an exhausted budget does not refill by itself: a long hint
-_FLUSH_SECONDS = 1.0
+WATCH_SECONDS = 0.25  # how often to look for another worker's change; well inside the 1 s promise
+_FLUSH_EVERY = 4  # looks: spend reaches the file once a second
 
 
 def retry_in(seconds: float) -> int:
@@ -32,13 +42,18 @@ class EmbeddedStore(Store):
         self._db = StateDB(db_path) if db_path else None
         self._requests: dict[str, collections.deque[float]] = {}  # admitted request times
         self._tokens: dict[str, collections.deque[list[int]]] = {}  # [second, tokens] buckets
-        self._spend: dict[str, float] = self._db.spend() if self._db else {}
+        self._spend: dict[str, float] = self._db.spend() if self._db else {}  # the file's total + _unsaved
+        self._unsaved: dict[str, float] = {}  # spend counted here, not yet added to the file
         self._budgets: dict[str, float] = self._db.budgets() if self._db else {}
-        self._dirty = False
+        self._watched: list[tuple[str, SharedFile]] = []
+
+    def watch(self, topic: str, file: SharedFile) -> None:
+        """Announce `topic` when another process (another worker) committed to `file`."""
+        self._watched.append((topic, file))
 
     async def start(self) -> None:
-        if self._db is not None:
-            self.spawn(self._flush_loop())
+        if self._db is not None or self._watched:
+            self.spawn(self._watch_loop())
 
     async def close(self) -> None:
         await super().close()
@@ -47,15 +62,38 @@ class EmbeddedStore(Store):
             self._db.close()
             self._db = None
 
-    async def _flush_loop(self) -> None:
+    async def _watch_loop(self) -> None:
+        looks = 0
         while True:
-            await asyncio.sleep(_FLUSH_SECONDS)
-            self._flush()
+            await asyncio.sleep(WATCH_SECONDS)
+            looks += 1
+            try:
+                if looks % _FLUSH_EVERY == 0:
+                    self._flush()
+                await self.look()
+            except Exception:  # a bad row or a locked file must not end the watch for good
+                log.exception("state_watch_failed")
+
+    async def look(self) -> None:
+        """Reload and announce what another worker changed since the last look."""
+        if self._db is not None and self._db.changed_elsewhere():
+            self._reload()
+            await self.notify("budgets", None)
+        for topic, file in self._watched:
+            if file.changed_elsewhere():
+                await self.notify(topic, None)
+
+    def _reload(self) -> None:
+        self._budgets = self._db.budgets()
+        spend = self._db.spend()
+        for key_id, usd in self._unsaved.items():
+            spend[key_id] = spend.get(key_id, 0.0) + usd
+        self._spend = spend
 
     def _flush(self) -> None:
-        if self._dirty and self._db is not None:
-            self._dirty = False
-            self._db.save_spend(dict(self._spend))
+        if self._unsaved and self._db is not None:
+            unsaved, self._unsaved = self._unsaved, {}
+            self._db.add_spend(unsaved)
 
     # -- limits -------------------------------------------------------------------------------
     async def admit(self, key_id: str, rule: Rule) -> Verdict | None:
@@ -106,14 +144,16 @@ class EmbeddedStore(Store):
                 buckets.append([second, tokens])
         if cost > 0:
             self._spend[key_id] = self._spend.get(key_id, 0.0) + cost
-            self._dirty = True
+            self._unsaved[key_id] = self._unsaved.get(key_id, 0.0) + cost
 
     async def spend(self, key_id: str) -> float:
         return self._spend.get(key_id, 0.0)
 
     async def set_spend(self, key_id: str, usd: float) -> None:
         self._spend[key_id] = usd
-        self._dirty = True
+        self._unsaved.pop(key_id, None)  # counted before the reset: gone with it
+        if self._db is not None:  # at once, for the other workers to reload
+            self._db.set_spend(key_id, usd)
 
     async def budgets(self) -> dict[str, float]:
         return dict(self._budgets)

@@ -88,3 +88,62 @@ async def test_set_budget_announces_the_change():
     store.subscribe("budgets", listener)
     await store.set_budget("k", 3.0)
     assert seen == [{"keyId": "k"}]
+
+
+async def test_workers_sharing_the_file_see_each_others_budgets_and_spend(tmp_path):
+    path = str(tmp_path / "state.db")
+    one, two = EmbeddedStore(path), EmbeddedStore(path)
+    seen = []
+
+    async def listener(data):
+        seen.append(data)
+
+    two.subscribe("budgets", listener)
+    await one.set_budget("k", 2.0)
+    await one.charge("k", 0, 1.5)
+    await two.charge("k", 0, 0.25)
+    one._flush()  # (the once-a-second flush)
+    await two.look()
+    assert seen == [None]  # reload everything: another worker changed the file
+    assert await two.budgets() == {"k": 2.0}
+    assert await two.spend("k") == pytest.approx(1.75)  # its own unsaved 0.25 kept on top
+    await two.charge("k", 0, 0.25)
+    assert (await two.admit("k", Rule(budget=2.0))).limit == "budget"  # one budget, both workers' spend
+    two._flush()
+    await one.look()
+    assert await one.spend("k") == pytest.approx(2.0)
+    await one.set_spend("k", 0.0)  # the admin API's reset, through the first worker
+    await two.look()
+    assert await two.spend("k") == 0.0 and await two.admit("k", Rule(budget=2.0)) is None
+    assert seen == [None, None]
+    await one.close()
+    await two.close()
+    assert EmbeddedStore(path)._spend == {"k": 0.0}  # the reset survived both workers' final flush
+
+
+async def test_the_watch_loop_announces_a_watched_files_change_within_a_second(tmp_path):
+    import asyncio
+    import time
+
+    from proxy.state.sqlite import ProviderRows
+
+    path = str(tmp_path / "registry.db")
+    mine, theirs = ProviderRows(path), ProviderRows(path)
+    store = EmbeddedStore()
+    changed = asyncio.Event()
+
+    async def listener(data):
+        changed.set()
+
+    store.subscribe("providers", listener)
+    store.watch("providers", mine)
+    await store.start()
+    await asyncio.sleep(0.3)
+    assert not changed.is_set()
+    started = time.monotonic()
+    theirs.put([("p", b"{}", None)])
+    await asyncio.wait_for(changed.wait(), 1.0)
+    assert time.monotonic() - started < 0.5
+    await store.close()
+    mine.close()
+    theirs.close()
