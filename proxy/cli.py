@@ -13,6 +13,7 @@ import structlog
 
 from proxy import __version__
 from proxy.config import Config, ConfigError, load
+from proxy.metrics_share import share_across_workers
 
 log = structlog.get_logger("proxy")
 
@@ -110,6 +111,7 @@ def serve(cfg: Config) -> int:
     if workers == 1:
         _worker(raw, reuse_port=False)
         return 0
+    share_across_workers()  # before the workers start: one /metrics answer for the group
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_worker, args=(raw, True), name=f"worker-{i}") for i in range(workers)]
     for proc in procs:
