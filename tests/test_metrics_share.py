@@ -33,19 +33,10 @@ async def _fresh(method: str, url: str, **kw) -> tuple[int, object, str]:
             return resp.status, resp.headers.copy(), await resp.text()
 
 
-def _samples(text: str) -> dict[str, float]:
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
 async def _scrape(gw: GatewayProcess) -> dict[str, float]:
-    status, _, text = await _fresh("GET", gw.url + "/metrics")
-    assert status == 200
-    return _samples(text)
+    """A scrape on a connection of its own."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        return await gw.metrics(session)
 
 
 async def _traffic(gw: GatewayProcess, count: int, concurrency: int = 8) -> set[str]:
