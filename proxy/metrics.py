@@ -14,6 +14,7 @@ import bisect
 import multiprocessing
 import os
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -23,6 +24,7 @@ from proxy import __version__
 from proxy.metrics_share import ENV, Group, Slab, View, merge, share_across_workers, usage
 
 __all__ = ["CONTENT_TYPE", "Metrics", "share_across_workers"]
+log = structlog.get_logger("proxy.metrics")
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -199,6 +201,7 @@ class Metrics:
     def start(self, router=None) -> None:
         """Copy the rarer series into the slab every second, so a peer's scrape sees them."""
         self.router = router
+        self.stop()
         self._tick()
 
     def stop(self) -> None:
@@ -207,7 +210,10 @@ class Metrics:
             self._timer = None
 
     def _tick(self) -> None:
-        self.publish()
+        try:
+            self.publish()
+        except Exception:  # a failing collector must not stop the copies for good
+            log.exception("metrics_publish_failed")
         self._timer = asyncio.get_running_loop().call_later(PUBLISH_EVERY, self._tick)
 
     def publish(self) -> None:

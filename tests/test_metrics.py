@@ -135,3 +135,31 @@ def test_a_full_slab_stops_naming_new_series_and_keeps_counting_the_rest(monkeyp
     families = _families(m)
     counted = {s.labels["model"]: s.value for s in families["aigw_requests"].samples}
     assert counted["m0"] == 2 and 0 < len(counted) < 40
+
+
+def test_only_registered_names_become_label_values_and_ttft_is_for_streams():
+    from types import SimpleNamespace as NS
+
+    from proxy.telemetry.record import UsageRecord
+
+    m = Metrics()
+    registry = NS(by_name={"main": object()}, by_model={"gpt-4o": (), "gpt-4o-mini": ()})
+    gw = NS(registry=registry)
+
+    def finish(requested: str, served: str | None, provider: str | None, stream: bool) -> None:
+        ex = NS(gw=gw, route="chat", http_status=200, stream=stream, ttft=0.05, model_requested=requested)
+        record = UsageRecord(id="x", time="t", cluster_id=None, api_key_id="caller-secret-id", provider=provider,
+                             provider_type=None, provider_key_last4=None, model_requested=requested,
+                             model_served=served, stream=stream, status="completed", error_type=None,
+                             prompt_tokens=3, completion_tokens=4, cost_usd=0.5)
+        m.finished(ex, record, 0.1)
+
+    finish("gpt-4o", "gpt-4o-2024-08-06", "main", stream=True)  # the upstream's dated name: the registered one
+    finish("made-up-model", "made-up-model", "gone", stream=False)  # a provider deleted since
+    finish("gpt-4o-mini", None, None, stream=False)
+    text = m.render().decode()
+    families = _families(m)
+    labels = {(s.labels["model"], s.labels["provider"]) for s in families["aigw_requests"].samples}
+    assert labels == {("gpt-4o", "main"), ("other", "other"), ("gpt-4o-mini", "none")}
+    assert _value(families, "aigw_time_to_first_token_seconds", "aigw_time_to_first_token_seconds_count") == 1
+    assert "caller-secret-id" not in text and "made-up-model" not in text and "2024-08-06" not in text
