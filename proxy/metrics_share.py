@@ -33,6 +33,7 @@ log = structlog.get_logger("proxy.metrics")
 ENV = "AIGW_METRICS_DIR"  # set by the supervisor; each worker puts its slab there
 MAGIC = b"AIGWMET1"
 SLOTS = 1 << 16  # 512 KiB of doubles; bounded labels keep real use far below
+SINK = 32  # slots 0-31: where a series that found the slab full counts (wider than any series)
 INDEX_BYTES = 1 << 20
 _VALUES = 4096  # header page, then the values, then the index
 _INDEX = _VALUES + 8 * SLOTS
@@ -81,7 +82,7 @@ class Slab:
         self.worker = worker
         self.start = start_ticks(self.pid)
         self.used = 0
-        self.next_slot = 1  # slot 0 takes what does not fit, read by nobody
+        self.next_slot = SINK  # slots below take what does not fit, read by nobody
         self.families: dict[str, int] = {}
         self.full = False
         self.group_cpu = 0.0  # the group's CPU seconds this worker last reported
@@ -100,7 +101,7 @@ class Slab:
         return fid
 
     def slot(self, fid: int, labels: tuple, width: int = 1) -> int:
-        """Slots for one series (`labels`: name-value pairs); 0 once the slab is full."""
+        """Slots for one series (`labels`: name-value pairs); 0 (the sink) once the slab is full."""
         base = self.next_slot
         if self.full or base + width > SLOTS or not self.index(fid, labels, base):
             self._overflow()

@@ -129,12 +129,17 @@ def test_a_dead_workers_counters_stay_and_its_gauges_go(tmp_path):
 def test_a_full_slab_stops_naming_new_series_and_keeps_counting_the_rest(monkeypatch):
     monkeypatch.setattr(metrics_share, "SLOTS", 64)
     m = Metrics()
-    for i in range(40):  # 5 slots each: the slab fills after a dozen
-        m.requests.add((f"m{i}", "p", "chat", "200"))
-    m.requests.add(("m0", "p", "chat", "200"))
+    for i in range(40):  # 5 slots each: the slab fills after a few
+        m.requests.add((f"m{i}", "p", "chat", "200"), 1, 1, 1, 1.0)
+        m.latency.observe((f"m{i}", "p", "chat"), 0.1)
+    m.requests.add(("m0", "p", "chat", "200"), 1, 1, 1, 1.0)
     families = _families(m)
     counted = {s.labels["model"]: s.value for s in families["aigw_requests"].samples}
-    assert counted["m0"] == 2 and 0 < len(counted) < 40
+    assert counted.pop("m0") == 2 and 0 < len(counted) < 39
+    assert set(counted.values()) == {1.0}  # what did not fit landed in no other series
+    for name in ("aigw_input_tokens", "aigw_output_tokens", "aigw_cached_tokens", "aigw_cost_usd"):
+        values = {s.labels["model"]: s.value for s in families[name].samples}
+        assert values.pop("m0") == 2 and set(values.values()) == {1.0}, name
 
 
 def test_only_registered_names_become_label_values_and_ttft_is_for_streams():
