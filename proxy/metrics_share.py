@@ -84,7 +84,7 @@ class Slab:
         self.used = 0
         self.next_slot = SINK  # slots below take what does not fit, read by nobody
         self.families: dict[str, int] = {}
-        self.full = False
+        self.full = self.warned = False
         self.group_cpu = 0.0  # the group's CPU seconds this worker last reported
         self.write_header()
 
@@ -116,7 +116,8 @@ class Slab:
     def _append(self, entry: list) -> bool:
         data = _encode(entry)
         end = self.used + 4 + len(data)
-        if end > INDEX_BYTES:
+        if self.full or end > INDEX_BYTES:  # nothing after the first miss: readers number families in order
+            self.full = True
             return False
         at = _INDEX + self.used
         self.map[at + 4:at + 4 + len(data)] = data
@@ -126,8 +127,8 @@ class Slab:
         return True
 
     def _overflow(self) -> None:
-        if not self.full:
-            self.full = True
+        if not self.warned:
+            self.full = self.warned = True
             log.warning("metrics_slab_full", detail="new label values are no longer counted")
 
 
