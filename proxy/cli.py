@@ -1,4 +1,4 @@
-"""`ai-enabler-proxy`: serve the gateway, hash a key for the config file."""
+"""`ai-enabler-proxy`: serve the gateway, check a config, hash a key for the config file."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import structlog
 
 from proxy import __version__
 from proxy.config import Config, ConfigError, load
+from proxy.metrics_share import share_across_workers
 
 log = structlog.get_logger("proxy")
 
@@ -114,6 +115,7 @@ def serve(cfg: Config) -> int:
     from proxy.supervisor import Supervisor
 
     logs.configure(cfg.log_level)
+    share_across_workers()  # before the workers start: one /metrics answer for the group
     return Supervisor(_worker, (raw, True), workers).run()  # restarts workers that die (proxy.supervisor)
 
 
@@ -123,11 +125,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("serve", help="run the gateway (the default)")
     run.add_argument("--config", help="YAML or JSON config file; embedded defaults without one")
-    run.add_argument("--host")
-    run.add_argument("--port", type=int)
+    run.add_argument("--host", help="address to listen on (overrides listen.host; default 127.0.0.1)")
+    run.add_argument("--port", type=int, help="port to listen on (overrides listen.port and PORT; default 8080)")
     run.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT)")
+    check = sub.add_parser("check", help="validate a config and print what the gateway would run; exit 2 on errors")
+    check.add_argument("--config", help="YAML or JSON config file; the embedded defaults without one")
     hash_key = sub.add_parser("hash-key", help="print the sha256 of a caller key, for auth.keys")
-    hash_key.add_argument("key")
+    hash_key.add_argument("key", help="the caller key to hash (it is not stored anywhere)")
     report = sub.add_parser("report", help="the usage and savings report, from the local store in dataDir")
     report.add_argument("--config", help="the gateway's config file (for dataDir)")
     report.add_argument("--from", dest="start", help="RFC 3339, a date, Unix seconds, or an age (24h, 7d)")
@@ -150,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             from proxy.telemetry.report import command
 
             return command(args)
+        if args.command == "check":
+            from proxy import check
+
+            return check.command(args)
         cfg = load(getattr(args, "config", None))
         listen = cfg.listen
         listen = msgspec.structs.replace(

@@ -267,8 +267,12 @@ def _overlay(cfg: Config, env: Mapping[str, str]) -> Config:
         api_url=get("API_URL") or castai.api_url,
         cluster_id=get("CLUSTER_ID") or castai.cluster_id,
     )
+    log_level = (get("LOG_LEVEL") or cfg.log_level).lower()
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("env LOG_LEVEL: must be debug, info, warning or error")
     return msgspec.structs.replace(
         cfg,
+        log_level=log_level,
         listen=listen,
         auth=auth,
         castai=castai,

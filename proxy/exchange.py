@@ -102,15 +102,7 @@ class Exchange:
         gw.batcher.put(record)
         if self.rule is not None:
             gw.quota.record(self, record)
-        provider_name = record.provider or "none"
-        metrics = gw.metrics
-        metrics.requests.inc((self.route, str(self.http_status), provider_name))
-        metrics.latency.observe((self.route,), latency)
-        if self.ttft is not None:
-            metrics.ttft.observe((self.route,), self.ttft)
-        if record.total_tokens:
-            metrics.tokens.inc((provider_name, "prompt"), record.prompt_tokens)
-            metrics.tokens.inc((provider_name, "completion"), record.completion_tokens)
+        gw.metrics.finished(self, record, latency)
 
     def _tokens(self) -> Usage:
         if self.usage is not None:

@@ -43,6 +43,7 @@ class Gateway:
         self.draining = False
 
     async def start(self) -> None:
+        self.metrics.start(self.router)  # circuit states, and the copy the other workers read
         await state.connect(self)  # registry, budgets and circuits loaded before traffic
         await self.upstream.start()
         await self.telemetry.start()
@@ -50,6 +51,7 @@ class Gateway:
 
     async def stop(self) -> None:
         self.ready = False
+        self.metrics.stop()
         await self.upstream.close()
         await self.telemetry.stop()  # flushes for drain.flushSeconds; the rest stays spooled
         await state.disconnect(self)

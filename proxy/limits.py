@@ -130,19 +130,19 @@ class _Collector(Collector):
         self.admission = admission
 
     def collect(self):
-        rejected = CounterMetricFamily("proxy_admission_rejected", "Requests refused with 503 before any work",
+        rejected = CounterMetricFamily("aigw_admission_rejected", "Requests refused with 503 before any work",
                                        labels=("reason",))
         for reason, count in self.admission.rejected.items():
             rejected.add_metric((reason,), count)
         rejected.add_metric(("body_buffer",), self.admission.bodies.rejected)
         yield rejected
-        yield GaugeMetricFamily("proxy_resident_memory_bytes", "Resident set size of this process",
+        yield GaugeMetricFamily("aigw_resident_memory_bytes", "Resident set size of this process",
                                 value=self.admission._read())
         try:
             tasks = len(asyncio.all_tasks())
         except RuntimeError:  # scraped outside the loop
             tasks = 0
-        yield GaugeMetricFamily("proxy_asyncio_tasks", "Live asyncio tasks", value=tasks)
+        yield GaugeMetricFamily("aigw_asyncio_tasks", "Live asyncio tasks", value=tasks)
 
 
 class BodyBuffer:

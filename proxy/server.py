@@ -62,14 +62,14 @@ class Guard:
 
 
 class _GuardCollector(Collector):
-    """`proxy_connections_refused_total{reason}`: what the server refused or cut before a handler
+    """`aigw_connections_refused_total{reason}`: what the server refused or cut before a handler
     answered (header deadline and size, slow body, connection cap, declared body too large, …)."""
 
     def __init__(self, guard: Guard) -> None:
         self.guard = guard
 
     def collect(self):
-        family = CounterMetricFamily("proxy_connections_refused", "Connections and requests the server "
+        family = CounterMetricFamily("aigw_connections_refused", "Connections and requests the server "
                                      "refused or cut before a handler answered", labels=("reason",))
         for reason, count in sorted(self.guard.refused.items()):
             family.add_metric((reason,), count)

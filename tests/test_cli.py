@@ -132,3 +132,21 @@ async def test_the_health_port_serves_probes_and_metrics_only(gateway_process):
             assert r.status == 404
         async with session.post(gw.url + "/v1/chat/completions", json=body) as r:
             assert r.status == 200
+
+
+# -- help on every option ------------------------------------------------------------
+def test_every_command_line_option_has_help():
+    import argparse
+
+    from proxy.cli import _parser
+
+    def options(parser: argparse.ArgumentParser):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from ((f"{name} {opt}", help_) for opt, help_ in options(sub))
+            else:
+                yield "/".join(action.option_strings) or action.dest, action.help
+
+    missing = [name for name, help_ in options(_parser()) if not help_]
+    assert not missing, missing

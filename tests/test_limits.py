@@ -118,8 +118,8 @@ def test_install_puts_it_on_the_app_and_its_numbers_on_metrics():
     with pytest.raises(Unavailable):
         admission.admit()
     text = metrics.render().decode()
-    assert 'proxy_admission_rejected_total{reason="in_flight"} 1.0' in text
-    assert "proxy_resident_memory_bytes" in text and "proxy_asyncio_tasks" in text
+    assert 'aigw_admission_rejected_total{reason="in_flight"} 1.0' in text
+    assert "aigw_resident_memory_bytes" in text and "aigw_asyncio_tasks" in text
 
 
 async def test_a_capped_gateway_answers_503_in_openai_shape(gateway, fake_openai):
@@ -186,4 +186,4 @@ def test_body_buffer_refusals_are_on_metrics():
     app, metrics = web.Application(), Metrics()
     limits.install(app, msgspec.convert({"maxBodyBuffer": 10}, type=Limits), metrics)
     app[limits.ADMISSION].bodies.rejected = 3
-    assert 'proxy_admission_rejected_total{reason="body_buffer"} 3.0' in metrics.render().decode()
+    assert 'aigw_admission_rejected_total{reason="body_buffer"} 3.0' in metrics.render().decode()

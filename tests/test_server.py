@@ -179,7 +179,7 @@ async def test_a_declared_body_over_the_limit_is_refused_before_it_is_read(serve
         writer.close()
     assert gw.runner.guard.refused == {"body_too_large": 2} and fake_openai.requests == []
     async with gw.session.get(gw.url + "/metrics") as resp:
-        assert 'proxy_connections_refused_total{reason="body_too_large"} 2.0' in await resp.text()
+        assert 'aigw_connections_refused_total{reason="body_too_large"} 2.0' in await resp.text()
     (record,) = await gw.records()  # the data-plane refusal keeps its usage record
     assert record.status == "rejected" and record.error_type == "request_too_large"
 

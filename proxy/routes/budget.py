@@ -18,6 +18,7 @@ from aiohttp import web
 
 from proxy.errors import InvalidRequest, Unavailable
 from proxy.gateway import GATEWAY
+from proxy.logs import audit
 from proxy.state.base import StateUnavailable
 
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
@@ -70,6 +71,8 @@ async def put_budget(http_request: web.Request) -> web.Response:
     except msgspec.DecodeError:
         raise InvalidRequest("the request body is not valid JSON") from None
     await _shared(gw.quota.set_budget(key_id, budget.budget_limit_usd, budget.total_spend_usd))
+    audit(http_request, gw, "budget_set", api_key_id=key_id, budget_limit_usd=budget.budget_limit_usd,
+          total_spend_usd=budget.total_spend_usd)
     return await _answer(gw, key_id)
 
 
@@ -78,4 +81,5 @@ async def delete_budget(http_request: web.Request) -> web.Response:
     gw.auth.admin(http_request.headers)
     key_id = _key_id(http_request)
     await _shared(gw.quota.set_budget(key_id, None, 0.0))
+    audit(http_request, gw, "budget_delete", api_key_id=key_id)
     return await _answer(gw, key_id)

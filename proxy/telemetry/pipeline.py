@@ -4,15 +4,15 @@ Sinks: the local usage store (always), the Cast AI API (when `API_KEY` is set) a
 collector (when `telemetry.otlpUrl` is set), each with its own lane in the spool.
 
 Every record that does not reach a sink is counted in /metrics:
-    usage_records_dropped_total{reason}     queue_full (memory bound while the disk refuses writes),
-                                            spool_full (drop_oldest at the cap), spool_corrupt
-                                            (damaged frames at recovery), dead_letter_full,
-                                            rejected_by_<sink> (an OTLP partial success),
-                                            unreadable (a record this version cannot decode)
-    usage_records_dead_lettered_total{sink} refused for good, kept in {dataDir}/deadletter/
-and around them: proxy_usage_records_sent_total{sink}, usage_sink_retries_total{sink,reason},
-usage_spool_bytes, usage_spool_write_errors_total, usage_spool_corrupt_records_total,
-castai_heartbeats_total{result}.
+    aigw_usage_records_dropped_total{reason}     queue_full (memory bound while the disk refuses writes),
+                                                 spool_full (drop_oldest at the cap), spool_corrupt
+                                                 (damaged frames at recovery), dead_letter_full,
+                                                 rejected_by_<sink> (an OTLP partial success),
+                                                 unreadable (a record this version cannot decode)
+    aigw_usage_records_dead_lettered_total{sink} refused for good, kept in {dataDir}/deadletter/
+and around them: aigw_usage_records_sent_total{sink}, aigw_usage_sink_retries_total{sink,reason},
+aigw_usage_spool_bytes, aigw_usage_spool_write_errors_total, aigw_usage_spool_corrupt_records_total,
+aigw_heartbeats_total{result}.
 """
 
 from __future__ import annotations

@@ -154,7 +154,7 @@ async def test_r20_oversized_bodies_are_413_early_with_bounded_memory(gateway_pr
         with RssSampler(gw.pid, every=0.005) as rss:
             results = await asyncio.gather(*(one() for _ in range(50)))
         if not chunked:  # refused by the server from the headers, and counted on /metrics (+1: warm-up)
-            refused = (await gw.metrics(session)).get('proxy_connections_refused_total{reason="body_too_large"}')
+            refused = (await gw.metrics(session)).get('aigw_connections_refused_total{reason="body_too_large"}')
             assert refused == 51, refused
     assert all(status == 413 for status, _ in results), results
     assert max(took for _, took in results) <= 1.0

@@ -45,7 +45,7 @@ async def _one(session: aiohttp.ClientSession, url: str, kind: str, counts: dict
 
 
 async def _task_count(gw, session: aiohttp.ClientSession) -> float:
-    return (await gw.metrics(session))["proxy_asyncio_tasks"]
+    return (await gw.metrics(session))["aigw_asyncio_tasks"]
 
 
 async def _load(gw, session, rps: float, seconds: float, sampler: list) -> dict:

@@ -140,3 +140,19 @@ async def test_duplicate_names_in_one_request_and_config_providers_are_protected
         assert r.status == 409
     async with gw.get("/v1/llm/providers", headers=ADMIN) as r:
         assert (await r.json())["providers"][0]["source"] == "config"
+
+
+async def test_registering_a_known_name_is_audited_as_an_update(gateway, fake_openai):
+    from structlog.testing import capture_logs
+
+    gw = await gateway({"auth": {"adminKey": ADMIN_KEY}})
+    with capture_logs() as logs:
+        for models in (("reg-model",), ("reg-model", "reg-2")):
+            item = {**_item(fake_openai), "models": list(models)}
+            async with gw.post("/v1/llm/providers", json={"providers": [item]}, headers=ADMIN) as r:
+                assert r.status == 200
+        async with gw.post("/v1/llm/providers", json={"providers": [{"name": "bad"}]}, headers=ADMIN) as r:
+            assert r.status == 400  # refused: nothing changed, nothing audited
+    audits = [(e["action"], e["provider"], e["models"], e["key_last4"]) for e in logs if e["event"] == "audit"]
+    assert audits == [("register", "reg", ["reg-model"], "…9876"), ("update", "reg", ["reg-model", "reg-2"], "…9876")]
+    assert PROVIDER_KEY[:-4] not in repr(logs)

@@ -106,3 +106,18 @@ async def test_a_store_outage_is_a_503(gateway):
     gw.gw.state.spend = down
     status, body = await budget(gw, "team")
     assert status == 503 and body["error"]["code"] == "state_unavailable"
+
+
+async def test_budget_changes_leave_audit_lines(gateway):
+    from structlog.testing import capture_logs
+
+    gw = await gateway(config())
+    with capture_logs() as logs:
+        assert (await budget(gw, "team", "PUT", json={"budgetLimitUsd": 5.0}))[0] == 200
+        assert (await budget(gw, "team", "DELETE"))[0] == 200
+        assert (await budget(gw, "team"))[0] == 200  # a read changes nothing: no line
+    audits = [(e["action"], e["api_key_id"], e["admin_key_id"]) for e in logs if e["event"] == "audit"]
+    assert audits == [("budget_set", "team", "admin_key"), ("budget_delete", "team", "admin_key")]
+    text = gw.gw.metrics.render().decode()
+    assert 'aigw_admin_changes_total{action="budget_set"} 1.0' in text
+    assert 'aigw_admin_changes_total{action="budget_delete"} 1.0' in text

@@ -32,10 +32,12 @@ async def test_metrics_count_requests_latency_tokens_and_errors(gateway, fake_op
     async with gw.get("/metrics") as r:
         assert r.status == 200 and r.content_type == "text/plain"
         text = await r.text()
-    assert 'proxy_requests_total{provider="fake",route="chat",status="200"} 4.0' in text
-    assert 'proxy_requests_total{provider="none",route="chat",status="404"} 1.0' in text
-    assert 'proxy_request_latency_seconds_count{route="chat"} 5.0' in text
-    assert 'proxy_time_to_first_token_seconds_count{route="chat"} 4.0' in text
-    assert 'proxy_tokens_total{direction="completion",provider="fake"} 40.0' in text
-    assert "proxy_requests_in_flight 0.0" in text and "proxy_upstream_in_flight 0.0" in text
+    ok = 'endpoint="chat",model="gpt-4o-mini",provider="fake"'
+    assert f'aigw_requests_total{{{ok},status="200"}} 4.0' in text
+    # an unknown model is not a label value of its own: it is `other`, with no provider
+    assert 'aigw_requests_total{endpoint="chat",model="other",provider="none",status="404"} 1.0' in text
+    assert f'aigw_request_duration_seconds_count{{{ok}}} 4.0' in text
+    assert f'aigw_time_to_first_token_seconds_count{{{ok}}} 1.0' in text  # streams only
+    assert f'aigw_output_tokens_total{{{ok},status="200"}} 40.0' in text
+    assert "aigw_requests_in_flight 0.0" in text and "aigw_upstream_in_flight 0.0" in text
     assert PROVIDER_KEY[:12] not in text

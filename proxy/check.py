@@ -1,0 +1,84 @@
+"""`ai-enabler-proxy check --config FILE`: validate a config and print what the gateway would run.
+
+The same checks `serve` makes before it listens (the file, the environment overlay, the listen
+address against the caller keys, every provider item), then a summary an operator can read
+before a rollout: providers with their keys shown only as the last 4 characters, listeners,
+the shared store, the usage sinks. Nothing is started and nothing is called.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+from proxy.config import Config, load
+from proxy.vault import last4
+
+
+def masked_url(url: str) -> str:
+    """A URL with any password replaced: `redis://user:***@host:6379/0`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit(parts._replace(netloc=user + host))
+
+
+def _key(key: str | None) -> str:
+    if not key:
+        return "none"
+    if key.startswith("env:"):
+        from proxy.config import resolve_secret
+
+        return f"{key} ({last4(resolve_secret(key))})" if resolve_secret(key) else f"{key} (not set)"
+    return last4(key)
+
+
+def describe(cfg: Config) -> list[str]:
+    from proxy.telemetry import castai
+
+    listen = cfg.listen
+    lines = [f"listen: http://{listen.host}:{listen.port} ({listen.workers} worker"
+             f"{'s' if listen.workers > 1 else ''})"]
+    if listen.health_port:
+        lines.append(f"probes: http://{listen.host}:{listen.health_port} (/healthz, /readyz, /metrics)")
+    lines.append(f"providers: {len(cfg.providers)}{' (the embedded demo)' if cfg.demo else ''}")
+    for item in cfg.providers:
+        lines.append(f"  {item.name}: {item.supported_provider} {item.url or '(default URL)'} "
+                     f"models={','.join(item.models)} key={_key(item.api_key)}")
+    lines.append(f"store: {'redis ' + masked_url(cfg.store_url) if cfg.store_url else 'embedded'}; "
+                 f"data in {cfg.data_path}")
+    sinks = [f"local ({cfg.data_path / 'usage.db'})"]
+    if castai.api_key(cfg):
+        sinks.append(f"castai ({cfg.castai.api_url}, key {last4(castai.api_key(cfg))})")
+    if cfg.telemetry.otlp_url:
+        sinks.append(f"otlp ({masked_url(cfg.telemetry.otlp_url)})")
+    lines.append("sinks: " + ", ".join(sinks))
+    auth = cfg.auth
+    admin = "on" if auth.admin_key or any(k.admin for k in auth.keys) else "off"
+    verification = "on" if auth.castai_verification else "off"
+    lines.append(f"auth: {len(auth.keys)} caller key(s), admin API {admin}, Cast AI key verification {verification}")
+    lines.append(f"log level: {cfg.log_level}")
+    return lines
+
+
+def command(args) -> int:
+    """Exit 0 and the summary when the config would serve; a `ConfigError` otherwise (main
+    prints it and exits 2)."""
+    from proxy.cli import _listen_check
+    from proxy.config import ConfigError
+    from proxy.errors import ProxyError
+    from proxy.registry import validate
+
+    cfg = load(args.config)
+    _listen_check(cfg)
+    try:
+        validate(cfg.providers, cfg.security.allow_private_upstreams)
+    except ProxyError as exc:
+        raise ConfigError(f"$.{exc}") from None
+    print(f"{args.config or '(embedded defaults)'}: ok")
+    for line in describe(cfg):
+        print(line)
+    return 0
