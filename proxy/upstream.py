@@ -1,9 +1,12 @@
 """The one place that talks to providers: client session, timeouts, attempts and failover.
 
-Failover (RELIABILITY policy 2) happens only before a byte reached the client, and only on a
-connect error or timeout, a reset while the request was still being written, or an answer of
-401/403, 429 or 5xx (including a 200 stream whose first event is an error). A first-byte
-timeout or a reset after the request was fully sent is final: the provider may have charged it.
+Failover (RELIABILITY policy 2) happens only before a byte reached the client, and only where
+the provider cannot have read the request, or said no to it: a connect error or timeout
+(the TLS handshake included), a reset while the request was still being written, or an answer
+of 401/403, 429 or 5xx (including a 200 stream whose first event is an error). A first-byte
+timeout or a reset after the request was written whole is final, a 504 or a 502 after one
+attempt: the provider may have charged it. `routing.retryOnReset: true` opts into retrying such
+a reset (each attempt counted in the record).
 """
 
 from __future__ import annotations
@@ -112,8 +115,10 @@ class Watchdog:
             raise TimeoutError from exc
 
 
-# A pooled keep-alive connection the provider closed just as it was reused, with no answer begun:
-# the same provider is tried again once, on a new connection, and not held against it.
+# A pooled keep-alive connection the provider closed just as it was reused (after the pool's
+# check), with no answer begun: the same provider is tried again once, on a new connection, and
+# not held against it. Only when that cannot resend a request the provider may have read: the
+# request was not all written, or `routing.retryOnReset` allows it.
 STALE = "stale_connection"
 
 
@@ -233,17 +238,17 @@ class Upstream:
             return await self.client.request(
                 upstream_request.method, upstream_request.url, upstream_request.headers, upstream_request.body,
                 connect_timeout=connect, decompress=not upstream_request.stream, fresh=fresh)
-        except httpclient.ConnectTimeout as exc:
+        except httpclient.ConnectTimeout as exc:  # the TLS handshake included: nothing was sent
             raise Retry(UpstreamTimeout("connecting to the provider timed out"), "connect_timeout") from exc
-        except httpclient.ConnectFailed as exc:
+        except httpclient.ConnectFailed as exc:  # refused, or reset in the TLS handshake
             raise Retry(UpstreamError("the provider could not be reached"), "connect") from exc
-        except httpclient.ResetBeforeSent as exc:
+        except httpclient.ResetBeforeSent as exc:  # part of the request never left: it cannot have been read
             error = UpstreamError("the connection was reset before the request was sent")
             raise Retry(error, STALE if exc.stale else "reset_before_sent") from exc
         except httpclient.Disconnected as exc:
-            # A reset with no answer at all: from the client side it cannot be told whether the
-            # provider read the request. In practice it is a balancer or a restarting server
-            # refusing the connection, so it is retried unless `routing.retryOnReset` is off.
+            # Closed with no answer after the request was written whole: from here it cannot be
+            # told whether the provider read it, so it is not sent again (the provider may charge
+            # it twice) unless `routing.retryOnReset` asks for that.
             error = UpstreamError("the provider closed the connection without answering", code="upstream_reset")
             if self.cfg.routing.retry_on_reset:
                 raise Retry(error, STALE if exc.stale else "reset") from exc
@@ -330,8 +335,9 @@ async def dispatch(upstream: Upstream, routes: list[Route], request, ex) -> Open
     open circuits are still tried, last (panic mode). An attempt after the first goes to a provider
     with a clean record (no failure since its last success) freely, to any other only if the retry
     budget allows, else that provider is skipped. A 429 from the last candidate is waited out and
-    retried when the wait fits `routing.retryAfterCap`. A stale pooled connection (STALE) is
-    retried on the same provider, on a new connection, without counting against it.
+    retried when the wait fits `routing.retryAfterCap`. A stale pooled connection (STALE: reset
+    before the request was all written, or any reset with `retryOnReset`) is retried on the same
+    provider, on a new connection, without counting against it.
     """
     router, metrics, routing = upstream.router, upstream.metrics, upstream.cfg.routing
     upstream.budget.request()

@@ -116,7 +116,9 @@ async def test_r11_safe_retry_before_the_first_byte(gateway, fake_openai, aiohtt
     reset_port = await resetter.start()
     refused = {"name": "refused", "supportedProvider": "OPENAI_COMPATIBLE", "isHosted": True, "weight": 1000,
                "url": f"http://127.0.0.1:{_closed_port()}/v1", "models": ["m"]}
-    reset = {**refused, "name": "reset", "url": f"http://127.0.0.1:{reset_port}/v1"}
+    # Reset right after accept, in the TLS handshake: no byte of the request left, so it is retried.
+    # (Over plain HTTP the request is written before the reset comes: that one is final, R13.)
+    reset = {**refused, "name": "reset", "url": f"https://127.0.0.1:{reset_port}/v1"}
     busy = openai_provider(failing, name="busy", models=("m",), weight=1000)
     healthy = openai_provider(fake_openai, name="healthy", models=("m",), isHosted=False)
     gw = await gateway({"providers": [refused, reset, busy, healthy], "routing": {"maxAttempts": 4}})
@@ -277,13 +279,30 @@ class IdleCloser:
                 "url": f"http://127.0.0.1:{port}/v1", "models": ["m"]}
 
 
-async def test_a_pooled_connection_the_provider_closed_as_idle_is_retried_once_on_a_new_one(gateway):
+async def test_by_default_a_request_written_into_a_connection_closed_as_it_was_reused_is_not_sent_again(gateway):
+    """The race the pool cannot see (the provider closed the connection after reading the request
+    written into it) is a 502 after one attempt: the provider may have charged it (R13)."""
     closer = IdleCloser()
-    gw = await gateway({"providers": [closer.provider(await closer.start())]})
+    gw = await gateway({"providers": [closer.provider(await closer.start())]})  # the defaults
+    async with gw.post("/v1/chat/completions", json=_body("m")) as resp:
+        assert resp.status == 200
+    async with gw.post("/v1/chat/completions", json=_body("m")) as resp:
+        assert resp.status == 502 and (await resp.json())["error"]["code"] == "upstream_reset"
+    async with gw.post("/v1/chat/completions", json=_body("m")) as resp:
+        assert resp.status == 200  # on a new connection
+    assert (closer.requests, closer.connections) == (3, 2)  # each request sent once
+    records = await gw.records()
+    assert [(r.attempts, r.status) for r in records] == [(1, "completed"), (1, "upstream_error"), (1, "completed")]
+    closer.server.close()
+
+
+async def test_with_retry_on_reset_a_connection_closed_as_it_was_reused_is_retried_once_on_a_new_one(gateway):
+    closer = IdleCloser()
+    gw = await gateway({"providers": [closer.provider(await closer.start())], "routing": {"retryOnReset": True}})
     for _ in range(3):
         async with gw.post("/v1/chat/completions", json=_body("m")) as resp:
             assert resp.status == 200 and (await resp.json())["choices"][0]["message"]["content"] == "ok"
-    assert (closer.requests, closer.connections) == (4, 2)  # the second request was sent twice
+    assert (closer.requests, closer.connections) == (4, 2)  # opted in: the second request was sent twice
     records = await gw.records()
     assert [(r.attempts, r.status, r.recovered) for r in records] == [(1, "completed", False), (2, "completed", False),
                                                                       (1, "completed", False)]
@@ -291,12 +310,39 @@ async def test_a_pooled_connection_the_provider_closed_as_idle_is_retried_once_o
     closer.server.close()
 
 
-async def test_without_retry_on_reset_a_stale_connection_is_not_replayed(gateway):
-    closer = IdleCloser()
-    gw = await gateway({"providers": [closer.provider(await closer.start())], "routing": {"retryOnReset": False}})
-    async with gw.post("/v1/chat/completions", json=_body("m")) as resp:
-        assert resp.status == 200
-    async with gw.post("/v1/chat/completions", json=_body("m")) as resp:
-        assert resp.status == 502 and (await resp.json())["error"]["code"] == "upstream_reset"
-    assert closer.requests == 2  # R13: a request that was sent is never sent again
-    closer.server.close()
+class IdleTimeout(IdleCloser):
+    """Closes a connection once it has been idle for `idle` s, as uvicorn-based servers do (5 s)."""
+
+    def __init__(self, idle: float) -> None:
+        super().__init__()
+        self.idle = idle
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.idle)
+                length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                await reader.readexactly(length)
+                self.requests += 1
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(self.ANSWER), self.ANSWER))
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_pooled_connection_the_provider_closed_while_idle_is_never_used(gateway):
+    provider = IdleTimeout(0.05)
+    gw = await gateway({"providers": [provider.provider(await provider.start())]})
+    for _ in range(3):
+        async with gw.post("/v1/chat/completions", json=_body("m")) as resp:
+            assert resp.status == 200
+        await asyncio.sleep(0.2)  # past the provider's idle timeout
+    assert (provider.requests, provider.connections) == (3, 3)  # each sent once, each on a new connection
+    records = await gw.records()
+    assert [r.attempts for r in records] == [1, 1, 1]
+    provider.server.close()
