@@ -14,6 +14,7 @@ import pytest
 from proxy.upstream import Watchdog, redact
 from tests.conftest import PROVIDER_KEY, openai_provider
 from tests.fakes.openai import Behaviour, FakeOpenAI
+from tests.fakes.replay import CASSETTES, Replay, body_bytes, load
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -83,7 +84,9 @@ async def test_r05_silent_upstream_is_a_504_at_the_first_byte_timeout(gateway, f
         started = time.monotonic()
         async with session.post(gw.url + "/v1/chat/completions", json=_body("silent", stream)) as resp:
             assert resp.status == 504
-            assert (await resp.json())["error"]["code"] == "upstream_timeout"
+            error = (await resp.json())["error"]
+            assert error["code"] == "upstream_timeout"
+            assert "'fake'" in error["message"]  # the provider that timed out is named
         return time.monotonic() - started
 
     took = await asyncio.gather(*(one(i % 2 == 0) for i in range(100)))
@@ -141,12 +144,12 @@ async def test_r11_safe_retry_before_the_first_byte(gateway, fake_openai, aiohtt
 @pytest.mark.parametrize(("status", "code", "client_status"), [
     (401, "upstream_auth_error", 502), (403, "upstream_auth_error", 502),
     (429, "upstream_rate_limited", 429), (500, "upstream_error", 502), (502, "upstream_error", 502),
-    (503, "upstream_error", 502), (504, "upstream_error", 502)])
+    (503, "upstream_overloaded", 503), (504, "upstream_timeout", 504)])
 async def test_failover_causes_and_the_error_left_when_none_remains(gateway, fake_openai, aiohttp_server,
                                                                     status, code, client_status):
     second = await FakeOpenAI().start(aiohttp_server)
     for fake, name in ((fake_openai, "a"), (second, "b")):  # each echoes the key it was sent
-        fake.default = Behaviour(status=status, headers={"Retry-After": "7"} if status == 429 else {},
+        fake.default = Behaviour(status=status, headers={"Retry-After": "7"} if status in (429, 503) else {},
                                  error={"message": f"Incorrect API key provided: {PROVIDER_KEY}-{name}",
                                         "type": "invalid_request_error", "param": None, "code": "x"})
     gw = await gateway({"providers": [openai_provider(fake_openai, name="a"), openai_provider(second, name="b")]})
@@ -157,8 +160,11 @@ async def test_failover_causes_and_the_error_left_when_none_remains(gateway, fak
     assert error["code"] == code
     assert PROVIDER_KEY[:12] not in text
     assert len(fake_openai.requests) == 1 and len(second.requests) == 1
-    if status == 429:
+    last = "a" if fake_openai.requests[0].at > second.requests[0].at else "b"
+    assert f"'{last}'" in error["message"] and f"HTTP {status}" in error["message"]  # the last provider, its status
+    if status in (429, 503):
         assert resp.headers["Retry-After"] == "7"
+    if status == 429:
         assert gw.gw.router.is_open("a") and gw.gw.router.is_open("b")
 
 
@@ -346,3 +352,44 @@ async def test_a_pooled_connection_the_provider_closed_while_idle_is_never_used(
     records = await gw.records()
     assert [r.attempts for r in records] == [1, 1, 1]
     provider.server.close()
+
+
+# -- the class of the last provider's answer reaches the client -----------------------------------
+ANSWERS = [  # cassette, the client's status, whether the next candidate is tried
+    ("openai/error_429", 429, True), ("anthropic/error_429", 429, True), ("gemini/error_429", 429, True),
+    ("openai/error_503", 503, True), ("anthropic/error_529", 503, True), ("gemini/error_503", 503, True),
+    ("openai/error_500", 502, True), ("openai/error_502", 502, True), ("anthropic/error_500", 502, True),
+    ("gemini/error_504", 504, True),
+    ("openai/error_400", 400, False), ("anthropic/error_400", 400, False), ("gemini/error_400", 400, False),
+    ("openai/error_404", 404, False), ("anthropic/error_404", 404, False),
+    ("openai/error_401", 502, True), ("gemini/error_403", 502, True)]
+
+
+@pytest.mark.parametrize(("name", "client_status", "fails_over"), ANSWERS, ids=[a[0] for a in ANSWERS])
+async def test_the_last_providers_answer_keeps_its_class(gateway, aiohttp_server, name, client_status, fails_over):
+    cassette = load(CASSETTES / f"{name}.json")
+    first, second = Replay(), Replay()
+    for fake in (first, second):
+        await fake.start(aiohttp_server)
+        fake.load(cassette)
+    gw = await gateway({"providers": [{**first.provider(cassette, "first"), "weight": 1000},
+                                      {**second.provider(cassette, "second"), "isHosted": False}]})
+    async with gw.post("/v1/chat/completions", json={"model": cassette["model"], **cassette["openai"]}) as resp:
+        assert resp.status == client_status
+        error = (await resp.json())["error"]
+        retry_after = resp.headers.get("Retry-After")
+    assert (first.calls, second.calls) == (1, 1 if fails_over else 0)
+    sent = cassette["response"]["status"]
+    if client_status in (400, 404):  # the provider's own words, as its callers would read them
+        assert error["message"] == _provider_message(cassette)
+    else:  # the last provider tried, and what it answered
+        assert "'second'" in error["message"] and f"HTTP {sent}" in error["message"], error["message"]
+    if client_status in (429, 503):
+        assert retry_after is not None and int(retry_after) >= 1
+        assert retry_after == cassette["expect"].get("retry_after", "1")
+    assert cassette["apiKey"] not in error["message"]
+
+
+def _provider_message(cassette: dict) -> str:
+    body = orjson.loads(body_bytes(cassette))
+    return (body[0] if isinstance(body, list) else body)["error"]["message"]
