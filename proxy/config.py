@@ -124,7 +124,10 @@ class Routing(_Struct):
     quality_weight: float = 0.5
     failure_threshold: int = 5
     ejection_seconds: float = 30.0
-    retry_on_reset: bool = True
+    # A connection closed with no answer after the request was written whole: the provider may
+    # have read (and charged) it, so by default it is a 502, never sent again. True: it is retried
+    # on the next candidate (every attempt in the request's record), at the risk of paying twice.
+    retry_on_reset: bool = False
     retry_budget: RetryBudget = RetryBudget()
     # The longest a request waits on a provider's 429 (its Retry-After, or a backoff when that is
     # missing or unreadable) to try it again; a longer wait returns the 429 at once. 0: never wait.

@@ -13,7 +13,12 @@
     ├── UpstreamError               502 upstream_error (the provider failed or answered badly)
     │   └── UpstreamAuthError       502 upstream_auth_error (the provider refused its own key)
     ├── Unavailable                 503 service_unavailable (+ Retry-After)
+    │   └── UpstreamOverloaded      503 service_unavailable / upstream_overloaded (+ Retry-After)
     └── UpstreamTimeout             504 timeout / upstream_timeout
+
+A provider's error answer keeps its class when no candidate is left (`proxy.upstream.error_for`):
+429 stays RateLimited (code upstream_rate_limited), an overload is UpstreamOverloaded, a timeout
+UpstreamTimeout, other 5xx UpstreamError, its own 400/404 keep their status.
 
 Client-library exceptions are translated in `proxy.upstream`, once, with ``raise … from``.
 """
@@ -135,6 +140,12 @@ class Unavailable(ProxyError):
     status = 503
     type = "service_unavailable"
     code = "service_unavailable"
+
+
+class UpstreamOverloaded(Unavailable):
+    """The provider said it is overloaded (503 and its kin): worth retrying later, not a bug."""
+
+    code = "upstream_overloaded"
 
 
 class UpstreamTimeout(ProxyError):

@@ -5,7 +5,11 @@ all, a third of it in the client): URL objects, header merging, cookies, tracing
 request, a payload registry. What calling a provider needs is much less:
 
 - one pool of idle keep-alive connections per origin (scheme, host, port), newest first, closed
-  after `keepalive` s unused; no cap on connections (as before: `limit=0`);
+  after `keepalive` s unused; no cap on connections (as before: `limit=0`); a pooled connection
+  the provider closed while it sat idle (an end of stream or an error seen, or pending on the
+  socket when it is taken) is dropped, never written to: a request is not sent into a
+  connection already known to be dead (RELIABILITY R13: the gateway never resends a request the
+  provider may have read, so the idle-close race must be caught before the write);
 - connect through the network guard's resolver (`proxy.netguard`; IP literals were checked when
   the provider was registered, as aiohttp skipped the resolver for them), TLS with the system's
   trust store and SNI, the connect timeout as given;
@@ -16,8 +20,9 @@ request, a payload registry. What calling a provider needs is much less:
   client slows the provider, RELIABILITY R09); gzip and deflate bodies decompressed when asked;
   a body without length ends with the connection;
 - errors the caller can tell apart, because failover depends on them (`proxy.upstream`):
-  connect timeout, connect failure, a reset while the request was being written, a close with no
-  answer, an answer that is not HTTP, a body cut short.
+  connect timeout, connect failure, a reset while the request was being written (some of its
+  bytes never left the gateway's buffers, so the provider cannot have read it whole), a close
+  with no answer after it was all written, an answer that is not HTTP, a body cut short.
 
 Not here, on purpose: redirects (never followed), cookies, proxies from the environment, HTTP/2.
 """
@@ -28,6 +33,7 @@ import asyncio
 import base64
 import collections
 import ipaddress
+import select
 import socket
 import ssl
 import zlib
@@ -42,13 +48,15 @@ _SAFE_PATH = "/%:@!$&'()*+,;=-._~"  # what stays as it is in a path (RFC 3986 pc
 _SAFE_QUERY = _SAFE_PATH + "?"
 _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 _DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+_IDLE_EVENTS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | getattr(select, "POLLRDHUP", 0)
 
 
 class ClientError(ConnectionError):
     """Calling the provider failed; the subclass says how far the call got."""
 
     # On a kept-alive connection taken from the pool, closed with no answer begun (reset while
-    # writing, or closed after): most likely the provider closed it as idle just as it was reused.
+    # writing, or closed after): the provider closed it as idle just as it was reused, too late
+    # for the pool's check to see.
     stale = False
 
 
@@ -61,11 +69,12 @@ class ConnectFailed(ClientError):
 
 
 class ResetBeforeSent(ClientError):
-    """The connection broke while the request was still being written."""
+    """The connection broke while part of the request still waited in the gateway's buffers."""
 
 
 class Disconnected(ClientError):
-    """The request was written, and the connection closed before an answer began."""
+    """The request was all written, and the connection closed before an answer began: the
+    provider may have read it (and may charge it)."""
 
 
 class BadResponse(ClientError):
@@ -218,7 +227,7 @@ class _Connection(asyncio.Protocol):
     """One connection to an origin, answering one request at a time."""
 
     __slots__ = ("loop", "client", "origin", "transport", "parser", "response", "closed", "idle_since", "reused",
-                 "_head_bytes", "_headers", "_decompress", "_flushed")
+                 "fd", "_head_bytes", "_headers", "_decompress", "_flushed")
 
     def __init__(self, client: Client, origin: _Origin) -> None:
         self.loop = client.loop
@@ -230,6 +239,7 @@ class _Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.reused = False  # taken from the pool at least once
+        self.fd = -1
         self._head_bytes = 0
         self._headers: CIMultiDict | None = None
         self._decompress = True
@@ -244,7 +254,9 @@ class _Connection(asyncio.Protocol):
         if self.closed or transport.is_closing():
             raise ResetBeforeSent("the connection closed before the request was written")
         transport.writelines(data)
-        self._flushed = transport.get_write_buffer_size() == 0
+        # A send refused at once (the provider's reset already here) closes the transport: none of
+        # it left, so it counts as not written, like bytes still waiting in the buffer.
+        self._flushed = transport.get_write_buffer_size() == 0 and not transport.is_closing()
 
     def abort(self) -> None:
         self.closed = True
@@ -255,6 +267,12 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
+        # Told (resume_writing) only once every byte has left the buffer, not at a low-water mark:
+        # `_flushed` must never say "written" of a request whose end the provider cannot have had,
+        # nor "not written" of one it may have read whole (that one must not be sent again).
+        transport.set_write_buffer_limits(high=0)
 
     def data_received(self, data: bytes) -> None:
         response = self.response
@@ -274,6 +292,8 @@ class _Connection(asyncio.Protocol):
         self._flushed = True
 
     def eof_received(self) -> bool:
+        if self.response is None:  # idle in the pool: the provider closed it; it must not be taken
+            self.closed = True
         return False  # close the transport: a half-open provider connection is of no use
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -344,6 +364,7 @@ class Client:
         self._targets: dict[str, _Target] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
+        self._poll = select.poll()
 
     async def request(self, method: str, url: str, headers: dict[str, str], body: bytes, *,
                       connect_timeout: float, decompress: bool = True, fresh: bool = False) -> Response:
@@ -424,12 +445,25 @@ class Client:
             conn = idle.pop()
             if conn.closed or conn.transport.is_closing():
                 continue
-            if conn.idle_since < expired:
+            if conn.idle_since < expired or self._peer_closed(conn.fd):
                 conn.abort()
                 continue
             conn.reused = True
             return conn
         return None
+
+    def _peer_closed(self, fd: int) -> bool:
+        """Anything waiting on an idle connection's socket: its end (FIN), an error (RST) or
+        bytes no request asked for, all arrived since the loop last looked. One poll(2) with no
+        wait: the provider's idle close must be seen before the request is written, not after."""
+        if fd < 0:
+            return False
+        poll = self._poll
+        poll.register(fd, _IDLE_EVENTS)
+        try:
+            return bool(poll.poll(0))
+        finally:
+            poll.unregister(fd)
 
     def _idle(self, conn: _Connection) -> None:
         if self._closed:

@@ -1,9 +1,18 @@
 """The one place that talks to providers: client session, timeouts, attempts and failover.
 
-Failover (RELIABILITY policy 2) happens only before a byte reached the client, and only on a
-connect error or timeout, a reset while the request was still being written, or an answer of
-401/403, 429 or 5xx (including a 200 stream whose first event is an error). A first-byte
-timeout or a reset after the request was fully sent is final: the provider may have charged it.
+Failover (RELIABILITY policy 2) happens only before a byte reached the client, and only where
+the provider cannot have read the request, or said no to it: a connect error or timeout
+(the TLS handshake included), a reset while the request was still being written, or an answer
+of 401/403, 429 or 5xx (including a 200 stream whose first event is an error). A first-byte
+timeout or a reset after the request was written whole is final, a 504 or a 502 after one
+attempt: the provider may have charged it. `routing.retryOnReset: true` opts into retrying such
+a reset (each attempt counted in the record).
+
+When no candidate is left, the client gets the class of the last provider's answer, naming the
+provider and its status: 429 (with Retry-After), overloaded 503 (with Retry-After), 500/502 and
+other 5xx as 502, a timeout as 504, the provider's own 4xx as it was, 401/403 as 502
+`upstream_auth_error` (the caller cannot fix the gateway's key). The adapters classify the
+answer (`UpstreamFailure.kind`) from its status and structured fields; `error_for` only maps.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from proxy.errors import (
     RateLimited,
     UpstreamAuthError,
     UpstreamError,
+    UpstreamOverloaded,
     UpstreamTimeout,
 )
 from proxy.providers.base import UpstreamFailure
@@ -31,7 +41,7 @@ from proxy.vault import last4
 
 log = structlog.get_logger("proxy.upstream")
 
-_FAILOVER_KINDS = frozenset({"auth", "rate_limit", "server"})
+_FAILOVER_KINDS = frozenset({"auth", "rate_limit", "overloaded", "server", "timeout"})
 _ERROR_PEEK_BYTES = 64 * 1024
 READ_BUFSIZE = 16 * 1024
 
@@ -112,8 +122,10 @@ class Watchdog:
             raise TimeoutError from exc
 
 
-# A pooled keep-alive connection the provider closed just as it was reused, with no answer begun:
-# the same provider is tried again once, on a new connection, and not held against it.
+# A pooled keep-alive connection the provider closed just as it was reused (after the pool's
+# check), with no answer begun: the same provider is tried again once, on a new connection, and
+# not held against it. Only when that cannot resend a request the provider may have read: the
+# request was not all written, or `routing.retryOnReset` allows it.
 STALE = "stale_connection"
 
 
@@ -178,22 +190,31 @@ def check_path(url: str) -> None:
                              code="invalid_model_name")
 
 
-def error_for(failure: UpstreamFailure, secret: str | None) -> ProxyError:
-    """The client-facing error for a provider's error answer."""
+def error_for(failure: UpstreamFailure, provider: str, secret: str | None) -> ProxyError:
+    """The client-facing error for a provider's error answer (see the module docstring)."""
     message = redact(failure.message, secret)
-    if failure.kind == "auth":
-        return UpstreamAuthError("the provider refused the gateway's credentials for it")
-    if failure.kind == "rate_limit":
-        wait = retries.retry_after(failure.retry_after)
-        return RateLimited(message or "the provider is rate limiting",
-                           retry_after=1 if wait is None else retries.header_seconds(wait),
+    kind, said = failure.kind, f"the provider {provider!r} answered HTTP {failure.status}"
+    if kind == "auth":  # its message may quote the key: left out
+        return UpstreamAuthError(f"{said}: it refused the gateway's credentials for it")
+    if kind == "rate_limit":
+        return RateLimited(f"{said} (rate limited): {message}", retry_after=_wait(failure),
                            code="upstream_rate_limited")
-    if failure.kind == "server":
-        return UpstreamError(f"the provider failed (HTTP {failure.status}): {message}")
-    if failure.kind == "not_found":
+    if kind == "overloaded":
+        return UpstreamOverloaded(f"{said} (overloaded): {message}", retry_after=_wait(failure))
+    if kind == "timeout":
+        return UpstreamTimeout(f"{said} (timed out): {message}")
+    if kind == "server":
+        return UpstreamError(f"{said} (failed): {message}")
+    if kind == "not_found":  # the provider's own words: what a caller of the provider would read
         return NotFound(message, code=failure.code or "not_found")
     return InvalidRequest(message, code=failure.code or "invalid_request", status=failure.status
                           if 400 <= failure.status < 500 else 400)
+
+
+def _wait(failure: UpstreamFailure) -> int:
+    """The Retry-After the client gets: the provider's, made safe, else 1 s."""
+    wait = retries.retry_after(failure.retry_after)
+    return 1 if wait is None else retries.header_seconds(wait)
 
 
 class Upstream:
@@ -224,7 +245,7 @@ class Upstream:
         return (override.connect or base.connect, override.first_byte or base.first_byte,
                 override.idle or base.idle)
 
-    async def open(self, adapter, upstream_request, connect: float, fresh: bool = False):
+    async def open(self, name: str, adapter, upstream_request, connect: float, fresh: bool = False):
         """Send a request and wait for the answer's headers (the caller's Watchdog bounds the wait)."""
         if adapter.caps.in_process:
             return adapter.serve(upstream_request)
@@ -233,23 +254,24 @@ class Upstream:
             return await self.client.request(
                 upstream_request.method, upstream_request.url, upstream_request.headers, upstream_request.body,
                 connect_timeout=connect, decompress=not upstream_request.stream, fresh=fresh)
-        except httpclient.ConnectTimeout as exc:
-            raise Retry(UpstreamTimeout("connecting to the provider timed out"), "connect_timeout") from exc
-        except httpclient.ConnectFailed as exc:
-            raise Retry(UpstreamError("the provider could not be reached"), "connect") from exc
-        except httpclient.ResetBeforeSent as exc:
-            error = UpstreamError("the connection was reset before the request was sent")
+        except httpclient.ConnectTimeout as exc:  # the TLS handshake included: nothing was sent
+            raise Retry(UpstreamTimeout(f"connecting to the provider {name!r} timed out"), "connect_timeout") from exc
+        except httpclient.ConnectFailed as exc:  # refused, or reset in the TLS handshake
+            raise Retry(UpstreamError(f"the provider {name!r} could not be reached"), "connect") from exc
+        except httpclient.ResetBeforeSent as exc:  # part of the request never left: it cannot have been read
+            error = UpstreamError(f"the connection to the provider {name!r} was reset before the request was sent")
             raise Retry(error, STALE if exc.stale else "reset_before_sent") from exc
         except httpclient.Disconnected as exc:
-            # A reset with no answer at all: from the client side it cannot be told whether the
-            # provider read the request. In practice it is a balancer or a restarting server
-            # refusing the connection, so it is retried unless `routing.retryOnReset` is off.
-            error = UpstreamError("the provider closed the connection without answering", code="upstream_reset")
+            # Closed with no answer after the request was written whole: from here it cannot be
+            # told whether the provider read it, so it is not sent again (the provider may charge
+            # it twice) unless `routing.retryOnReset` asks for that.
+            error = UpstreamError(f"the provider {name!r} closed the connection without answering",
+                                  code="upstream_reset")
             if self.cfg.routing.retry_on_reset:
                 raise Retry(error, STALE if exc.stale else "reset") from exc
             raise error from exc
         except (httpclient.ClientError, ValueError) as exc:  # not HTTP; a URL or header it cannot send
-            raise UpstreamError("the provider could not be called", code="upstream_error") from exc
+            raise UpstreamError(f"the provider {name!r} could not be called", code="upstream_error") from exc
 
     async def attempt(self, route: Route, request, watchdog_idle: float | None = None, fresh: bool = False) -> Opened:
         """One attempt at one provider, up to the first event (stream) or the whole body."""
@@ -265,7 +287,7 @@ class Upstream:
         watchdog = Watchdog(first_byte)
         try:
             async with watchdog:
-                response = await self.open(adapter, upstream_request, connect, fresh)
+                response = await self.open(provider.name, adapter, upstream_request, connect, fresh)
                 watchdog.answered(watchdog_idle or idle)
                 opened = Opened(route, response, sent_at)
                 try:
@@ -275,8 +297,8 @@ class Upstream:
                     raise
         except TimeoutError:
             if not watchdog.has_answered:
-                raise UpstreamTimeout("the provider did not answer in time") from None
-            raise UpstreamTimeout("the provider stopped sending") from None
+                raise UpstreamTimeout(f"the provider {provider.name!r} did not answer in time") from None
+            raise UpstreamTimeout(f"the provider {provider.name!r} stopped sending") from None
         return opened
 
     async def _settle(self, opened: Opened, request, secret, watchdog: Watchdog) -> None:
@@ -284,11 +306,12 @@ class Upstream:
         limit = self.cfg.limits.max_response_bytes
         status = response.status
         if 300 <= status < 400:
-            raise UpstreamError(f"the provider answered a redirect (HTTP {status}); redirects are not followed")
+            raise UpstreamError(f"the provider {opened.route.provider.name!r} answered a redirect (HTTP {status}); "
+                                "redirects are not followed")
         if status >= 400:
             body = await read_body(response, _ERROR_PEEK_BYTES * 16, watchdog)
             failure = adapter.parse_error(status, response.headers, body)
-            error = error_for(failure, secret)
+            error = error_for(failure, opened.route.provider.name, secret)
             if failure.kind in _FAILOVER_KINDS:
                 raise Retry(error, failure.kind, failure.retry_after)
             raise error
@@ -306,7 +329,7 @@ class Upstream:
             watchdog.touch()
             first.append(parser.feed(chunk))
         if parser.error is not None and parser.events == 1:
-            error = error_for(parser.error, secret)
+            error = error_for(parser.error, opened.route.provider.name, secret)
             if parser.error.kind in _FAILOVER_KINDS:
                 raise Retry(error, "error_event")
             raise error  # the caller's own fault (a prompt refused by the provider): no failover
@@ -330,8 +353,9 @@ async def dispatch(upstream: Upstream, routes: list[Route], request, ex) -> Open
     open circuits are still tried, last (panic mode). An attempt after the first goes to a provider
     with a clean record (no failure since its last success) freely, to any other only if the retry
     budget allows, else that provider is skipped. A 429 from the last candidate is waited out and
-    retried when the wait fits `routing.retryAfterCap`. A stale pooled connection (STALE) is
-    retried on the same provider, on a new connection, without counting against it.
+    retried when the wait fits `routing.retryAfterCap`. A stale pooled connection (STALE: reset
+    before the request was all written, or any reset with `retryOnReset`) is retried on the same
+    provider, on a new connection, without counting against it.
     """
     router, metrics, routing = upstream.router, upstream.metrics, upstream.cfg.routing
     upstream.budget.request()

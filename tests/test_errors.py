@@ -18,6 +18,7 @@ from proxy import errors
     (errors.UpstreamError, 502, "upstream_error", "upstream_error"),
     (errors.UpstreamAuthError, 502, "upstream_error", "upstream_auth_error"),
     (errors.Unavailable, 503, "service_unavailable", "service_unavailable"),
+    (errors.UpstreamOverloaded, 503, "service_unavailable", "upstream_overloaded"),
     (errors.UpstreamTimeout, 504, "timeout", "upstream_timeout")])
 def test_tree(cls, status, type_, code):
     err = cls("m")

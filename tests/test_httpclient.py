@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import gzip
 import socket
 import ssl
+import struct
+import threading
+import time
 import zlib
 
 import pytest
@@ -400,3 +404,124 @@ async def test_a_pooled_connection_closed_as_it_is_reused_is_stale_and_fresh_ski
     assert await _body(await _post(client, w.url + "/x", fresh=True)) == b"{}"
     assert await _body(await _post(client, w.url + "/x", fresh=True)) == b"{}"
     assert w.connections == 3  # fresh: a new connection although one was idle in the pool
+
+
+class Blocking:
+    """A provider served from its own thread, one connection at a time by `serve(server, conn)`:
+    what it does happens while the test's event loop is not running, so the client's loop has
+    not seen it yet when the next request starts."""
+
+    def __init__(self, serve) -> None:
+        self.serve = serve
+        self.requests = 0
+        self.connections = 0
+        self.go = threading.Event()  # the test says when the provider may act
+        self.done = threading.Event()  # the provider says it did
+        self.current: socket.socket | None = None
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # shut down by stop()
+                return
+            self.connections += 1
+            self.current = conn
+            with conn:
+                conn.settimeout(10)
+                try:
+                    self.serve(self, conn)
+                except OSError:
+                    pass
+
+    def read_request(self, conn: socket.socket) -> bool:
+        """One whole request (head and Content-Length body); False at the connection's end."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            more = conn.recv(65536)
+            if not more:
+                return False
+            data += more
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        while len(body) < length:
+            more = conn.recv(1 << 20)
+            if not more:
+                return False
+            body += more
+        self.requests += 1
+        return True
+
+    def stop(self) -> None:
+        self.go.set()
+        for sock in (self.current, self.listener):
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        self.thread.join(5)
+
+
+def _answer_then_close_the_first_when_told(server: Blocking, conn: socket.socket) -> None:
+    first = server.connections == 1
+    while server.read_request(conn):
+        conn.sendall(OK)
+        if first:
+            server.go.wait(5)
+            conn.close()  # an idle close: FIN, with no request on the connection
+            server.done.set()
+            return
+
+
+async def test_a_pooled_connection_the_provider_closed_is_never_written_to(client):
+    server = Blocking(_answer_then_close_the_first_when_told)
+    try:
+        assert await _body(await _post(client, server.url + "/x")) == b"{}"
+        server.go.set()
+        assert server.done.wait(5)
+        time.sleep(0.05)  # the close reaches this side's socket; the loop does not run to see it
+        assert await _body(await _post(client, server.url + "/x")) == b"{}"  # on a new connection
+        assert (server.requests, server.connections) == (2, 2)  # the closed one was never written to
+    finally:
+        server.stop()
+
+
+def _read_late_then_reset(server: Blocking, conn: socket.socket) -> None:
+    server.go.wait(5)  # the request waits, partly in the client's buffer, until the test says
+    if server.read_request(conn):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        server.done.set()  # `with conn` closes it: a reset, no answer
+
+
+async def _kernel_takes(port: int) -> int:
+    """How many bytes the kernel accepts on a new connection to `port` that nobody reads."""
+    transport, _ = await asyncio.get_running_loop().create_connection(asyncio.Protocol, "127.0.0.1", port)
+    try:
+        transport.writelines([b"x" * 8_000_000])
+        await asyncio.sleep(0.1)
+        return 8_000_000 - transport.get_write_buffer_size()
+    finally:
+        transport.abort()
+
+
+async def test_a_request_the_provider_read_whole_is_not_called_unsent(client):
+    """The request's tail waits in the client's buffer (less than a buffer's high-water mark) until
+    the provider reads it all, then resets: that is a close after the whole request (the provider
+    may have charged it), never a reset before it was sent (which the caller may send again)."""
+    server = Blocking(_read_late_then_reset)
+    try:
+        size = await _kernel_takes(server.port) + 20_000
+        call = asyncio.ensure_future(_post(client, server.url + "/x", b"x" * size))
+        await asyncio.sleep(0.2)  # written as far as the kernel takes; 20 kB wait in the buffer
+        server.go.set()
+        with pytest.raises(httpclient.Disconnected):
+            await call
+        assert server.done.is_set() and server.requests == 1
+    finally:
+        server.stop()

@@ -14,6 +14,7 @@ import pytest
 from proxy.upstream import Watchdog, redact
 from tests.conftest import PROVIDER_KEY, openai_provider
 from tests.fakes.openai import Behaviour, FakeOpenAI
+from tests.fakes.replay import CASSETTES, Replay, body_bytes, load
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 
@@ -83,7 +84,9 @@ async def test_r05_silent_upstream_is_a_504_at_the_first_byte_timeout(gateway, f
         started = time.monotonic()
         async with session.post(gw.url + "/v1/chat/completions", json=_body("silent", stream)) as resp:
             assert resp.status == 504
-            assert (await resp.json())["error"]["code"] == "upstream_timeout"
+            error = (await resp.json())["error"]
+            assert error["code"] == "upstream_timeout"
+            assert "'fake'" in error["message"]  # the provider that timed out is named
         return time.monotonic() - started
 
     took = await asyncio.gather(*(one(i % 2 == 0) for i in range(100)))
@@ -116,7 +119,9 @@ async def test_r11_safe_retry_before_the_first_byte(gateway, fake_openai, aiohtt
     reset_port = await resetter.start()
     refused = {"name": "refused", "supportedProvider": "OPENAI_COMPATIBLE", "isHosted": True, "weight": 1000,
                "url": f"http://127.0.0.1:{_closed_port()}/v1", "models": ["m"]}
-    reset = {**refused, "name": "reset", "url": f"http://127.0.0.1:{reset_port}/v1"}
+    # Reset right after accept, in the TLS handshake: no byte of the request left, so it is retried.
+    # (Over plain HTTP the request is written before the reset comes: that one is final, R13.)
+    reset = {**refused, "name": "reset", "url": f"https://127.0.0.1:{reset_port}/v1"}
     busy = openai_provider(failing, name="busy", models=("m",), weight=1000)
     healthy = openai_provider(fake_openai, name="healthy", models=("m",), isHosted=False)
     gw = await gateway({"providers": [refused, reset, busy, healthy], "routing": {"maxAttempts": 4}})
@@ -139,12 +144,12 @@ async def test_r11_safe_retry_before_the_first_byte(gateway, fake_openai, aiohtt
 @pytest.mark.parametrize(("status", "code", "client_status"), [
     (401, "upstream_auth_error", 502), (403, "upstream_auth_error", 502),
     (429, "upstream_rate_limited", 429), (500, "upstream_error", 502), (502, "upstream_error", 502),
-    (503, "upstream_error", 502), (504, "upstream_error", 502)])
+    (503, "upstream_overloaded", 503), (504, "upstream_timeout", 504)])
 async def test_failover_causes_and_the_error_left_when_none_remains(gateway, fake_openai, aiohttp_server,
                                                                     status, code, client_status):
     second = await FakeOpenAI().start(aiohttp_server)
     for fake, name in ((fake_openai, "a"), (second, "b")):  # each echoes the key it was sent
-        fake.default = Behaviour(status=status, headers={"Retry-After": "7"} if status == 429 else {},
+        fake.default = Behaviour(status=status, headers={"Retry-After": "7"} if status in (429, 503) else {},
                                  error={"message": f"Incorrect API key provided: {PROVIDER_KEY}-{name}",
                                         "type": "invalid_request_error", "param": None, "code": "x"})
     gw = await gateway({"providers": [openai_provider(fake_openai, name="a"), openai_provider(second, name="b")]})
@@ -155,8 +160,11 @@ async def test_failover_causes_and_the_error_left_when_none_remains(gateway, fak
     assert error["code"] == code
     assert PROVIDER_KEY[:12] not in text
     assert len(fake_openai.requests) == 1 and len(second.requests) == 1
-    if status == 429:
+    last = "a" if fake_openai.requests[0].at > second.requests[0].at else "b"
+    assert f"'{last}'" in error["message"] and f"HTTP {status}" in error["message"]  # the last provider, its status
+    if status in (429, 503):
         assert resp.headers["Retry-After"] == "7"
+    if status == 429:
         assert gw.gw.router.is_open("a") and gw.gw.router.is_open("b")
 
 
@@ -277,13 +285,30 @@ class IdleCloser:
                 "url": f"http://127.0.0.1:{port}/v1", "models": ["m"]}
 
 
-async def test_a_pooled_connection_the_provider_closed_as_idle_is_retried_once_on_a_new_one(gateway):
+async def test_by_default_a_request_written_into_a_connection_closed_as_it_was_reused_is_not_sent_again(gateway):
+    """The race the pool cannot see (the provider closed the connection after reading the request
+    written into it) is a 502 after one attempt: the provider may have charged it (R13)."""
     closer = IdleCloser()
-    gw = await gateway({"providers": [closer.provider(await closer.start())]})
+    gw = await gateway({"providers": [closer.provider(await closer.start())]})  # the defaults
+    async with gw.post("/v1/chat/completions", json=_body("m")) as resp:
+        assert resp.status == 200
+    async with gw.post("/v1/chat/completions", json=_body("m")) as resp:
+        assert resp.status == 502 and (await resp.json())["error"]["code"] == "upstream_reset"
+    async with gw.post("/v1/chat/completions", json=_body("m")) as resp:
+        assert resp.status == 200  # on a new connection
+    assert (closer.requests, closer.connections) == (3, 2)  # each request sent once
+    records = await gw.records()
+    assert [(r.attempts, r.status) for r in records] == [(1, "completed"), (1, "upstream_error"), (1, "completed")]
+    closer.server.close()
+
+
+async def test_with_retry_on_reset_a_connection_closed_as_it_was_reused_is_retried_once_on_a_new_one(gateway):
+    closer = IdleCloser()
+    gw = await gateway({"providers": [closer.provider(await closer.start())], "routing": {"retryOnReset": True}})
     for _ in range(3):
         async with gw.post("/v1/chat/completions", json=_body("m")) as resp:
             assert resp.status == 200 and (await resp.json())["choices"][0]["message"]["content"] == "ok"
-    assert (closer.requests, closer.connections) == (4, 2)  # the second request was sent twice
+    assert (closer.requests, closer.connections) == (4, 2)  # opted in: the second request was sent twice
     records = await gw.records()
     assert [(r.attempts, r.status, r.recovered) for r in records] == [(1, "completed", False), (2, "completed", False),
                                                                       (1, "completed", False)]
@@ -291,12 +316,80 @@ async def test_a_pooled_connection_the_provider_closed_as_idle_is_retried_once_o
     closer.server.close()
 
 
-async def test_without_retry_on_reset_a_stale_connection_is_not_replayed(gateway):
-    closer = IdleCloser()
-    gw = await gateway({"providers": [closer.provider(await closer.start())], "routing": {"retryOnReset": False}})
-    async with gw.post("/v1/chat/completions", json=_body("m")) as resp:
-        assert resp.status == 200
-    async with gw.post("/v1/chat/completions", json=_body("m")) as resp:
-        assert resp.status == 502 and (await resp.json())["error"]["code"] == "upstream_reset"
-    assert closer.requests == 2  # R13: a request that was sent is never sent again
-    closer.server.close()
+class IdleTimeout(IdleCloser):
+    """Closes a connection once it has been idle for `idle` s, as uvicorn-based servers do (5 s)."""
+
+    def __init__(self, idle: float) -> None:
+        super().__init__()
+        self.idle = idle
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.idle)
+                length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                await reader.readexactly(length)
+                self.requests += 1
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(self.ANSWER), self.ANSWER))
+                await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_pooled_connection_the_provider_closed_while_idle_is_never_used(gateway):
+    provider = IdleTimeout(0.05)
+    gw = await gateway({"providers": [provider.provider(await provider.start())]})
+    for _ in range(3):
+        async with gw.post("/v1/chat/completions", json=_body("m")) as resp:
+            assert resp.status == 200
+        await asyncio.sleep(0.2)  # past the provider's idle timeout
+    assert (provider.requests, provider.connections) == (3, 3)  # each sent once, each on a new connection
+    records = await gw.records()
+    assert [r.attempts for r in records] == [1, 1, 1]
+    provider.server.close()
+
+
+# -- the class of the last provider's answer reaches the client -----------------------------------
+ANSWERS = [  # cassette, the client's status, whether the next candidate is tried
+    ("openai/error_429", 429, True), ("anthropic/error_429", 429, True), ("gemini/error_429", 429, True),
+    ("openai/error_503", 503, True), ("anthropic/error_529", 503, True), ("gemini/error_503", 503, True),
+    ("openai/error_500", 502, True), ("openai/error_502", 502, True), ("anthropic/error_500", 502, True),
+    ("gemini/error_504", 504, True),
+    ("openai/error_400", 400, False), ("anthropic/error_400", 400, False), ("gemini/error_400", 400, False),
+    ("openai/error_404", 404, False), ("anthropic/error_404", 404, False),
+    ("openai/error_401", 502, True), ("gemini/error_403", 502, True)]
+
+
+@pytest.mark.parametrize(("name", "client_status", "fails_over"), ANSWERS, ids=[a[0] for a in ANSWERS])
+async def test_the_last_providers_answer_keeps_its_class(gateway, aiohttp_server, name, client_status, fails_over):
+    cassette = load(CASSETTES / f"{name}.json")
+    first, second = Replay(), Replay()
+    for fake in (first, second):
+        await fake.start(aiohttp_server)
+        fake.load(cassette)
+    gw = await gateway({"providers": [{**first.provider(cassette, "first"), "weight": 1000},
+                                      {**second.provider(cassette, "second"), "isHosted": False}]})
+    async with gw.post("/v1/chat/completions", json={"model": cassette["model"], **cassette["openai"]}) as resp:
+        assert resp.status == client_status
+        error = (await resp.json())["error"]
+        retry_after = resp.headers.get("Retry-After")
+    assert (first.calls, second.calls) == (1, 1 if fails_over else 0)
+    sent = cassette["response"]["status"]
+    if client_status in (400, 404):  # the provider's own words, as its callers would read them
+        assert error["message"] == _provider_message(cassette)
+    else:  # the last provider tried, and what it answered
+        assert "'second'" in error["message"] and f"HTTP {sent}" in error["message"], error["message"]
+    if client_status in (429, 503):
+        assert retry_after is not None and int(retry_after) >= 1
+        assert retry_after == cassette["expect"].get("retry_after", "1")
+    assert cassette["apiKey"] not in error["message"]
+
+
+def _provider_message(cassette: dict) -> str:
+    body = orjson.loads(body_bytes(cassette))
+    return (body[0] if isinstance(body, list) else body)["error"]["message"]

@@ -34,8 +34,12 @@ FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "
 ERROR_STATUS = {"invalid_request_error": 400, "authentication_error": 401, "billing_error": 402,
                 "permission_error": 403, "not_found_error": 404, "request_too_large": 413,
                 "rate_limit_error": 429, "api_error": 500, "timeout_error": 504, "overloaded_error": 529}
-# Errors about the gateway's own account, whatever the status: fail over, never blame the caller.
-_ACCOUNT_ERRORS = frozenset({"authentication_error", "permission_error", "billing_error"})
+# Error types whose class does not follow from the status (an overload may come as 529 or 429;
+# an account error is about the gateway's own key, whatever the status: fail over, never blame
+# the caller).
+_KINDS = {"overloaded_error": "overloaded", "timeout_error": "timeout",
+          **dict.fromkeys(("authentication_error", "permission_error", "billing_error"), "auth")}
+_OVERLOADED = ERROR_STATUS["overloaded_error"]  # 529 alone, with a body that cannot be read, says it too
 
 
 # -- request: OpenAI → Anthropic ------------------------------------------------------------
@@ -234,11 +238,7 @@ def from_anthropic_response(message: _Message, json_mode: bool) -> dict:
 
 def failure_of(status: int, error: _Error | None, retry_after: float | None = None) -> UpstreamFailure:
     error = error or _Error(message=f"the provider answered HTTP {status}")
-    kind = base.kind_of_status(status)
-    if error.type == "overloaded_error":
-        kind = "server"
-    elif error.type in _ACCOUNT_ERRORS:
-        kind = "auth"
+    kind = _KINDS.get(error.type) or ("overloaded" if status == _OVERLOADED else base.kind_of_status(status))
     return UpstreamFailure(status=status, message=error.message or error.type, kind=kind,
                            retry_after=retry_after, code=error.type or None, type=error.type or None)
 

@@ -73,7 +73,9 @@ class UpstreamFailure(msgspec.Struct):
 
     status: int
     message: str
-    kind: str  # auth | rate_limit | server | client | not_found
+    # auth | rate_limit | overloaded | timeout | server | client | not_found: the client sees its
+    # class when no candidate is left (proxy.upstream.error_for)
+    kind: str
     retry_after: float | None = None
     code: str | None = None
     type: str | None = None
@@ -129,12 +131,17 @@ def retry_after_seconds(value: str | None) -> float | None:
 
 
 def kind_of_status(status: int) -> str:
+    """The class of an error answer by its HTTP status alone (adapters refine it from the body)."""
     if status in (401, 403):
         return "auth"
     if status == 429:
         return "rate_limit"
     if status == 404:
         return "not_found"
+    if status == 503:  # Service Unavailable: overloaded or down for a while, worth retrying later
+        return "overloaded"
+    if status == 504:  # the provider's own gateway timed out
+        return "timeout"
     if status >= 500:
         return "server"
     return "client"

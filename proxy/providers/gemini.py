@@ -39,7 +39,9 @@ _MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 _ACCOUNT_STATUSES = frozenset({"UNAUTHENTICATED", "PERMISSION_DENIED"})
 _KEY_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED", "API_KEY_SERVICE_BLOCKED",
                           "ACCESS_TOKEN_EXPIRED", "ACCESS_TOKEN_TYPE_UNSUPPORTED"})
-_SERVER_STATUSES = frozenset({"INTERNAL", "UNAVAILABLE", "DEADLINE_EXCEEDED"})
+# Canonical statuses whose class does not follow from the HTTP status alone.
+_KINDS = {"RESOURCE_EXHAUSTED": "rate_limit", "UNAVAILABLE": "overloaded", "DEADLINE_EXCEEDED": "timeout",
+          "INTERNAL": "server"}
 # Gemini 3 refuses a replayed function call without its thought signature; Google documents this
 # value for calls whose signature is lost (most OpenAI clients rebuild the assistant message).
 SKIP_SIGNATURE = "skip_thought_signature_validator"
@@ -279,13 +281,10 @@ def blocked(response: _Response) -> UpstreamFailure | None:
 
 def failure_of(status: int, error: _Error | None, retry_after: float | None = None) -> UpstreamFailure:
     error = error or _Error(message=f"the provider answered HTTP {status}")
-    kind = base.kind_of_status(status)
     if error.status in _ACCOUNT_STATUSES or any(d.reason in _KEY_REASONS for d in error.details):
         kind = "auth"
-    elif error.status == "RESOURCE_EXHAUSTED":
-        kind = "rate_limit"
-    elif error.status in _SERVER_STATUSES:
-        kind = "server"
+    else:
+        kind = _KINDS.get(error.status) or base.kind_of_status(status)
     for detail in error.details:
         match = _DELAY.match(detail.retry_delay or "")
         if match and retry_after is None:

@@ -159,10 +159,11 @@ def test_stop_reasons(reason, finish):
 
 
 @pytest.mark.parametrize("status, type_, kind", [
-    (529, "overloaded_error", "server"), (500, "api_error", "server"), (429, "rate_limit_error", "rate_limit"),
+    (529, "overloaded_error", "overloaded"), (500, "api_error", "server"), (429, "rate_limit_error", "rate_limit"),
     (401, "authentication_error", "auth"), (403, "permission_error", "auth"), (402, "billing_error", "auth"),
     (400, "invalid_request_error", "client"), (404, "not_found_error", "not_found"),
-    (413, "request_too_large", "client"), (429, "overloaded_error", "server"),
+    (413, "request_too_large", "client"), (429, "overloaded_error", "overloaded"),
+    (504, "timeout_error", "timeout"), (503, "api_error", "overloaded"),
 ])
 def test_errors_are_classified_by_status_and_type(status, type_, kind):
     body = orjson.dumps({"type": "error", "error": {"type": type_, "message": "m"}, "request_id": "req_1"})
@@ -174,6 +175,7 @@ def test_errors_are_classified_by_status_and_type(status, type_, kind):
 def test_an_error_body_that_is_not_json_is_described_not_reflected():
     failure = ADAPTER.parse_error(502, {}, b"<html>upstream secret page</html>")
     assert failure.kind == "server" and "secret" not in failure.message
+    assert ADAPTER.parse_error(529, {}, b"<html>busy</html>").kind == "overloaded"  # 529 says it alone
 
 
 @pytest.mark.parametrize("cassette", STREAMS, ids=lambda c: c["name"])
@@ -194,7 +196,7 @@ def test_a_first_event_error_is_the_parsers_error_after_one_event():
     cassette = load(next(p for p in all_cassettes() if p.stem == "error_event_stream" and p.parent.name == "anthropic"))
     parser = ADAPTER.stream_parser(chat_request(cassette))
     out = parser.feed(body_bytes(cassette))
-    assert parser.events == 1 and parser.error.kind == "server" and parser.error.status == 529
+    assert parser.events == 1 and parser.error.kind == "overloaded" and parser.error.status == 529
     assert orjson.loads(out[len(b"data: "):])["error"]["code"] == "overloaded_error"
 
 

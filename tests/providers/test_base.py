@@ -17,5 +17,5 @@ def test_retry_after_forms():
 
 
 def test_kind_of_status():
-    assert [kind_of_status(s) for s in (401, 403, 429, 404, 500, 503, 400, 422)] == \
-        ["auth", "auth", "rate_limit", "not_found", "server", "server", "client", "client"]
+    assert [kind_of_status(s) for s in (401, 403, 429, 404, 500, 502, 503, 504, 400, 422)] == \
+        ["auth", "auth", "rate_limit", "not_found", "server", "server", "overloaded", "timeout", "client", "client"]

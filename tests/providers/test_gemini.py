@@ -209,7 +209,9 @@ def test_a_blocked_prompt_is_a_400_naming_the_reason():
     (403, {"error": {"code": 403, "message": "no", "status": "PERMISSION_DENIED"}}, "auth", None),
     (429, {"error": {"code": 429, "message": "quota", "status": "RESOURCE_EXHAUSTED", "details": [
         {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "23s"}]}}, "rate_limit", 23.0),
-    (503, [{"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}}], "server", None),
+    (503, [{"error": {"code": 503, "message": "overloaded", "status": "UNAVAILABLE"}}], "overloaded", None),
+    (504, {"error": {"code": 504, "message": "Deadline expired", "status": "DEADLINE_EXCEEDED"}}, "timeout", None),
+    (500, {"error": {"code": 500, "message": "oops", "status": "INTERNAL"}}, "server", None),
     (404, {"error": {"code": 404, "message": "models/x is not found", "status": "NOT_FOUND"}}, "not_found", None),
 ])
 def test_errors_are_classified_by_status_and_structured_fields(status, body, kind, retry_after):

@@ -52,6 +52,10 @@ def test_parse_error_classifies_by_status_and_summarises_non_json():
     assert f.kind == "server" and "<html>" not in f.message
     assert adapter.parse_error(401, {}, b"{}").kind == "auth"
     assert adapter.parse_error(400, {}, b'{"error":"plain string"}').message == "plain string"
+    overloaded = (b'{"error":{"message":"The engine is currently overloaded, please try again later.",'
+                  b'"type":"server_error","param":null,"code":null}}')
+    assert adapter.parse_error(503, {}, overloaded).kind == "overloaded"
+    assert adapter.parse_error(504, {}, b"<html>gateway timeout</html>").kind == "timeout"
 
 
 def test_parse_response_reads_usage_and_model():

@@ -63,19 +63,21 @@ async def test_r13_first_byte_timeout_after_the_request_was_sent_is_never_replay
     assert [r.attempts for r in records] == [1] * 100
 
 
-async def test_r13_reset_after_the_request_was_sent_is_final_without_retry_on_reset(gateway, aiohttp_server):
+async def test_r13_reset_after_the_request_was_sent_is_final_by_default(gateway, aiohttp_server):
     resetter = ReadThenReset()
     port = await resetter.start()
     backup = await FakeOpenAI().start(aiohttp_server)
     gw = await gateway({"providers": [resetter.provider(port, "a"),
                                       openai_provider(backup, name="b", models=("m",), isHosted=False)],
-                        "routing": {"retryOnReset": False, "failureThreshold": 1000}})  # a stays first
+                        "routing": {"failureThreshold": 1000}})  # a stays first; retryOnReset left as it comes
     for trial in range(100):
         async with gw.post("/v1/chat/completions", json=BODY) as resp:
             assert resp.status == 502
             assert (await resp.json())["error"]["code"] == "upstream_reset"
         assert resetter.requests == trial + 1  # exactly one upstream request per client request
     assert backup.requests == []
+    records = await gw.records()
+    assert len(records) == 100 and {(r.attempts, r.status, r.provider) for r in records} == {(1, "upstream_error", "a")}
     resetter.server.close()
 
 
@@ -83,7 +85,7 @@ async def test_r13_with_retry_on_reset_every_attempt_is_in_the_record(gateway):
     resetter = ReadThenReset()
     port = await resetter.start()
     gw = await gateway({"providers": [resetter.provider(port, name) for name in ("a", "b", "c")],
-                        "routing": {"maxAttempts": 3}})  # retryOnReset: true is the default
+                        "routing": {"maxAttempts": 3, "retryOnReset": True}})  # the opt-in
 
     async def one() -> None:
         async with gw.post("/v1/chat/completions", json=BODY) as resp:
