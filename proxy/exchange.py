@@ -85,7 +85,9 @@ class Exchange:
         self.http_status = error.status
         self.error_type = error.code or error.type
         if self.status == "completed":
-            self.status = "upstream_error" if error.status in (502, 504) else "rejected"
+            # a provider's overload is the provider failing, like a 502, not the gateway refusing
+            upstream = error.status in (502, 504) or error.code == "upstream_overloaded"
+            self.status = "upstream_error" if upstream else "rejected"
             if error.status == 504:
                 self.status = "upstream_timeout"
 

@@ -388,6 +388,9 @@ async def test_the_last_providers_answer_keeps_its_class(gateway, aiohttp_server
         assert retry_after is not None and int(retry_after) >= 1
         assert retry_after == cassette["expect"].get("retry_after", "1")
     assert cassette["apiKey"] not in error["message"]
+    if client_status in (502, 503, 504):  # the provider failed: an upstream error, not a refusal
+        (record,) = await gw.records()
+        assert record.status in ("upstream_error", "upstream_timeout"), record.status
 
 
 def _provider_message(cassette: dict) -> str:
