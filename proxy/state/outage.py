@@ -136,7 +136,12 @@ class Fallback:
 
     # -- the request path ---------------------------------------------------------------------
     def saw(self, key_id: str, requests: int, tokens: int, spent: float) -> None:
-        self.seen[key_id] = Seen(self.clock(), requests, tokens, spent)
+        now = self.clock()
+        old = self.seen.get(key_id)
+        # replies to concurrent requests arrive in any order: within a second, the highest count
+        # is the latest; after that the window may really have shrunk
+        if old is None or requests >= old.requests or now - old.at > 1.0:
+            self.seen[key_id] = Seen(now, requests, tokens, spent)
 
     def admit(self, key_id: str, rule: Rule) -> Verdict | None:
         if self.policy == "refuse":
@@ -158,14 +163,21 @@ class Fallback:
         return self.local
 
     def _seed(self, local: Local, key_id: str) -> None:
+        """A key's local windows start from its share of the shared counts seen last, plus what
+        this replica counted in earlier outages and has not yet seen the store take."""
         local.seeded.add(key_id)
-        spent = sum(batch.spend.get(key_id, 0.0) for batch in self.unsettled)
+        now = self.clock()
+        spent, requests, tokens = 0.0, 0, 0
+        for batch in self.unsettled:
+            spent += batch.spend.get(key_id, 0.0)
+            requests += sum(1 for at in batch.requests.get(key_id, ()) if at > now - WINDOW)
+            tokens += sum(n for second, n in batch.tokens.get(key_id, ()) if second > now - WINDOW)
         seen = self.seen.get(key_id)
-        if seen is None:
-            local.counts.seed(key_id, self.clock(), 0, 0, spent)
-        else:
-            local.counts.seed(key_id, seen.at, seen.requests // local.alive, seen.tokens // local.alive,
-                              seen.spent + spent)
+        if seen is not None:
+            now, spent = seen.at, spent + seen.spent
+            requests += seen.requests // local.alive
+            tokens += seen.tokens // local.alive
+        local.counts.seed(key_id, now, requests, tokens, spent)
 
     # -- switching ----------------------------------------------------------------------------
     def enter(self, error: BaseException) -> None:
