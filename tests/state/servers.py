@@ -8,8 +8,8 @@ from __future__ import annotations
 import pathlib
 import random
 import shutil
-import socket
 import signal
+import socket
 import subprocess
 import time
 
