@@ -89,3 +89,23 @@ async def test_a_sentinel_failover_under_load_keeps_serving_and_counting(gateway
     assert on_fallback == [True] * 3 and during == sum(shares)
     assert after_lim == max(0, limit - before - during)  # the fallback's admissions were reconciled
     assert after.count(200) == 30 and after.count(429) == 15
+
+
+async def test_circuits_and_caches_are_shared_on_each_topology(store_url):
+    from proxy.state.base import close_cache
+    from proxy.state.redis import RedisStore
+
+    one, two = RedisStore(store_url), RedisStore(store_url)
+    await one.start()
+    await two.start()
+    try:
+        await one.open_circuit("prov", 30.0)
+        assert 29 < (await two.circuits())["prov"] <= 30  # a SCAN over every node of a cluster
+        cache_one, cache_two = one.cache("responses"), two.cache("responses")
+        await cache_one.set("k", b"\x00bytes", ttl=5.0)
+        assert await cache_two.get("k") == b"\x00bytes"
+        await close_cache(cache_one)
+        await close_cache(cache_two)
+    finally:
+        await one.close()
+        await two.close()
