@@ -84,7 +84,11 @@ class Server:
 
     def start(self) -> Server:
         self.proc = subprocess.Popen(self._command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(lambda: self.client().ping(), 10, f"redis-server on port {self.port}")
+        try:
+            _wait(lambda: self.client().ping(), 10, f"redis-server on port {self.port}")
+        except BaseException:
+            self.kill()
+            raise
         return self
 
     def client(self) -> redis.Redis:
@@ -112,12 +116,18 @@ class SentinelSet:
     """A primary, its replica and three sentinels (quorum 2) that fail over within ~2 s."""
 
     def __init__(self, home: pathlib.Path) -> None:
-        self.primary = Server(home / "a").start()
-        self.replica = Server(home / "b", f"replicaof 127.0.0.1 {self.primary.port}").start()
+        self.primary = Server(home / "a")
+        self.replica = Server(home / "b", f"replicaof 127.0.0.1 {self.primary.port}")
         watch = [f"sentinel monitor {MASTER} 127.0.0.1 {self.primary.port} 2",
                  f"sentinel down-after-milliseconds {MASTER} 800", f"sentinel failover-timeout {MASTER} 4000"]
-        self.sentinels = [Server(home / f"s{i}", *watch, sentinel=True).start() for i in range(3)]
-        _wait(self._ready, 20, "the sentinels to know each other and the replica")
+        self.sentinels = [Server(home / f"s{i}", *watch, sentinel=True) for i in range(3)]
+        try:  # a set that does not come up is not left running
+            for server in (self.primary, self.replica, *self.sentinels):
+                server.start()
+            _wait(self._ready, 20, "the sentinels to know each other and the replica")
+        except BaseException:
+            self.stop()
+            raise
 
     def _ready(self) -> bool:
         for sentinel in self.sentinels:
@@ -155,12 +165,17 @@ class Cluster:
 
     def __init__(self, home: pathlib.Path) -> None:
         self.nodes = [Server(home / f"n{i}", "cluster-enabled yes", "cluster-config-file nodes.conf",
-                             "cluster-node-timeout 2000", port=cluster_port()).start() for i in range(3)]
-        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
-                        "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=30)
-        _wait(lambda: all(b"cluster_state:ok" in n.client().execute_command("CLUSTER", "INFO")
-                                for n in self.nodes), 20,
-              "the cluster's state to be ok")
+                             "cluster-node-timeout 2000", port=cluster_port()) for i in range(3)]
+        try:  # a cluster that does not come up is not left running
+            for node in self.nodes:
+                node.start()
+            subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                            "--cluster-replicas", "0", "--cluster-yes"], check=True, capture_output=True, timeout=30)
+            _wait(lambda: all(b"cluster_state:ok" in n.client().execute_command("CLUSTER", "INFO")
+                              for n in self.nodes), 20, "the cluster's state to be ok")
+        except BaseException:
+            self.stop()
+            raise
 
     def url(self, prefix: str) -> str:
         return f"redis+cluster://127.0.0.1:{self.nodes[0].port},127.0.0.1:{self.nodes[1].port}?prefix={prefix}"
