@@ -189,6 +189,15 @@ class Limits(_Struct):
     max_header_bytes: Annotated[int, Meta(ge=1024)] = 64 * 1024  # the whole header section
 
 
+class State(_Struct):
+    """The shared store (STORE_URL) while it cannot be reached. `local`: each replica counts limits
+    alone (RPM and TPM shared out between the replicas alive; budgets on the spend last known plus
+    its own) and adds its counts to the store once it is back. `refuse`: keys with limits get 503."""
+
+    outage: Literal["local", "refuse"] = "local"
+    heartbeat_seconds: Annotated[float, Meta(gt=0)] = 2.0  # replicas count each other alive by this beat
+
+
 class Config(_Struct):
     listen: Listen = Listen()
     data_dir: str = "~/.local/share/ai-enabler-proxy"
@@ -205,6 +214,7 @@ class Config(_Struct):
     cache: Cache = Cache()  # the response cache
     prices: dict[str, Price] = {}  # USD per 1M tokens, over the bundled table: "model" or "provider/model"
     store_url: str | None = None
+    state: State = State()  # the shared store's outage policy
     cache_url: str | None = None
     secret_key: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -5,6 +5,12 @@
                                   its workers see each other's changes within 1 s
     redis://host:port/db          Redis: registry, limits, budgets, circuits and caches shared by
     rediss://… [?prefix=p]        every replica; changes announced on pub/sub (live within 1 s)
+    redis+sentinel://h1:26379,h2:26379/mymaster/db     the same through Sentinel (failover)
+    redis+cluster://h1:6379[,h2:6379]                  the same on a Redis Cluster
+    (rediss+sentinel://, rediss+cluster://: with TLS; see proxy.state.clients)
+
+While Redis cannot be reached, `state.outage` decides (proxy.state.outage): `local` counts
+limits in each replica and reconciles when it is back, `refuse` answers 503.
 
 In Redis mode provider keys are sealed by the vault before they are stored, so every replica
 must be given the same PROXY_SECRET_KEY. CACHE_URL (`redis://…` or `memory://`) moves the
@@ -25,9 +31,14 @@ def open_store(cfg: Config) -> Store:
                               "so that each can open the provider keys another one stored")
         from proxy.state.redis import RedisStore
 
-        return RedisStore(url, cache_url=cfg.cache_url)
+        try:
+            return RedisStore(url, cache_url=cfg.cache_url, outage=cfg.state.outage,
+                              heartbeat=cfg.state.heartbeat_seconds)
+        except ValueError as exc:
+            raise ConfigError(f"STORE_URL: {exc}") from None
     if url and not url.startswith("sqlite://"):
-        raise ConfigError(f"STORE_URL: use sqlite:///path or redis://host:port/db, not {url.split(':')[0]}://")
+        raise ConfigError("STORE_URL: use sqlite:///path, redis://host:port/db, redis+sentinel://host:26379/master/db "
+                          f"or redis+cluster://host:port, not {url.split(':')[0]}://")
     from proxy.state.memory import EmbeddedStore
 
     path = url[len("sqlite://"):] if url else str(cfg.data_path / "state.db")
@@ -51,6 +62,9 @@ async def connect(gw) -> None:
         store.subscribe("circuit", circuit)
         router.on_open = lambda name, seconds: store.spawn(store.open_circuit(name, seconds))
     await store.start()
+    fallback = getattr(store, "fallback", None)
+    if fallback is not None:
+        gw.metrics.registry.register(fallback.collector())
     await gw.quota.reload(None)
     await gw.cache.start()
     if gw.auth.verifier is not None:

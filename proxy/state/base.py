@@ -41,7 +41,9 @@ from aiocache import SimpleMemoryCache  # noqa: E402
 from aiocache.base import BaseCache  # noqa: E402
 from aiocache.serializers import BaseSerializer  # noqa: E402
 
-REDIS_SCHEMES = ("redis://", "rediss://")
+# one server, Sentinel, Cluster; each with TLS (proxy.state.clients)
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://", "redis+cluster://",
+                 "rediss+cluster://")
 
 log = structlog.get_logger("proxy.state")
 

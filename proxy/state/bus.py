@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 
 import orjson
 import structlog
@@ -51,7 +52,7 @@ class Bus:
                 log.warning("state_bus_reconnect", error=type(exc).__name__, retry_in=delay)
             except Exception:  # a listener's bug must not end change notification for good
                 log.exception("state_bus_listener_failed")
-            await asyncio.sleep(delay)
+            await asyncio.sleep(random.uniform(delay / 2, delay))  # jittered: replicas do not resubscribe in step
             delay = min(delay * 2, _RETRY_MAX)
 
     async def _listen(self) -> None:

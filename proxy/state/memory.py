@@ -129,6 +129,16 @@ class EmbeddedStore(Store):
             buckets.popleft()
         return sum(b[1] for b in buckets), (buckets[0][0] if buckets else second)
 
+    def seed(self, key_id: str, at: float, requests: int, tokens: int, spent: float) -> None:
+        """Start a key's windows and spend from counts read elsewhere (the shared store's, last
+        seen at `at`): the requests and tokens count as made at `at`, so they leave the window
+        no earlier than the real ones did."""
+        if requests > 0:
+            self._requests[key_id] = collections.deque([at] * requests)
+        if tokens > 0:
+            self._tokens[key_id] = collections.deque([[int(at), tokens]])
+        self._spend[key_id] = spent
+
     async def charge(self, key_id: str, tokens: int, cost: float) -> None:
         self.charge_now(key_id, tokens, cost)
 

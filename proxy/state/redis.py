@@ -6,13 +6,16 @@ script touching them runs on one Redis Cluster slot):
     key:{<id>}:rpm      sorted set: admitted request times (ms), the last 60 s
     key:{<id>}:tpm      hash: second → tokens, the last 60 s
     key:{<id>}:spend    string: USD spent (INCRBYFLOAT)
+    key:{<id>}:settled:<batch>  a batch counted during an outage was applied (one day)
+    replicas            sorted set: replica → its last heartbeat (ms)
     budgets             hash: key id → budget limit set through the admin API
     providers           hash: name → {"item": …, "sealedKey": …} (keys sealed by the vault)
     circuit:<name>      string with a TTL: the provider's circuit is open until it expires
     cache:<namespace>:… aiocache entries (key verification, responses)
     changes             pub/sub channel (proxy.state.bus)
 
-Times come from Redis (`TIME`), so replicas with skewed clocks still share one window.
+The URL may name one server, a Sentinel-watched primary or a Cluster (proxy.state.clients).
+When Redis cannot be reached, limits are counted as `state.outage` says (proxy.state.outage).
 """
 
 from __future__ import annotations
@@ -21,70 +24,23 @@ import asyncio
 import functools
 import os
 import time
-from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import msgspec
 import structlog
 from aiocache.backends.redis import RedisCache
 from aiocache.base import BaseCache
-from redis import asyncio as aioredis
 from redis import exceptions as redis_errors
 
+from proxy.state import clients, scripts
 from proxy.state.base import BytesSerializer, Rule, StateUnavailable, Store, Verdict
 from proxy.state.bus import Bus
 from proxy.state.memory import BUDGET_RETRY_AFTER
+from proxy.state.outage import Batch, Fallback
 
 log = structlog.get_logger("proxy.state")
 
-# Budget, then TPM, then RPM; a request slot is taken only when every check passed.
-ADMIT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local budget = tonumber(ARGV[3])
-if budget > 0 then
-  local spent = tonumber(redis.call('GET', KEYS[3]) or '0')
-  if spent >= budget then return {'budget', 0, tostring(spent)} end
-end
-local tpm = tonumber(ARGV[2])
-if tpm > 0 then
-  local second = math.floor(now / 1000)
-  local buckets = redis.call('HGETALL', KEYS[2])
-  local used, oldest = 0, second
-  for i = 1, #buckets, 2 do
-    local s = tonumber(buckets[i])
-    if s <= second - 60 then
-      redis.call('HDEL', KEYS[2], buckets[i])
-    else
-      used = used + tonumber(buckets[i + 1])
-      if s < oldest then oldest = s end
-    end
-  end
-  if used >= tpm then return {'tpm', oldest + 60 - second, tostring(used)} end
-end
-local rpm = tonumber(ARGV[1])
-if rpm > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
-  local n = redis.call('ZCARD', KEYS[1])
-  if n >= rpm then
-    local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    return {'rpm', math.ceil((tonumber(first[2]) + 60000 - now) / 1000), tostring(n)}
-  end
-  redis.call('ZADD', KEYS[1], now, ARGV[4])
-  redis.call('PEXPIRE', KEYS[1], 60000)
-end
-return {'', 0, '0'}
-"""
-
-CHARGE = """
-local tokens = tonumber(ARGV[1])
-if tokens > 0 then
-  local t = redis.call('TIME')
-  redis.call('HINCRBY', KEYS[1], t[1], tokens)
-  redis.call('EXPIRE', KEYS[1], 61)
-end
-if tonumber(ARGV[2]) > 0 then redis.call('INCRBYFLOAT', KEYS[2], ARGV[2]) end
-return 1
-"""
+_ERRORS = (redis_errors.RedisError, OSError)
+split_url = clients.split_url
 
 
 def guarded(method):
@@ -100,24 +56,14 @@ def guarded(method):
     return call
 
 
-def split_url(url: str) -> tuple[str, str]:
-    """(the URL redis-py understands, the key prefix from its `prefix` query parameter)."""
-    parts = urlsplit(url)
-    query = parse_qs(parts.query)
-    prefix = query.pop("prefix", ["aiep:"])[0]
-    return urlunsplit(parts._replace(query=urlencode(query, doseq=True))), prefix
-
-
 def cache_backend(url: str, namespace: str) -> BaseCache:
     """An aiocache Redis cache of bytes for `url` (its prefix goes before the namespace)."""
-    plain, prefix = split_url(url)
-    parts = urlsplit(plain)
-    db = int(parts.path.strip("/") or 0)
-    pool = {"username": parts.username} if parts.username else {}
-    return RedisCache(serializer=BytesSerializer(), namespace=f"{prefix}cache:{namespace}",
-                      endpoint=parts.hostname or "127.0.0.1", port=parts.port or 6379, db=db,
-                      password=parts.password, ssl=parts.scheme == "rediss", timeout=2,
-                      create_connection_timeout=2, connection_pool_kwargs=pool)
+    target = clients.parse(url)
+    cache = RedisCache(serializer=BytesSerializer(), namespace=f"{target.prefix}cache:{namespace}")
+    # aiocache builds a single-server client from host and port; this one follows Sentinel and
+    # Cluster too (the unused pool it made holds no connection)
+    cache.client = clients.connect(target)
+    return cache
 
 
 class _Row(msgspec.Struct, rename="camel"):
@@ -128,8 +74,12 @@ class _Row(msgspec.Struct, rename="camel"):
 class RedisProviders:
     """Admin registrations in one hash; every change is announced on the `providers` topic."""
 
-    def __init__(self, client, key: str, bus: Bus) -> None:
-        self._client, self._key, self._bus = client, key, bus
+    def __init__(self, client, key: str, bus: Bus, fallback: Fallback) -> None:
+        self._client, self._key, self._bus, self._fallback = client, key, bus, fallback
+
+    def _writable(self) -> None:
+        if self._fallback.down:  # the registry keeps serving what it has; changes wait for the store
+            raise StateUnavailable("the shared store is away: registrations are refused until it is back")
 
     @guarded
     async def rows(self) -> list[tuple[bytes, str | None]]:
@@ -139,12 +89,14 @@ class RedisProviders:
 
     @guarded
     async def put(self, rows: list[tuple[str, bytes, str | None]]) -> None:
+        self._writable()
         mapping = {name: msgspec.json.encode(_Row(msgspec.Raw(item), sealed)) for name, item, sealed in rows}
         await self._client.hset(self._key, mapping=mapping)
         await self._bus.publish("providers")
 
     @guarded
     async def delete(self, name: str) -> bool:
+        self._writable()
         removed = await self._client.hdel(self._key, name)
         if removed:
             await self._bus.publish("providers")
@@ -154,19 +106,22 @@ class RedisProviders:
 class RedisStore(Store):
     shared = True
 
-    def __init__(self, url: str, cache_url: str | None = None) -> None:
+    def __init__(self, url: str, cache_url: str | None = None, outage: str = "local",
+                 heartbeat: float = 2.0) -> None:
         super().__init__()
-        plain, self.prefix = split_url(url)
+        target = clients.parse(url)
+        self.prefix = target.prefix
         self.url = url
         self.cache_url = cache_url or url
         origin = os.urandom(6).hex()  # this process, in messages and in CLIENT LIST
-        self.client = aioredis.from_url(plain, socket_connect_timeout=2, socket_timeout=5,
-                                        health_check_interval=15, decode_responses=False,
-                                        client_name=f"ai-enabler-proxy-{origin}")
+        self.client = clients.connect(target, health_check_interval=15, client_name=f"ai-enabler-proxy-{origin}")
+        self.fallback = Fallback(outage, origin, heartbeat)
         self.bus = Bus(self.client, self.prefix + "changes", self._deliver, origin)
-        self.providers = RedisProviders(self.client, self.prefix + "providers", self.bus)
-        self._admit = self.client.register_script(ADMIT)
-        self._charge = self.client.register_script(CHARGE)
+        self.providers = RedisProviders(self.client, self.prefix + "providers", self.bus, self.fallback)
+        self._admit = self.client.register_script(scripts.ADMIT)
+        self._charge = self.client.register_script(scripts.CHARGE)
+        self._settle = self.client.register_script(scripts.SETTLE)
+        self._beat = self.client.register_script(scripts.BEAT)
         self._seq = 0
 
     async def start(self, timeout: float = 10.0) -> None:
@@ -175,7 +130,7 @@ class RedisStore(Store):
             try:
                 await self.client.ping()
                 break
-            except (redis_errors.RedisError, OSError) as exc:
+            except _ERRORS as exc:
                 if time.monotonic() > deadline:
                     raise StateUnavailable(f"cannot reach the Redis store: {type(exc).__name__}: {exc}") from exc
                 await asyncio.sleep(0.2)
@@ -184,10 +139,15 @@ class RedisStore(Store):
             await asyncio.wait_for(self.bus.synced.wait(), max(deadline - time.monotonic(), 1.0))
         except TimeoutError:
             raise StateUnavailable("subscribed to the Redis store but could not load its state") from None
+        self.spawn(self.fallback.run(self.beat, self.settle))
 
     async def close(self) -> None:
         await self.bus.close()
         await super().close()
+        try:  # leave the replicas set now rather than when the heartbeat goes stale
+            await asyncio.wait_for(self.client.zrem(self.prefix + "replicas", self.bus.origin), 1.0)
+        except (*_ERRORS, TimeoutError):
+            pass
         await self.client.aclose()
 
     async def _deliver(self, topic: str | None, data: dict | None) -> None:
@@ -197,24 +157,59 @@ class RedisStore(Store):
     def _key(self, key_id: str, what: str) -> str:
         return f"{self.prefix}key:{{{key_id}}}:{what}"
 
-    # -- limits -------------------------------------------------------------------------------
-    @guarded
+    # -- limits: in Redis, or on fallback while it is away --------------------------------------
     async def admit(self, key_id: str, rule: Rule) -> Verdict | None:
+        fallback = self.fallback
+        if fallback.down:
+            return fallback.admit(key_id, rule)
         self._seq += 1
         keys = [self._key(key_id, "rpm"), self._key(key_id, "tpm"), self._key(key_id, "spend")]
         member = f"{self.bus.origin}:{self._seq}"
-        limit, retry, used = await self._admit(keys=keys, args=[rule.rpm, rule.tpm, repr(rule.budget), member])
+        try:
+            reply = await self._admit(keys=keys, args=[rule.rpm, rule.tpm, repr(rule.budget), member])
+        except _ERRORS as exc:
+            fallback.enter(exc)
+            return fallback.admit(key_id, rule)
+        limit, retry, used, requests, tokens, spent = reply
+        fallback.saw(key_id, requests, tokens, float(spent))
         if not limit:
             return None
         limit = limit.decode()
         retry = BUDGET_RETRY_AFTER if limit == "budget" else max(int(retry), 1)
         return Verdict(limit, retry, float(used))
 
-    @guarded
     async def charge(self, key_id: str, tokens: int, cost: float) -> None:
-        if tokens > 0 or cost > 0:
-            await self._charge(keys=[self._key(key_id, "tpm"), self._key(key_id, "spend")],
-                               args=[max(tokens, 0), repr(max(cost, 0.0))])
+        tokens, cost = max(tokens, 0), max(cost, 0.0)
+        if not (tokens or cost):
+            return
+        if not self.fallback.down:
+            try:
+                await self._charge(keys=[self._key(key_id, "tpm"), self._key(key_id, "spend")],
+                                   args=[tokens, repr(cost)])
+                return
+            except _ERRORS as exc:
+                self.fallback.enter(exc)
+        self.fallback.charge(key_id, tokens, cost)  # added to the shared counters when the store is back
+
+    @guarded
+    async def beat(self) -> int:
+        """Say this replica is alive; how many are (the prober's call)."""
+        dead_after = max(int(self.fallback.heartbeat * 3000), 1000)
+        return int(await self._beat(keys=[self.prefix + "replicas"], args=[self.bus.origin, dead_after]))
+
+    @guarded
+    async def settle(self, batch: Batch) -> None:
+        """Add what a batch counted to the shared counters, once per key and batch."""
+        now = time.monotonic()
+        for key_id in sorted(batch.keys()):
+            times = batch.requests.get(key_id, ())
+            args = [repr(batch.spend.get(key_id, 0.0)), f"{self.bus.origin}:{batch.id}", len(times)]
+            args += [max(int((now - at) * 1000), 0) for at in times]
+            for second, tokens in batch.tokens.get(key_id, ()):
+                args += [max(int((now - second) * 1000), 0), tokens]
+            keys = [self._key(key_id, "rpm"), self._key(key_id, "tpm"), self._key(key_id, "spend"),
+                    self._key(key_id, f"settled:{batch.id}")]
+            await self._settle(keys=keys, args=args)
 
     @guarded
     async def spend(self, key_id: str) -> float:
@@ -241,6 +236,8 @@ class RedisStore(Store):
     # -- circuits -----------------------------------------------------------------------------
     @guarded
     async def open_circuit(self, name: str, seconds: float) -> None:
+        if self.fallback.down:
+            return  # this replica's own circuit is open; the others find out for themselves
         ms = max(int(seconds * 1000), 1)
         await self.client.set(f"{self.prefix}circuit:{name}", b"1", px=ms)
         await self.bus.publish("circuit", {"name": name, "seconds": seconds})

@@ -112,9 +112,14 @@ async def test_caches_are_shared_bytes(stores):
 
 
 async def test_an_unreachable_redis_is_a_clear_error():
-    store = RedisStore("redis://127.0.0.1:1/0")
+    # state.outage: refuse keeps the old answer; the default (local) counts here instead
+    store = RedisStore("redis://127.0.0.1:1/0", outage="refuse")
     with pytest.raises(StateUnavailable, match="cannot reach the Redis store"):
         await store.start(timeout=0.3)
     with pytest.raises(StateUnavailable):
         await store.admit("k", Rule(rpm=1))
+    await store.client.aclose()
+    store = RedisStore("redis://127.0.0.1:1/0")
+    assert await store.admit("k", Rule(rpm=1)) is None
+    assert (await store.admit("k", Rule(rpm=1))).limit == "rpm"
     await store.client.aclose()
