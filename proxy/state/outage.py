@@ -233,13 +233,13 @@ class _Collector(Collector):
 
     def collect(self):
         fallback = self.fallback
-        switches = CounterMetricFamily("proxy_state_fallback_switches",
+        switches = CounterMetricFamily("aigw_state_fallback_switches",
                                        "Switches of the shared store between shared counting and the "
                                        "state.outage fallback, by the side switched to", labels=("to",))
         for side, count in fallback.switches.items():
             switches.add_metric((side,), count)
         yield switches
-        yield GaugeMetricFamily("proxy_state_on_fallback", "1 while the shared store is away and this replica "
+        yield GaugeMetricFamily("aigw_state_on_fallback", "1 while the shared store is away and this replica "
                                 "serves on its state.outage fallback", value=int(fallback.down))
-        yield GaugeMetricFamily("proxy_state_replicas_alive", "Replicas whose heartbeat the shared store "
+        yield GaugeMetricFamily("aigw_state_replicas_alive", "Replicas whose heartbeat the shared store "
                                 "showed last", value=fallback.alive)

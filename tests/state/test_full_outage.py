@@ -108,6 +108,6 @@ async def test_registrations_are_refused_while_away_and_the_last_known_ones_keep
         ready = r.status
     metrics = await (await replicas[0].get("/metrics")).text()
     assert statuses == [200] * 4 and status == 503 and retry == "1" and ready == 200
-    assert 'proxy_state_fallback_switches_total{to="fallback"} 1.0' in metrics
-    assert "proxy_state_on_fallback 1.0" in metrics
+    assert 'aigw_state_fallback_switches_total{to="fallback"} 1.0' in metrics
+    assert "aigw_state_on_fallback 1.0" in metrics
 
