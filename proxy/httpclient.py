@@ -10,8 +10,8 @@ request, a payload registry. What calling a provider needs is much less:
   socket when it is taken) is dropped, never written to: a request is not sent into a
   connection already known to be dead (RELIABILITY R13: the gateway never resends a request the
   provider may have read, so the idle-close race must be caught before the write);
-- connect through the network guard's resolver (`proxy.netguard`; IP literals were checked when
-  the provider was registered, as aiohttp skipped the resolver for them), TLS with the system's
+- connect through the network guard's resolver (`proxy.netguard`), IP literals included, so every
+  address is checked again at connect time; TLS with the system's
   trust store and SNI, the connect timeout as given;
 - the request written in one go (head and body bytes), `Content-Length` always; header values
   with CR or LF refused (no header injection through a provider setting);
@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import collections
-import ipaddress
 import select
 import socket
 import ssl
@@ -510,13 +509,9 @@ class Client:
             raise ConnectFailed(f"could not resolve {origin.host}: {exc}") from exc
 
     async def _addresses(self, origin: _Origin) -> list[tuple[int, str, int]]:
-        try:
-            literal = ipaddress.ip_address(origin.host)
-        except ValueError:
-            found = await self.resolver.resolve(origin.host, origin.port, socket.AF_UNSPEC)
-            return [(r["family"], r["host"], r["port"]) for r in found]
-        family = socket.AF_INET6 if literal.version == 6 else socket.AF_INET
-        return [(family, origin.host, origin.port)]
+        # IP literals too: the guard checks them again here, without a lookup
+        found = await self.resolver.resolve(origin.host, origin.port, socket.AF_UNSPEC)
+        return [(r["family"], r["host"], r["port"]) for r in found]
 
     def _tls(self) -> ssl.SSLContext:
         if self._ssl is None:
