@@ -99,6 +99,8 @@ class ProviderItem(_Struct):
     api_key: str | None = None
     url: str | None = None
     api_version: str | None = None
+    region: str | None = None  # a cloud region, for providers addressed by one
+    credentials: str | None = None  # a cloud credential (JSON inline, `env:NAME` or `file:/path`)
     is_hosted: bool = False
     weight: int = 1
     headers: dict[str, str] = {}

@@ -11,7 +11,8 @@
     ├── PayloadTooLarge             413 invalid_request_error / request_too_large
     ├── RateLimited                 429 rate_limit_error / rate_limit_exceeded (+ Retry-After)
     ├── UpstreamError               502 upstream_error (the provider failed or answered badly)
-    │   └── UpstreamAuthError       502 upstream_auth_error (the provider refused its own key)
+    │   ├── UpstreamAuthError       502 upstream_auth_error (the provider refused its own key)
+    │   └── UpstreamCredentials     502 upstream_credentials (the gateway could not get a cloud credential)
     ├── Unavailable                 503 service_unavailable (+ Retry-After)
     │   └── UpstreamOverloaded      503 service_unavailable / upstream_overloaded (+ Retry-After)
     └── UpstreamTimeout             504 timeout / upstream_timeout
@@ -134,6 +135,13 @@ class UpstreamError(ProxyError):
 
 class UpstreamAuthError(UpstreamError):
     code = "upstream_auth_error"
+
+
+class UpstreamCredentials(UpstreamError):
+    """A cloud credential (a token exchange, a metadata server) failed: no attempt reached the
+    provider, so it is not held against the provider's circuit. The message names the source only."""
+
+    code = "upstream_credentials"
 
 
 class Unavailable(ProxyError):

@@ -16,6 +16,7 @@ import msgspec
 from proxy import netguard, providers
 from proxy.config import ProviderItem, resolve_secret
 from proxy.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from proxy.providers import credentials
 from proxy.providers.base import Adapter, Target
 from proxy.state.base import StateUnavailable
 from proxy.state.sqlite import ProviderRows
@@ -37,7 +38,7 @@ class Provider:
         self.weight = max(item.weight, 1)
         self._key = key
         self._target = Target(item.name, item.url, None if (key or "").startswith("env:") else key,
-                              item.api_version, dict(item.headers))
+                              item.api_version, dict(item.headers), item.region, item.credentials)
 
     @property
     def name(self) -> str:
@@ -55,6 +56,8 @@ class Provider:
         out["apiKey"] = key if key.startswith("env:") else last4(key)
         if out.get("headers"):  # static headers may carry credentials too: shown like keys
             out["headers"] = {name: last4(value) for name, value in out["headers"].items()}
+        if credentials.is_inline(out.get("credentials")):
+            out["credentials"] = last4(out["credentials"])
         out["source"] = self.source
         return out
 
@@ -104,6 +107,7 @@ def validate(items: Iterable[ProviderItem], allow_private: bool = True) -> list[
             check_url(item.url, i, private_ok=allow_private or item.is_hosted)
         if caps.needs_api_version and not item.api_version:
             raise _bad(i, "apiVersion", f"is required for {item.supported_provider}")
+        _check_cloud(i, item, caps)
         if item.weight < 1 or item.weight > 1000:
             raise _bad(i, "weight", "must be between 1 and 1000")
         for name, value in item.headers.items():
@@ -113,6 +117,18 @@ def validate(items: Iterable[ProviderItem], allow_private: bool = True) -> list[
             raise _bad(i, "apiKey", "must be printable ASCII without spaces")
         checked.append(item)
     return checked
+
+
+def _check_cloud(index: int, item: ProviderItem, caps) -> None:
+    """A provider signed with a cloud credential needs its extra installed, and a region when it has no URL."""
+    extra = caps.extra or (caps.keyless_extra if item.api_key is None else None)
+    if extra is not None and not credentials.installed(extra):
+        raise _bad(index, "supportedProvider", f"{item.supported_provider} needs the '{extra}' extra: "
+                   f"pip install 'ai-enabler-proxy[{extra}]'")
+    if caps.needs_region and not item.region and not item.url:
+        raise _bad(index, "region", f"is required for {item.supported_provider} (or a `url`)")
+    if item.credentials is not None and not (caps.extra or caps.keyless_extra):
+        raise _bad(index, "credentials", f"is not used by {item.supported_provider}")
 
 
 _SEALED = "sealed:"  # a static header value stored sealed by the vault
@@ -146,6 +162,8 @@ class Registry:
                 item = msgspec.structs.replace(item, headers={
                     name: self._vault.open(value[len(_SEALED):]) if value.startswith(_SEALED) else value
                     for name, value in item.headers.items()})
+            if item.credentials and item.credentials.startswith(_SEALED):
+                item = msgspec.structs.replace(item, credentials=self._vault.open(item.credentials[len(_SEALED):]))
             key = self._vault.open(sealed) if sealed else None
             loaded[item.name] = Provider(item, providers.adapter(item.supported_provider), "api", key)
         return loaded
@@ -188,6 +206,8 @@ class Registry:
             if stored.headers:  # static headers may carry credentials: sealed like the key
                 stored = msgspec.structs.replace(stored, headers={
                     name: _SEALED + self._vault.seal(value) for name, value in stored.headers.items()})
+            if credentials.is_inline(stored.credentials):  # a service account's private key: sealed too
+                stored = msgspec.structs.replace(stored, credentials=_SEALED + self._vault.seal(stored.credentials))
             rows.append((item.name, msgspec.json.encode(stored), sealed))
         return made, rows
 

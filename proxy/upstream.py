@@ -31,10 +31,12 @@ from proxy.errors import (
     ProxyError,
     RateLimited,
     UpstreamAuthError,
+    UpstreamCredentials,
     UpstreamError,
     UpstreamOverloaded,
     UpstreamTimeout,
 )
+from proxy.providers import credentials
 from proxy.providers.base import UpstreamFailure
 from proxy.router import Route, Router
 from proxy.vault import last4
@@ -274,13 +276,29 @@ class Upstream:
             raise UpstreamError(f"the provider {name!r} could not be called", code="upstream_error") from exc
 
     async def attempt(self, route: Route, request, watchdog_idle: float | None = None, fresh: bool = False) -> Opened:
-        """One attempt at one provider, up to the first event (stream) or the whole body."""
+        """One attempt at one provider, up to the first event (stream) or the whole body. A cloud
+        credential the provider refused (401/403: revoked, or expired early) is replaced once and
+        the request sent once more, before the refusal counts as the provider's failure."""
+        adapter = route.provider.adapter
+        if not (adapter.caps.extra or adapter.caps.keyless_extra) or adapter.credential_key(route.provider.target()) is None:
+            return await self._attempt(route, request, watchdog_idle, fresh)
+        try:
+            return await self._attempt(route, request, watchdog_idle, fresh)
+        except Retry as retry:
+            if retry.kind != "auth":
+                raise
+        return await self._attempt(route, request, watchdog_idle, fresh, renew=True)
+
+    async def _attempt(self, route: Route, request, watchdog_idle: float | None, fresh: bool,
+                       renew: bool = False) -> Opened:
         provider = route.provider
         adapter = provider.adapter
         target = provider.target()
         request.model = route.model
         upstream_request = adapter.build_request(target, request)
         check_path(upstream_request.url)
+        if adapter.caps.extra or adapter.caps.keyless_extra:  # a cloud credential signs the final request
+            await credentials.authorize(adapter, target, upstream_request, renew)
         connect, first_byte, idle = self._timeouts(provider.item.timeouts)
         sent_at = time.monotonic()
         # One timer for the attempt: `first_byte` until the answer's headers, then `idle` between reads.
@@ -399,6 +417,12 @@ async def dispatch(upstream: Upstream, routes: list[Route], request, ex) -> Open
                 waits += 1
                 ex.release()
                 await asyncio.sleep(wait)
+            continue
+        except UpstreamCredentials as exc:  # no call reached the provider: not held against its circuit
+            metrics.upstream_errors.inc((provider.name, exc.code))
+            log.warning("upstream_credentials", provider=provider.name, request_id=ex.id, reason=exc.message)
+            last = exc
+            index += 1
             continue
         except UpstreamTimeout:
             metrics.upstream_errors.inc((provider.name, "timeout"))

@@ -26,6 +26,7 @@ TABLE: dict[str, str] = {
     "ANTHROPIC": "proxy.providers.anthropic:Adapter",
     "GEMINI": "proxy.providers.gemini:Adapter",
     "VERTEXAIGEMINI": "proxy.providers.vertex:Adapter",
+    "BEDROCK": "proxy.providers.bedrock:Adapter",
 }
 
 _loaded: dict[str, Adapter] = {}

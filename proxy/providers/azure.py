@@ -1,19 +1,31 @@
-"""Azure OpenAI: OpenAI's wire at a deployment URL, with `api-version` and an `api-key` header."""
+"""Azure OpenAI: OpenAI's wire at a deployment URL, with `api-version` and an `api-key` header.
+
+Without an `apiKey` the gateway authenticates with Entra ID (proxy.providers.cloud, the `azure`
+extra): an access token for `https://cognitiveservices.azure.com/.default`, sent as
+`Authorization: Bearer`, never as `api-key`.
+"""
 
 from __future__ import annotations
 
 from urllib.parse import quote
 
-from proxy.providers.base import Capabilities, Target
+from proxy.providers.base import Capabilities, Target, UpstreamRequest
 from proxy.providers.openai import Adapter as OpenAIAdapter
 
 
 class Adapter(OpenAIAdapter):
     def __init__(self) -> None:
-        super().__init__(Capabilities(needs_url=True, needs_api_version=True, embeddings=True))
+        super().__init__(Capabilities(needs_url=True, needs_api_version=True, embeddings=True,
+                                      keyless_extra="azure"))
 
     def auth_headers(self, target: Target) -> dict[str, str]:
         return {"api-key": target.api_key} if target.api_key else {}
+
+    def credential_key(self, target: Target) -> tuple | None:
+        return None if target.api_key else ("azure",)
+
+    def sign(self, target: Target, upstream_request: UpstreamRequest, token: str) -> None:
+        upstream_request.headers["Authorization"] = f"Bearer {token}"
 
     def url(self, target: Target, request) -> str:
         path = "embeddings" if request.kind == "embeddings" else "chat/completions"

@@ -31,6 +31,11 @@ class Capabilities(msgspec.Struct, frozen=True):
     tools: bool = True
     images: bool = True
     needs_api_version: bool = False
+    # A cloud credential the request is signed with after it is built (proxy.providers.credentials):
+    # the extra that provides it, always (`extra`) or when no `apiKey` is registered (`keyless_extra`).
+    extra: str | None = None
+    keyless_extra: str | None = None
+    needs_region: bool = False
 
 
 class Target(msgspec.Struct, frozen=True):
@@ -41,6 +46,8 @@ class Target(msgspec.Struct, frozen=True):
     api_key: str | None
     api_version: str | None = None
     headers: Mapping[str, str] = {}
+    region: str | None = None
+    credentials: str | None = None
 
 
 class UpstreamRequest(msgspec.Struct):

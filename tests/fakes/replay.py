@@ -22,6 +22,7 @@ from aiohttp import web
 from proxy import providers
 from proxy import request as decoding
 from proxy.streaming.sse import Decoder
+from tests.fakes import eventstream
 
 CASSETTES = pathlib.Path(__file__).resolve().parent.parent / "cassettes"
 
@@ -29,6 +30,9 @@ CASSETTES = pathlib.Path(__file__).resolve().parent.parent / "cassettes"
 def load(path: pathlib.Path | str) -> dict:
     cassette = json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
     cassette["name"] = f"{pathlib.Path(path).parent.name}/{pathlib.Path(path).stem}"
+    frames = cassette["response"].get("frames")
+    if frames is not None:  # a binary stream (AWS eventstream): encoded here, whole, as one chunk
+        cassette["response"]["raw"] = eventstream.encode(frames)
     return cassette
 
 
@@ -37,6 +41,8 @@ def all_cassettes() -> list[pathlib.Path]:
 
 
 def body_bytes(cassette: dict) -> bytes:
+    if "raw" in cassette["response"]:
+        return cassette["response"]["raw"]
     return "".join(cassette["response"]["chunks"]).encode()
 
 
@@ -110,8 +116,9 @@ class Replay:
         """The registration item that points the cassette's provider type at this fake."""
         item = {"name": name, "supportedProvider": cassette["provider"], "url": self.root + cassette["base"],
                 "apiKey": cassette["apiKey"], "models": [cassette["model"]], "isHosted": True}
-        if "apiVersion" in cassette:
-            item["apiVersion"] = cassette["apiVersion"]
+        for field in ("apiVersion", "region"):
+            if field in cassette:
+                item[field] = cassette[field]
         return item
 
     async def start(self, aiohttp_server) -> Replay:
@@ -123,7 +130,10 @@ class Replay:
         self.cassette, self.chunking, self.seed = cassette, chunking, seed
 
     def chunks(self) -> list[bytes]:
-        recorded = [c.encode() for c in self.cassette["response"]["chunks"]]
+        if "raw" in self.cassette["response"]:
+            recorded = [self.cassette["response"]["raw"]]
+        else:
+            recorded = [c.encode() for c in self.cassette["response"]["chunks"]]
         return recorded if self.chunking == "recorded" else rechunk(b"".join(recorded), self.seed)
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:

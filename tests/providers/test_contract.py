@@ -219,6 +219,14 @@ def provider_sent_arguments(cassette: dict) -> list[str]:
     """Tool-call arguments as they are on the wire: Anthropic's input_json_delta pieces joined,
     Gemini's `args` object byte for byte."""
     sent: list[str] = []
+    if cassette["provider"] == "BEDROCK":  # eventstream frames: the toolUse input pieces joined, per block
+        blocks: dict[int, str] = {}
+        for frame in cassette["response"]["frames"]:
+            delta = frame.get("body", {}).get("delta", {}).get("toolUse")
+            if delta is not None:
+                index = frame["body"]["contentBlockIndex"]
+                blocks[index] = blocks.get(index, "") + delta["input"]
+        return list(blocks.values())
     anthropic_blocks: dict[int, int] = {}
     for block in Decoder().feed(body_bytes(cassette)):
         if cassette["provider"] == "ANTHROPIC":
@@ -235,7 +243,7 @@ def provider_sent_arguments(cassette: dict) -> list[str]:
     return sent
 
 
-@pytest.mark.parametrize("name", ["anthropic/tools_stream", "gemini/tools_stream", "vertex/tools_stream"])
+@pytest.mark.parametrize("name", ["anthropic/tools_stream", "gemini/tools_stream", "vertex/tools_stream", "bedrock/tools_stream"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_streamed_tool_calls_reassemble_into_the_arguments_sent(gateway, replay, name, seed):
     cassette = BY_NAME[name]
