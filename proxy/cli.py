@@ -189,6 +189,11 @@ def main(argv: list[str] | None = None) -> int:
             workers=getattr(args, "workers", None) or listen.workers,
         )
         cfg = msgspec.structs.replace(cfg, listen=listen)
+        from proxy import aiohttp_support
+
+        if (problem := aiohttp_support.problem()) is not None:  # before any worker starts
+            print(f"ai-enabler-proxy: cannot start: {problem}", file=sys.stderr)
+            return 1
         return serve(cfg)
     except ConfigError as exc:
         print(f"ai-enabler-proxy: configuration error: {exc}", file=sys.stderr)
