@@ -30,6 +30,9 @@ class Caller:
 
 
 DEV = Caller("dev", name="local development")
+# The admin key, where it is not also a caller key, reading what any caller key reads (the
+# catalogs and the model list): every model, no caller limits (it makes no data-plane calls).
+ADMIN = Caller("admin", name="admin key", admin=True)
 
 
 def digest(key: str) -> str:
@@ -129,6 +132,19 @@ class Authenticator:
             return await self.verifier.caller(found)
         return found
 
+    async def reader(self, headers) -> Caller:
+        """`authenticate` for what any caller key may read (catalogs, model list): the admin key
+        is accepted too, also where it is not a caller key. Dev mode is unchanged (`_resolve`)."""
+        found = self._resolve(headers)
+        # Only a key the request presents: the fallback key (the very object) is not the admin's.
+        if isinstance(found, str) and found is not self.fallback and self._is_admin_key(found):
+            return ADMIN
+        return await self.authenticate(headers, found)
+
+    def _is_admin_key(self, key: str) -> bool:
+        hashed = digest(key)
+        return any(hmac.compare_digest(hashed, h) for h in self._admin_hashes)
+
     def admin(self, headers) -> None:
         """403 without an admin key configured; 401 for a missing or wrong one."""
         if not self.has_admin:
@@ -136,6 +152,5 @@ class Authenticator:
         key = presented_key(headers)
         if key is None:
             raise AuthError("missing admin API key")
-        hashed = digest(key)
-        if not any(hmac.compare_digest(hashed, h) for h in self._admin_hashes):
+        if not self._is_admin_key(key):
             raise AuthError("invalid admin API key")

@@ -131,7 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="validate a config and print what the gateway would run; exit 2 on errors")
     check.add_argument("--config", help="YAML or JSON config file; the embedded defaults without one")
     hash_key = sub.add_parser("hash-key", help="print the sha256 of a caller key, for auth.keys")
-    hash_key.add_argument("key", help="the caller key to hash (it is not stored anywhere)")
+    hash_key.add_argument("key", nargs="?", help="the key; '-' or none: read from standard input "
+                          "(a prompt without echo on a terminal), keeping it out of shell history and ps")
     report = sub.add_parser("report", help="the usage and savings report, from the local store in dataDir")
     report.add_argument("--config", help="the gateway's config file (for dataDir)")
     report.add_argument("--from", dest="start", help="RFC 3339, a date, Unix seconds, or an age (24h, 7d)")
@@ -142,13 +143,32 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _hash_key(key: str | None) -> int:
+    """Print a key's sha256. A key on the command line lands in shell history and `ps`, so `-` or
+    no key reads it from stdin instead: one line, or a prompt without echo when stdin is a terminal.
+    A key read so loses surrounding white space, as the gateway drops it from a presented key."""
+    from proxy.auth import digest
+
+    if key is None and sys.stdin.isatty():
+        import getpass
+
+        try:
+            key = getpass.getpass("key (not echoed): ").strip()
+        except (EOFError, KeyboardInterrupt):
+            key = ""
+    elif key is None or key == "-":
+        key = sys.stdin.readline().strip()
+    if not key:
+        print("ai-enabler-proxy: hash-key: no key given (an empty line or end of input)", file=sys.stderr)
+        return 2
+    print(digest(key))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "hash-key":
-        from proxy.auth import digest
-
-        print(digest(args.key))
-        return 0
+        return _hash_key(args.key)
     try:
         if args.command == "report":
             from proxy.telemetry.report import command
@@ -167,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
             workers=getattr(args, "workers", None) or listen.workers,
         )
         cfg = msgspec.structs.replace(cfg, listen=listen)
+        from proxy import aiohttp_support
+
+        if (problem := aiohttp_support.problem()) is not None:  # before any worker starts
+            print(f"ai-enabler-proxy: cannot start: {problem}", file=sys.stderr)
+            return 1
         return serve(cfg)
     except ConfigError as exc:
         print(f"ai-enabler-proxy: configuration error: {exc}", file=sys.stderr)

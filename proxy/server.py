@@ -19,8 +19,9 @@ it leaves to us, added here:
 - parser errors answered in OpenAI's error shape and logged at debug, not as tracebacks.
 
 The hooks are a `RequestHandler` subclass (timers only for requests that do not arrive in one
-read) and a `Server` subclass, installed by `Runner`; they use aiohttp's handler internals
-(`_waiter`, `_messages`), pinned by tests/test_server.py.
+read) and a `Server` subclass, installed by `Runner`; they use aiohttp's internals (`_waiter`,
+`_messages`, `AppRunner._make_server`, …). A `Runner` refuses to start on an aiohttp that lacks
+one (`proxy.aiohttp_support`), rather than serve with its defences silently gone.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from aiohttp.http_exceptions import LineTooLong
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from proxy.aiohttp_support import check_aiohttp
 from proxy.config import Limits
 from proxy.errors import InvalidRequest, PayloadTooLarge, ProxyError
 
@@ -340,6 +342,7 @@ class Runner(web.AppRunner):
     """`web.AppRunner` with the header limits, keep-alive timeout and the guarded server."""
 
     def __init__(self, app: web.Application, limits: Limits, **kwargs) -> None:
+        check_aiohttp()  # refuse to serve without the defences, rather than degrade silently
         super().__init__(app, keepalive_timeout=limits.keep_alive, max_line_size=limits.max_header_line,
                          max_field_size=limits.max_header_line, max_headers=limits.max_headers,
                          read_bufsize=READ_BUFSIZE, **kwargs)

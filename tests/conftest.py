@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
-import secrets
 
 import aiohttp
 import msgspec
@@ -15,11 +14,13 @@ from proxy.app import build
 from proxy.config import Config
 from proxy.gateway import GATEWAY
 from tests.fakes.openai import FakeOpenAI
+from tests.sweep import canary
 
 ADMIN_KEY = "admin-key-for-tests-0001"
-# The provider key planted in every `openai_provider`: random per run, so that the session-wide
-# sweep (tests/sweep.py, RELIABILITY R30) can look for any 8-character piece of it anywhere.
-PROVIDER_KEY = "sk-" + secrets.token_hex(16)
+# The provider key planted in every `openai_provider`: random per run, in a shape random ids,
+# hashes and base64 cannot produce, so that the session-wide sweep (tests/sweep.py, RELIABILITY
+# R30) can look for pieces of it anywhere and never meet one by chance.
+PROVIDER_KEY = canary()
 
 
 

@@ -150,3 +150,53 @@ def test_every_command_line_option_has_help():
 
     missing = [name for name, help_ in options(_parser()) if not help_]
     assert not missing, missing
+
+
+@pytest.mark.parametrize("argv", [["hash-key", "-"], ["hash-key"]])
+def test_hash_key_reads_the_key_from_stdin(argv):
+    """`-`, or no key with stdin not a terminal: one line of stdin, its line end and surrounding
+    white space dropped (as the gateway drops them from a presented key)."""
+    out = subprocess.run([sys.executable, "-m", "proxy", *argv], input="  s3cret-key-01\r\nignored\n",
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == digest("s3cret-key-01") and "s3cret" not in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("stdin", ["", "\n", "   \n"])
+def test_hash_key_refuses_an_empty_key_from_stdin(stdin):
+    out = subprocess.run([sys.executable, "-m", "proxy", "hash-key", "-"], input=stdin,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and out.stdout == ""
+    assert "no key given" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_hash_key_prompts_without_echo_on_a_terminal():
+    """No key and stdin a terminal: a prompt, the key typed is not echoed, its hash printed."""
+    import pty
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a session whose controlling terminal is the pty (getpass opens /dev/tty)
+        os.execv(sys.executable, [sys.executable, "-m", "proxy", "hash-key"])
+    seen, deadline, typed = b"", time.monotonic() + 30, False
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # EIO: the child has exited and the pty is closed
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            if not typed and b"key (not echoed):" in seen:
+                os.write(fd, b"typed-secret-0001\n")
+                typed = True
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert typed, seen
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert digest("typed-secret-0001").encode() in seen
+    assert b"typed-secret" not in seen  # the terminal did not echo it

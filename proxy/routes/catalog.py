@@ -1,6 +1,6 @@
 """The catalogs: `GET /ai-optimizer/v1beta/hosted-model-specs` and `GET /v1/llm/openai/supported-providers`.
 
-Any valid caller key may read them (DESIGN §11), not only the admin key. Both page with `limit`
+Any valid caller key may read them (DESIGN §11), and so may the admin key. Both page with `limit`
 and `cursor` and answer `{"items": [...], "nextCursor": ...}`; an unknown query parameter is a 400.
 The hosted specs filter on `provider`, `quantization`, `cloud`, `region` and `maxMemoryMib`;
 `cloud` and `region` also narrow each item's `regions` to the ones that match.
@@ -55,7 +55,7 @@ def _paged(keyed: list[tuple[str, dict]], query: dict[str, str]) -> web.Response
 
 async def hosted_model_specs(http_request: web.Request) -> web.Response:
     gw = http_request.app[GATEWAY]
-    await gw.auth.authenticate(http_request.headers)
+    await gw.auth.reader(http_request.headers)
     query = _query(http_request, _HOSTED)
     quantization = query.get("quantization")
     if quantization is not None and quantization.upper() not in catalog.BITS_PER_WEIGHT:
@@ -69,6 +69,6 @@ async def hosted_model_specs(http_request: web.Request) -> web.Response:
 
 async def supported_providers(http_request: web.Request) -> web.Response:
     gw = http_request.app[GATEWAY]
-    await gw.auth.authenticate(http_request.headers)
+    await gw.auth.reader(http_request.headers)
     query = _query(http_request, _PAGING)
     return _paged(catalog.supported_providers(catalog.of(gw), gw.registry, gw.prices), query)

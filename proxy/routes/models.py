@@ -1,4 +1,4 @@
-"""`GET …/models`: the models the caller may use, in OpenAI's list shape."""
+"""`GET …/models`: the models the caller may use, in OpenAI's list shape (the admin key: all of them)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ _CREATED = 1_700_000_000  # providers do not tell; a fixed time keeps the list s
 
 async def list_models(http_request: web.Request) -> web.Response:
     gw = http_request.app[GATEWAY]
-    caller = await gw.auth.authenticate(http_request.headers)
+    caller = await gw.auth.reader(http_request.headers)
     data = []
     for model, providers in sorted(gw.registry.by_model.items()):
         if caller.models is not None and model not in caller.models:

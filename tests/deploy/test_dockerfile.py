@@ -24,10 +24,19 @@ def instructions() -> list[tuple[str, str]]:
     return out
 
 
-def test_bases_are_python_311_slim_with_explicit_tags():
+def test_bases_are_one_exact_python_311_slim_release():
+    """An exact patch release, the same in both stages, by digest too where one is given: a
+    floating tag (`3.11-slim`, `latest`) would change the image under an unchanged Dockerfile."""
     bases = [rest.split()[0] for word, rest in instructions() if word == "FROM"]
-    assert bases and all(b.startswith("python:3.11-slim") for b in bases)
-    assert not any(b.endswith(":latest") or ":" not in b for b in bases)
+    assert len(bases) == 2 and len(set(bases)) == 1, bases
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", bases[0]), bases[0]
+
+
+def test_packages_are_installed_at_the_versions_constraints_txt_pins():
+    runs = [rest for word, rest in instructions() if word == "RUN" and "pip install" in rest]
+    assert runs and all("-c constraints.txt" in run for run in runs)
+    copied = [rest.split()[:-1] for word, rest in instructions() if word == "COPY" and "--from" not in rest]
+    assert any("constraints.txt" in sources for sources in copied)
 
 
 def test_runs_as_a_numeric_non_root_user():

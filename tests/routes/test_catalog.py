@@ -3,6 +3,7 @@ DESIGN §2), filters, paging, caller-key auth and OpenAI-shaped errors."""
 
 from __future__ import annotations
 
+import aiohttp
 import jsonschema
 import pytest
 
@@ -10,6 +11,7 @@ from proxy.auth import digest
 
 HOSTED = "/ai-optimizer/v1beta/hosted-model-specs"
 PROVIDERS = "/v1/llm/openai/supported-providers"
+MODELS = ("/openai/v1/models", "/openai/models", "/v1/models", "/models")
 CALLER = {"Authorization": "Bearer caller-key-0001"}
 KEYS = {"auth": {"keys": [{"id": "caller", "sha256": digest("caller-key-0001")}], "adminKey": "admin-key-0001"}}
 
@@ -162,7 +164,7 @@ async def test_supported_providers_shape_and_routability(gateway):
 
 
 @pytest.mark.parametrize("path", [HOSTED, PROVIDERS])
-async def test_catalogs_need_a_caller_key_not_the_admin_key(gateway, path):
+async def test_catalogs_need_a_caller_key_or_the_admin_key(gateway, path):
     gw = await gateway(KEYS)
     async with gw.get(path) as r:
         assert r.status == 401
@@ -171,6 +173,35 @@ async def test_catalogs_need_a_caller_key_not_the_admin_key(gateway, path):
         assert r.status == 401
     async with gw.get(path, headers=CALLER) as r:
         assert r.status == 200
+    async with gw.get(path, headers={"Authorization": "Bearer admin-key-0001"}) as r:
+        assert r.status == 200  # the admin key is no caller key here, and reads them all the same
+        assert (await r.json())["items"]
+
+
+async def test_the_admin_key_from_the_environment_reads_catalogs_and_models(gateway_process, fake_openai):
+    """As an operator runs it: ADMIN_API_KEY set, caller keys in the config, the admin key not
+    among them. It reads both catalogs and every alias of the model list (all models); a wrong
+    key is still a 401 on each, and the caller key's allowance still narrows its list."""
+    from tests.conftest import openai_provider
+
+    keys = [{"id": "narrow", "sha256": digest("caller-key-0001"), "models": ["a-model"]}]
+    gw = await gateway_process({"auth": {"keys": keys},
+                                "providers": [openai_provider(fake_openai, models=("a-model", "b-model"))]},
+                               env={"ADMIN_API_KEY": "admin-key-from-env-0001"})
+    admin = {"Authorization": "Bearer admin-key-from-env-0001"}
+    async with aiohttp.ClientSession() as session:
+        for path in (HOSTED, PROVIDERS, *MODELS):
+            async with session.get(gw.url + path, headers=admin) as r:
+                assert r.status == 200, path
+                body = await r.json()
+            if path in MODELS:
+                assert [m["id"] for m in body["data"]] == ["a-model", "b-model"]
+            async with session.get(gw.url + path, headers={"X-API-Key": "admin-key-from-env-0002"}) as r:
+                assert r.status == 401, path
+        async with session.get(gw.url + "/v1/models", headers=CALLER) as r:
+            assert [m["id"] for m in (await r.json())["data"]] == ["a-model"]
+        async with session.post(gw.url + "/v1/llm/providers", headers=CALLER, json={"providers": []}) as r:
+            assert r.status == 401  # a caller key is still no admin key
 
 
 @pytest.mark.parametrize(("path", "query", "param"), [
