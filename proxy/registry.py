@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from proxy import netguard, providers
-from proxy.config import ProviderItem, resolve_secret
+from proxy import egress, netguard, providers
+from proxy.config import ProviderItem, ProviderTLS, resolve_secret
 from proxy.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from proxy.providers.base import Adapter, Target
 from proxy.state.base import StateUnavailable
@@ -27,7 +27,7 @@ _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 class Provider:
     """A registered provider, ready to route to."""
 
-    __slots__ = ("item", "adapter", "source", "hosted", "weight", "_key", "_target")
+    __slots__ = ("item", "adapter", "source", "hosted", "weight", "egress", "_key", "_target")
 
     def __init__(self, item: ProviderItem, adapter: Adapter, source: str, key: str | None) -> None:
         self.item = item
@@ -35,6 +35,7 @@ class Provider:
         self.source = source  # "config" | "api"
         self.hosted = item.is_hosted
         self.weight = max(item.weight, 1)
+        self.egress = egress.override(item)  # None unless the item sets proxy, noProxy or tls
         self._key = key
         self._target = Target(item.name, item.url, None if (key or "").startswith("env:") else key,
                               item.api_version, dict(item.headers))
@@ -55,6 +56,8 @@ class Provider:
         out["apiKey"] = key if key.startswith("env:") else last4(key)
         if out.get("headers"):  # static headers may carry credentials too: shown like keys
             out["headers"] = {name: last4(value) for name, value in out["headers"].items()}
+        if out.get("proxy"):  # its password never shown
+            out["proxy"] = egress.mask(out["proxy"])
         out["source"] = self.source
         return out
 
@@ -111,8 +114,25 @@ def validate(items: Iterable[ProviderItem], allow_private: bool = True) -> list[
                 raise _bad(i, "headers", "names and values must be printable ASCII")
         if item.api_key is not None and not all(0x20 < ord(c) < 0x7F for c in item.api_key):
             raise _bad(i, "apiKey", "must be printable ASCII without spaces")
+        _check_egress(item, i)
         checked.append(item)
     return checked
+
+
+def _check_egress(item: ProviderItem, index: int) -> None:
+    """A proxy URL that can be used, TLS files that load: refused at registration, not at first call."""
+    tls = item.tls or ProviderTLS()
+    for field, files in (("proxy", (item.proxy, None, None, None)),
+                         ("tls", (None, tls.ca_file, tls.cert_file, tls.key_file))):
+        try:
+            egress.check(*files)
+        except ValueError as exc:
+            raise _bad(index, field, str(exc)) from None
+    if tls.server_name is not None and (not tls.server_name or not all(c.isalnum() or c in "-." for c in
+                                                                       tls.server_name)):
+        raise _bad(index, "tls.serverName", "must be a host name")
+    if item.no_proxy is not None and any(not e.isprintable() or "," in e for e in item.no_proxy):
+        raise _bad(index, "noProxy", "entries must be printable, one host or range each")
 
 
 _SEALED = "sealed:"  # a static header value stored sealed by the vault
@@ -146,6 +166,8 @@ class Registry:
                 item = msgspec.structs.replace(item, headers={
                     name: self._vault.open(value[len(_SEALED):]) if value.startswith(_SEALED) else value
                     for name, value in item.headers.items()})
+            if item.proxy and item.proxy.startswith(_SEALED):
+                item = msgspec.structs.replace(item, proxy=self._vault.open(item.proxy[len(_SEALED):]))
             key = self._vault.open(sealed) if sealed else None
             loaded[item.name] = Provider(item, providers.adapter(item.supported_provider), "api", key)
         return loaded
@@ -188,6 +210,8 @@ class Registry:
             if stored.headers:  # static headers may carry credentials: sealed like the key
                 stored = msgspec.structs.replace(stored, headers={
                     name: _SEALED + self._vault.seal(value) for name, value in stored.headers.items()})
+            if stored.proxy:  # a proxy URL may carry its password: sealed too
+                stored = msgspec.structs.replace(stored, proxy=_SEALED + self._vault.seal(stored.proxy))
             rows.append((item.name, msgspec.json.encode(stored), sealed))
         return made, rows
 
