@@ -332,11 +332,6 @@ class _Connection(asyncio.Protocol):
             response._failed(BodyBroken("the provider closed the connection in the middle of its answer"))
         elif not self._flushed:
             response._failed(ResetBeforeSent("the connection was reset while the request was being written"))
-        elif isinstance(exc, ssl.SSLError) and not self.reused:
-            # TLS 1.3 checks a client certificate after the client's handshake is done: the
-            # origin's refusal arrives here, before any answer, and it read no request.
-            origin = self.origin
-            response._failed(EgressFailed(f"TLS with {origin.host}:{origin.port} failed: {_tls_reason(exc)}"))
         else:
             response._failed(Disconnected("the provider closed the connection without answering"))
 
