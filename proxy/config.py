@@ -253,9 +253,16 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError("$.routing.maxAttempts: must be at least 1")
     if not 0.0 <= cfg.routing.quality_weight <= 1.0:
         raise ConfigError("$.routing.qualityWeight: must be between 0 and 1")
+    _check_egress(cfg, files=False)
+    return cfg
+
+
+def _check_egress(cfg: Config, files: bool) -> Config:
+    """The proxy URL always; the TLS files only where they will be used (`load`): a config
+    rendered elsewhere (a chart's) names files that exist only where the gateway runs."""
     e = cfg.egress
     try:
-        egress.check(e.proxy, e.ca_file, e.cert_file, e.key_file)
+        egress.check(e.proxy, e.ca_file, e.cert_file, e.key_file, files=files)
     except ValueError as exc:
         raise ConfigError(f"$.egress: {exc}") from None
     return cfg
@@ -329,7 +336,7 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Confi
         except OSError as exc:
             raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
         cfg = decode(raw, suffix=file.suffix.lower())
-    return _validate(_overlay(cfg, env))
+    return _check_egress(_validate(_overlay(cfg, env)), files=True)
 
 
 def resolve_secret(value: str | None, env: Mapping[str, str] | None = None) -> str | None:

@@ -288,14 +288,16 @@ def _first(*values):
     return next((value for value in values if value is not None), None)
 
 
-def check(proxy: str | None, ca_file: str | None, cert_file: str | None, key_file: str | None) -> None:
-    """Refuse settings that cannot work, at load or registration time: ValueError says why."""
+def check(proxy: str | None, ca_file: str | None, cert_file: str | None, key_file: str | None,
+          files: bool = True) -> None:
+    """Refuse settings that cannot work, at load or registration time: ValueError says why.
+    `files`: also load the TLS files (where the gateway runs, they must exist)."""
     if proxy:
         Proxy(proxy)
     if key_file and not cert_file:
         raise ValueError("keyFile is given without certFile")
     try:
-        if ca_file or cert_file:
+        if files and (ca_file or cert_file):
             tls_context(ca_file, cert_file, key_file)
     except (OSError, ssl.SSLError) as exc:
         reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
