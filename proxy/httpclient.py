@@ -117,17 +117,15 @@ class _Origin:
 
 
 class _Target:
-    """A URL taken apart once: its origin, the request line's target, the Host header, and the
-    header lines a forward proxy needs (`extra`, empty when direct or tunnelled)."""
+    """A URL taken apart once: its origin, the request line's target, the Host header."""
 
-    __slots__ = ("origin", "target", "host", "auth", "extra")
+    __slots__ = ("origin", "target", "host", "auth")
 
-    def __init__(self, origin: _Origin, target: str, host: str, auth: str | None, extra: str = "") -> None:
+    def __init__(self, origin: _Origin, target: str, host: str, auth: str | None) -> None:
         self.origin = origin
         self.target = target
         self.host = host
         self.auth = auth
-        self.extra = extra
 
 
 class Response:
@@ -478,17 +476,18 @@ class Client:
         auth = None
         if parts.username is not None:
             auth = "Basic " + base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
-        extra = ""
         if route is not None and route.proxy is not None and scheme == "http":  # absolute form, to the proxy
-            request_target, extra = f"http://{host}{request_target}", route.proxy.auth_line
-        found = _Target(origin, request_target, host, auth, extra)
+            request_target = f"http://{host}{request_target}"
+            if route.proxy.auth_line:  # rides on the Host line, whose CRLF ends it: nothing added per request
+                host = f"{host}\r\n{route.proxy.auth_line[:-2]}"
+        found = _Target(origin, request_target, host, auth)
         if len(cache) >= _URL_CACHE_MAX:
             cache.clear()
         cache[url] = found
         return found
 
     def _head(self, method: str, target: _Target, headers: dict[str, str], length: int, decompress: bool) -> bytes:
-        lines = [f"{method} {target.target} HTTP/1.1\r\nHost: {target.host}\r\n{target.extra}"]
+        lines = [f"{method} {target.target} HTTP/1.1\r\nHost: {target.host}\r\n"]
         given = {name.lower() for name in headers}
         for name, value in headers.items():
             if "\r" in value or "\n" in value or "\r" in name or "\n" in name or ":" in name:
