@@ -15,6 +15,7 @@ import msgspec
 import yaml
 from msgspec import Meta
 
+from proxy import egress
 from proxy.catalog import CatalogConfig
 from proxy.telemetry.prices import Price
 
@@ -90,6 +91,15 @@ class ProviderTimeouts(_Struct):
     idle: float | None = None
 
 
+class ProviderTLS(_Struct):
+    """A provider's own TLS: a CA added to the trust store, a client certificate, the name to verify."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    server_name: str | None = None  # SNI and the name the certificate must carry, when not the URL's host
+
+
 class ProviderItem(_Struct):
     """A registration item, exactly Cast AI's schema plus our optional extensions."""
 
@@ -105,6 +115,19 @@ class ProviderItem(_Struct):
     weight: int = 1
     headers: dict[str, str] = {}
     timeouts: ProviderTimeouts | None = None
+    proxy: str | None = None  # egress proxy URL for this provider; "" = direct (proxy.egress)
+    no_proxy: tuple[str, ...] | None = None
+    tls: ProviderTLS | None = None
+
+
+class Egress(_Struct):
+    """Outbound calls through a forward proxy and with extra trust (proxy.egress); None: from the env."""
+
+    proxy: str | None = None
+    no_proxy: tuple[str, ...] | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
 
 
 class Security(_Struct):
@@ -214,6 +237,7 @@ class Config(_Struct):
     drain: Drain = Drain()
     catalog: CatalogConfig = CatalogConfig()  # hosted specs, quality scores, auto aliases
     cache: Cache = Cache()  # the response cache
+    egress: Egress = Egress()  # forward proxy, NO_PROXY, CA and client certificate for outbound calls
     prices: dict[str, Price] = {}  # USD per 1M tokens, over the bundled table: "model" or "provider/model"
     store_url: str | None = None
     state: State = State()  # the shared store's outage policy
@@ -241,6 +265,18 @@ def _validate(cfg: Config) -> Config:
         raise ConfigError("$.routing.maxAttempts: must be at least 1")
     if not 0.0 <= cfg.routing.quality_weight <= 1.0:
         raise ConfigError("$.routing.qualityWeight: must be between 0 and 1")
+    _check_egress(cfg, files=False)
+    return cfg
+
+
+def _check_egress(cfg: Config, files: bool) -> Config:
+    """The proxy URL always; the TLS files only where they will be used (`load`): a config
+    rendered elsewhere (a chart's) names files that exist only where the gateway runs."""
+    e = cfg.egress
+    try:
+        egress.check(e.proxy, e.ca_file, e.cert_file, e.key_file, files=files)
+    except ValueError as exc:
+        raise ConfigError(f"$.egress: {exc}") from None
     return cfg
 
 
@@ -312,7 +348,7 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Confi
         except OSError as exc:
             raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
         cfg = decode(raw, suffix=file.suffix.lower())
-    return _validate(_overlay(cfg, env))
+    return _check_egress(_validate(_overlay(cfg, env)), files=True)
 
 
 def resolve_secret(value: str | None, env: Mapping[str, str] | None = None) -> str | None:

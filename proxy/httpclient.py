@@ -24,7 +24,16 @@ request, a payload registry. What calling a provider needs is much less:
   bytes never left the gateway's buffers, so the provider cannot have read it whole), a close
   with no answer after it was all written, an answer that is not HTTP, a body cut short.
 
-Not here, on purpose: redirects (never followed), cookies, proxies from the environment, HTTP/2.
+Egress (`proxy.egress`): an origin's connections are made as its `Route` says, decided once
+when the origin is first seen. Direct (the common case, no cost added), or through a forward
+proxy: `CONNECT host:port` then TLS with the origin inside the tunnel for https, absolute-form
+requests to the proxy for http. Pools are per (origin, route), so a tunnel is reused like any
+kept-alive connection. Through a proxy the proxy resolves the origin; the network guard still
+judges the origin's name (a metadata host or a refused literal is never asked for), and the
+proxy itself is never reached on a metadata address (`proxy.tunnel`). A provider with settings
+of its own passes them (`egress=`, a `proxy.egress.Override`); their targets are cached apart.
+
+Not here, on purpose: redirects (never followed), cookies, HTTP/2.
 """
 
 from __future__ import annotations
@@ -40,6 +49,9 @@ from urllib.parse import quote, urlsplit
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
+
+from proxy import tunnel
+from proxy.egress import Egress, Route
 
 MAX_HEAD = 64 * 1024  # bytes of an answer's status line and headers
 _URL_CACHE_MAX = 1024
@@ -67,6 +79,12 @@ class ConnectFailed(ClientError):
     """No connection: refused, unresolvable, refused by the network guard, TLS failed."""
 
 
+class EgressFailed(ConnectFailed):
+    """No connection, for a reason the operator must fix: the forward proxy refused (407) or
+    could not be reached, or TLS failed (unknown issuer, name mismatch, client certificate).
+    Its message names the proxy (password masked) or the origin, and the reason: no secret."""
+
+
 class ResetBeforeSent(ClientError):
     """The connection broke while part of the request still waited in the gateway's buffers."""
 
@@ -87,12 +105,13 @@ class BodyBroken(ClientError):
 class _Origin:
     """Where connections go, and the ones idle for reuse (newest last)."""
 
-    __slots__ = ("host", "port", "tls", "idle")
+    __slots__ = ("host", "port", "tls", "route", "idle")
 
-    def __init__(self, host: str, port: int, tls: bool) -> None:
+    def __init__(self, host: str, port: int, tls: bool, route: Route | None) -> None:
         self.host = host
         self.port = port
         self.tls = tls
+        self.route = route  # None or direct: connect to the origin; else through route.proxy
         self.idle: collections.deque[_Connection] = collections.deque()
 
 
@@ -348,28 +367,57 @@ class _Connection(asyncio.Protocol):
             response._failed(error)
 
 
+class _Forwarded(_Connection):
+    """A connection to a forward proxy carrying absolute-form requests for an http origin."""
+
+    __slots__ = ()
+
+    def on_headers_complete(self) -> None:
+        if self.parser.get_status_code() == 407:  # the proxy's own refusal, never the origin's answer
+            proxy = self.origin.route.proxy
+            self._broken(EgressFailed(f"the egress proxy {proxy.shown} refused the request to "
+                                      f"{self.origin.host}:{self.origin.port}: HTTP 407 (check the user and "
+                                      "password in the proxy URL)"))
+            raise EgressFailed("proxy refused")  # stops the parser; the connection is already closed
+        super().on_headers_complete()
+
+
+def _tls_reason(exc: ssl.SSLError) -> str:
+    """What went wrong in a TLS handshake, in OpenSSL's words (unknown issuer, hostname mismatch)."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate not trusted: {exc.verify_message}"
+    return exc.reason or type(exc).__name__
+
+
 class Client:
     """Keep-alive pools per origin; `request` returns once the answer's head has arrived."""
 
     def __init__(self, resolver, *, user_agent: str, read_bufsize: int = 16 * 1024, keepalive: float = 30.0,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, egress: Egress | None = None) -> None:
         self.loop = asyncio.get_running_loop()
+        self.egress = egress  # None: every connection direct, as without any proxy setting
         self.resolver = resolver
         self.user_agent = user_agent
         self.high = 2 * read_bufsize
         self.keepalive = keepalive
         self._ssl = ssl_context
-        self._origins: dict[tuple[str, str, int], _Origin] = {}
+        self._origins: dict[tuple, _Origin] = {}
         self._targets: dict[str, _Target] = {}
+        self._scoped: dict[object, dict[str, _Target]] = {}  # targets of providers with egress settings
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
         self._poll = select.poll()
 
     async def request(self, method: str, url: str, headers: dict[str, str], body: bytes, *,
-                      connect_timeout: float, decompress: bool = True, fresh: bool = False) -> Response:
+                      connect_timeout: float, decompress: bool = True, fresh: bool = False,
+                      egress=None) -> Response:
         """Send one request and wait for the answer's head. `fresh`: on a new connection, not a
-        pooled one. A reused connection that fails before an answer begins raises with `stale`."""
-        target = self._targets.get(url) or self._target(url)
+        pooled one. A reused connection that fails before an answer begins raises with `stale`.
+        `egress`: the provider's own settings (`proxy.egress.Override`), None for the gateway's."""
+        if egress is None:
+            target = self._targets.get(url) or self._target(url, self._targets, None)
+        else:
+            target = self._scoped_target(url, egress)
         head = self._head(method, target, headers, len(body), decompress)
         data = [head, body] if body else [head]
         conn = None if fresh else self._reuse(target.origin)
@@ -395,16 +443,29 @@ class Client:
                 origin.idle.pop().abort()
 
     # -- requests ----------------------------------------------------------------------------
-    def _target(self, url: str) -> _Target:
+    def _scoped_target(self, url: str, override) -> _Target:
+        targets = self._scoped.get(override)
+        if targets is None:
+            targets = self._scoped[override] = {}
+        return targets.get(url) or self._target(url, targets, override)
+
+    def _route(self, scheme: str, host: str, port: int, override) -> Route | None:
+        if self.egress is None:
+            return None
+        policy = self.egress.default if override is None else self.egress.policy(override)
+        return policy.route(scheme, host, port)
+
+    def _target(self, url: str, cache: dict[str, _Target], override) -> _Target:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not an http(s) URL: {url[:100]!r}")
         port = parts.port or (443 if scheme == "https" else 80)
-        key = (scheme, parts.hostname, port)
+        route = self._route(scheme, parts.hostname, port, override)
+        key = (scheme, parts.hostname, port, route)  # pools per (origin, route): a tunnel is its own pool
         origin = self._origins.get(key)
         if origin is None:
-            origin = self._origins[key] = _Origin(parts.hostname, port, scheme == "https")
+            origin = self._origins[key] = _Origin(parts.hostname, port, scheme == "https", route)
         request_target = quote(parts.path or "/", safe=_SAFE_PATH)
         if parts.query:
             request_target += "?" + quote(parts.query, safe=_SAFE_QUERY)
@@ -414,10 +475,14 @@ class Client:
         auth = None
         if parts.username is not None:
             auth = "Basic " + base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()
+        if route is not None and route.proxy is not None and scheme == "http":  # absolute form, to the proxy
+            request_target = f"http://{host}{request_target}"
+            if route.proxy.auth_line:  # rides on the Host line, whose CRLF ends it: nothing added per request
+                host = f"{host}\r\n{route.proxy.auth_line[:-2]}"
         found = _Target(origin, request_target, host, auth)
-        if len(self._targets) >= _URL_CACHE_MAX:
-            self._targets.clear()
-        self._targets[url] = found
+        if len(cache) >= _URL_CACHE_MAX:
+            cache.clear()
+        cache[url] = found
         return found
 
     def _head(self, method: str, target: _Target, headers: dict[str, str], length: int, decompress: bool) -> bytes:
@@ -489,17 +554,22 @@ class Client:
     async def _connect(self, origin: _Origin, timeout: float) -> _Connection:
         try:
             async with asyncio.timeout(timeout):
+                route = origin.route
+                if route is not None and route.proxy is not None:
+                    return await self._through_proxy(origin, route)
                 addresses = await self._addresses(origin)
                 failure: OSError | None = None
                 for family, host, port in addresses:
                     try:
                         _, conn = await self.loop.create_connection(
                             lambda: _Connection(self, origin), host, port, family=family,
-                            ssl=self._tls() if origin.tls else None,
-                            server_hostname=origin.host if origin.tls else None)
+                            ssl=self._tls(route) if origin.tls else None,
+                            server_hostname=self._server_name(origin) if origin.tls else None)
                         return conn
                     except OSError as exc:  # ssl.SSLError included
                         failure = exc
+                if isinstance(failure, ssl.SSLError):
+                    raise EgressFailed(f"TLS with {origin.host}:{origin.port} failed: {_tls_reason(failure)}")
                 raise ConnectFailed(f"could not connect to {origin.host}:{origin.port}") from failure
         except TimeoutError:
             raise ConnectTimeout(f"connecting to {origin.host}:{origin.port} timed out") from None
@@ -513,7 +583,43 @@ class Client:
         found = await self.resolver.resolve(origin.host, origin.port, socket.AF_UNSPEC)
         return [(r["family"], r["host"], r["port"]) for r in found]
 
-    def _tls(self) -> ssl.SSLContext:
+    async def _through_proxy(self, origin: _Origin, route: Route) -> _Connection:
+        """A connection to the origin through route.proxy: a CONNECT tunnel then TLS for https,
+        the proxy itself (absolute-form requests) for http."""
+        judge = getattr(self.resolver, "check_host", None)  # the proxy resolves the name: judged here
+        if judge is not None:
+            try:
+                judge(origin.host)
+            except ValueError as exc:
+                raise ConnectFailed(f"refused to connect to {origin.host}: {exc}") from None
+        try:
+            if not origin.tls:
+                _, conn = await tunnel.connect(self.loop, route.proxy, lambda: _Forwarded(self, origin))
+                return conn
+            raw = await tunnel.open_tunnel(self.loop, route.proxy, origin.host, origin.port)
+        except tunnel.ProxyFailed as exc:
+            raise EgressFailed(str(exc)) from exc.__cause__
+        conn = _Connection(self, origin)
+        try:
+            transport = await self.loop.start_tls(raw, conn, self._tls(route), server_hostname=self._server_name(origin))
+        except ssl.SSLError as exc:
+            raw.abort()
+            raise EgressFailed(f"TLS with {origin.host}:{origin.port} (through {route.proxy.shown}) failed: "
+                               f"{_tls_reason(exc)}") from None
+        except BaseException:
+            raw.abort()
+            raise
+        conn.connection_made(transport)  # start_tls does not call it
+        return conn
+
+    @staticmethod
+    def _server_name(origin: _Origin) -> str:
+        route = origin.route
+        return route.server_name if route is not None and route.server_name else origin.host
+
+    def _tls(self, route: Route | None = None) -> ssl.SSLContext:
+        if route is not None and route.ssl is not None:
+            return route.ssl
         if self._ssl is None:
             self._ssl = ssl.create_default_context()
             self._ssl.set_alpn_protocols(["http/1.1"])

@@ -139,5 +139,9 @@ class GuardedResolver(AbstractResolver):
             raise OSError(f"every address of {host} is refused by the gateway's network policy")
         return allowed
 
+    def check_host(self, host: str) -> None:
+        """Judge a name the gateway does not resolve itself (a forward proxy will): Refused if not."""
+        check_host(host, self._private_ok(host))
+
     async def close(self) -> None:
         await self._inner.close()

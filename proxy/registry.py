@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from proxy import netguard, providers
-from proxy.config import ProviderItem, resolve_secret
+from proxy import egress, netguard, providers
+from proxy.config import ProviderItem, ProviderTLS, resolve_secret
 from proxy.errors import Conflict, InvalidRequest, NotFound, Unavailable
 from proxy.providers import credentials
 from proxy.providers.base import Adapter, Target
@@ -28,7 +28,7 @@ _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012
 class Provider:
     """A registered provider, ready to route to."""
 
-    __slots__ = ("item", "adapter", "source", "hosted", "weight", "_key", "_target")
+    __slots__ = ("item", "adapter", "source", "hosted", "weight", "egress", "_key", "_target")
 
     def __init__(self, item: ProviderItem, adapter: Adapter, source: str, key: str | None) -> None:
         self.item = item
@@ -36,6 +36,7 @@ class Provider:
         self.source = source  # "config" | "api"
         self.hosted = item.is_hosted
         self.weight = max(item.weight, 1)
+        self.egress = egress.override(item)  # None unless the item sets proxy, noProxy or tls
         self._key = key
         self._target = Target(item.name, item.url, None if (key or "").startswith("env:") else key,
                               item.api_version, dict(item.headers), item.region, item.credentials)
@@ -58,6 +59,8 @@ class Provider:
             out["headers"] = {name: last4(value) for name, value in out["headers"].items()}
         if credentials.is_inline(out.get("credentials")):
             out["credentials"] = last4(out["credentials"])
+        if out.get("proxy"):  # its password never shown
+            out["proxy"] = egress.mask(out["proxy"])
         out["source"] = self.source
         return out
 
@@ -115,6 +118,7 @@ def validate(items: Iterable[ProviderItem], allow_private: bool = True) -> list[
                 raise _bad(i, "headers", "names and values must be printable ASCII")
         if item.api_key is not None and not all(0x20 < ord(c) < 0x7F for c in item.api_key):
             raise _bad(i, "apiKey", "must be printable ASCII without spaces")
+        _check_egress(item, i)
         checked.append(item)
     return checked
 
@@ -129,6 +133,22 @@ def _check_cloud(index: int, item: ProviderItem, caps) -> None:
         raise _bad(index, "region", f"is required for {item.supported_provider} (or a `url`)")
     if item.credentials is not None and not (caps.extra or caps.keyless_extra):
         raise _bad(index, "credentials", f"is not used by {item.supported_provider}")
+
+
+def _check_egress(item: ProviderItem, index: int) -> None:
+    """A proxy URL that can be used, TLS files that load: refused at registration, not at first call."""
+    tls = item.tls or ProviderTLS()
+    for field, files in (("proxy", (item.proxy, None, None, None)),
+                         ("tls", (None, tls.ca_file, tls.cert_file, tls.key_file))):
+        try:
+            egress.check(*files)
+        except ValueError as exc:
+            raise _bad(index, field, str(exc)) from None
+    if tls.server_name is not None and (not tls.server_name or not all(c.isalnum() or c in "-." for c in
+                                                                       tls.server_name)):
+        raise _bad(index, "tls.serverName", "must be a host name")
+    if item.no_proxy is not None and any(not e.isprintable() or "," in e for e in item.no_proxy):
+        raise _bad(index, "noProxy", "entries must be printable, one host or range each")
 
 
 _SEALED = "sealed:"  # a static header value stored sealed by the vault
@@ -164,6 +184,8 @@ class Registry:
                     for name, value in item.headers.items()})
             if item.credentials and item.credentials.startswith(_SEALED):
                 item = msgspec.structs.replace(item, credentials=self._vault.open(item.credentials[len(_SEALED):]))
+            if item.proxy and item.proxy.startswith(_SEALED):
+                item = msgspec.structs.replace(item, proxy=self._vault.open(item.proxy[len(_SEALED):]))
             key = self._vault.open(sealed) if sealed else None
             loaded[item.name] = Provider(item, providers.adapter(item.supported_provider), "api", key)
         return loaded
@@ -208,6 +230,8 @@ class Registry:
                     name: _SEALED + self._vault.seal(value) for name, value in stored.headers.items()})
             if credentials.is_inline(stored.credentials):  # a service account's private key: sealed too
                 stored = msgspec.structs.replace(stored, credentials=_SEALED + self._vault.seal(stored.credentials))
+            if stored.proxy:  # a proxy URL may carry its password: sealed too
+                stored = msgspec.structs.replace(stored, proxy=_SEALED + self._vault.seal(stored.proxy))
             rows.append((item.name, msgspec.json.encode(stored), sealed))
         return made, rows
 

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 import structlog
 
-from proxy import __version__, httpclient, netguard, retries
+from proxy import __version__, egress, httpclient, netguard, retries
 from proxy.config import Config, ProviderTimeouts
 from proxy.errors import (
     InvalidRequest,
@@ -234,7 +234,7 @@ class Upstream:
             netguard.GuardedResolver(self.router.registry.private_ok),
             user_agent=f"ai-enabler-proxy/{__version__}",
             # Read-ahead per upstream connection while the client is slower (R09): 2 × this.
-            read_bufsize=READ_BUFSIZE, keepalive=30.0)
+            read_bufsize=READ_BUFSIZE, keepalive=30.0, egress=egress.Egress(self.cfg.egress))
 
     async def close(self) -> None:
         if self.client is not None:
@@ -247,7 +247,7 @@ class Upstream:
         return (override.connect or base.connect, override.first_byte or base.first_byte,
                 override.idle or base.idle)
 
-    async def open(self, name: str, adapter, upstream_request, connect: float, fresh: bool = False):
+    async def open(self, name: str, adapter, upstream_request, connect: float, fresh: bool = False, route=None):
         """Send a request and wait for the answer's headers (the caller's Watchdog bounds the wait)."""
         if adapter.caps.in_process:
             return adapter.serve(upstream_request)
@@ -255,9 +255,12 @@ class Upstream:
             # A stream is relayed as it comes: no compression to undo on the way.
             return await self.client.request(
                 upstream_request.method, upstream_request.url, upstream_request.headers, upstream_request.body,
-                connect_timeout=connect, decompress=not upstream_request.stream, fresh=fresh)
+                connect_timeout=connect, decompress=not upstream_request.stream, fresh=fresh, egress=route)
         except httpclient.ConnectTimeout as exc:  # the TLS handshake included: nothing was sent
             raise Retry(UpstreamTimeout(f"connecting to the provider {name!r} timed out"), "connect_timeout") from exc
+        except httpclient.EgressFailed as exc:  # a proxy's refusal, a certificate: named for the operator
+            log.warning("upstream_egress_failed", provider=name, reason=str(exc))
+            raise Retry(UpstreamError(f"the provider {name!r} could not be reached: {exc}"), "connect") from exc
         except httpclient.ConnectFailed as exc:  # refused, or reset in the TLS handshake
             raise Retry(UpstreamError(f"the provider {name!r} could not be reached"), "connect") from exc
         except httpclient.ResetBeforeSent as exc:  # part of the request never left: it cannot have been read
@@ -305,7 +308,7 @@ class Upstream:
         watchdog = Watchdog(first_byte)
         try:
             async with watchdog:
-                response = await self.open(provider.name, adapter, upstream_request, connect, fresh)
+                response = await self.open(provider.name, adapter, upstream_request, connect, fresh, provider.egress)
                 watchdog.answered(watchdog_idle or idle)
                 opened = Opened(route, response, sent_at)
                 try:

@@ -22,7 +22,7 @@ import orjson
 import structlog
 from aiocache.base import BaseCache
 
-from proxy import __version__
+from proxy import __version__, egress
 from proxy.auth import Caller, digest
 from proxy.config import Config
 from proxy.errors import AuthError, Unavailable
@@ -56,6 +56,7 @@ async def _read(resp) -> bytes:
 class Verifier:
     def __init__(self, cfg: Config, cache: BaseCache) -> None:
         self.url = cfg.castai.api_url.rstrip("/") + PATH
+        self.via = egress.options(cfg.egress, self.url)  # forward proxy and TLS, as for every outbound call
         self.policy = cfg.auth.verification
         self.cache = cache
         self.session: aiohttp.ClientSession | None = None
@@ -130,7 +131,8 @@ class Verifier:
         """The key's organization id, None when Cast AI refuses it; Outage when it cannot tell."""
         headers = {"X-API-Key": key, "Content-Type": "application/json", "Accept": "application/json"}
         try:
-            async with self.session.post(self.url, data=b"{}", headers=headers, allow_redirects=False) as resp:
+            async with self.session.post(self.url, data=b"{}", headers=headers, allow_redirects=False,
+                                         **self.via) as resp:
                 if resp.status in (401, 403):
                     return None
                 if resp.status != 200:

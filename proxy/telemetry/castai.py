@@ -23,7 +23,7 @@ import aiohttp
 import orjson
 import structlog
 
-from proxy import __version__
+from proxy import __version__, egress
 from proxy.config import Config, resolve_secret
 from proxy.telemetry.otlp import SERVICE, OtlpSink
 
@@ -49,6 +49,7 @@ def _now() -> str:
 class Heartbeat:
     def __init__(self, cfg: Config, metrics=None) -> None:
         self.url = cfg.castai.api_url.rstrip("/") + HEARTBEAT_PATH
+        self.via = egress.options(cfg.egress, self.url)  # forward proxy and TLS, as for every outbound call
         self.headers = {"X-API-Key": api_key(cfg), "Content-Type": "application/json",
                         "User-Agent": f"{SERVICE}/{__version__}"}
         self.interval = cfg.telemetry.heartbeat_seconds
@@ -74,7 +75,7 @@ class Heartbeat:
         body = orjson.dumps({**self.body, "time": _now()})
         try:
             async with self.session.post(self.url, data=body, headers=self.headers, allow_redirects=False,
-                                         timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                                         timeout=aiohttp.ClientTimeout(total=self.timeout), **self.via) as resp:
                 ok, why = 200 <= resp.status < 300, f"http_{resp.status}"
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             ok, why = False, type(exc).__name__

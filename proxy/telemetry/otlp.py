@@ -28,7 +28,7 @@ import msgspec
 import orjson
 import structlog
 
-from proxy import __version__
+from proxy import __version__, egress
 from proxy.config import Config
 from proxy.providers.base import retry_after_seconds
 from proxy.telemetry.lane import Retryable
@@ -108,6 +108,7 @@ class OtlpSink:
                  dead_letter=None, metrics=None) -> None:
         self.name = name
         self.url = url
+        self.via = egress.options(cfg.egress, url)  # forward proxy and TLS, as for every outbound call
         self.headers = {"Content-Type": "application/json", "Content-Encoding": "gzip",
                         "User-Agent": f"{SERVICE}/{__version__}", **(headers or {})}
         self.resource = resource(cfg.castai.cluster_id)
@@ -152,7 +153,7 @@ class OtlpSink:
     async def _post(self, body: bytes) -> tuple[int, float | None, bytes]:
         try:
             async with self.session.post(self.url, data=body, headers=self.headers, allow_redirects=False,
-                                         timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
+                                         timeout=aiohttp.ClientTimeout(total=self.timeout), **self.via) as resp:
                 text = await resp.content.read(64 * 1024)
                 return resp.status, retry_after_seconds(resp.headers.get("Retry-After")), text
         except TimeoutError:

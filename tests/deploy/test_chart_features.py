@@ -12,6 +12,7 @@ import re
 import shutil
 
 import pytest
+import yaml
 
 from tests.deploy.chartkit import CASTAI_KEY, CHART, ROOT, container, every, load, notes, render
 from tests.deploy.conftest import check_objects
@@ -131,6 +132,29 @@ def test_extra_env_volumes_and_mounts():
     assert proxy["env"][-1] == values["extraEnv"][0]
     assert proxy["volumeMounts"][-1] == values["extraVolumeMounts"][0]
     assert objects["Deployment"][0]["spec"]["template"]["spec"]["volumes"][-1] == values["extraVolumes"][0]
+
+
+def test_egress_proxy_no_proxy_and_a_ca_bundle_from_a_configmap():
+    values = merge(CASTAI_KEY, {"egress": {"proxySecretRef": {"name": "egress", "key": "url"},
+                                           "noProxy": [".svc.cluster.local", "10.0.0.0/8", "169.254.169.254"],
+                                           "caBundle": {"configMap": "corporate-ca", "key": "bundle.pem"}}})
+    objects = render(values)
+    check_objects(every(objects))
+    env = {e["name"]: e for e in container(objects)["env"]}
+    secret = {"secretKeyRef": {"name": "egress", "key": "url"}}
+    assert env["HTTPS_PROXY"]["valueFrom"] == secret and env["HTTP_PROXY"]["valueFrom"] == secret
+    assert env["NO_PROXY"]["value"] == ".svc.cluster.local,10.0.0.0/8,169.254.169.254"
+    assert {"name": "egress-ca", "mountPath": "/etc/ai-enabler-proxy-egress", "readOnly": True} in \
+        container(objects)["volumeMounts"]
+    volumes = objects["Deployment"][0]["spec"]["template"]["spec"]["volumes"]
+    assert {"name": "egress-ca", "configMap": {"name": "corporate-ca"}} in volumes
+    config = yaml.safe_load(objects["ConfigMap"][0]["data"]["config.yaml"])
+    assert config["egress"] == {"caFile": "/etc/ai-enabler-proxy-egress/bundle.pem"}
+    plain = {e["name"]: e for e in container(render(merge(CASTAI_KEY, {"egress": {"proxy": "http://proxy:3128"}})))["env"]}
+    assert plain["HTTPS_PROXY"]["value"] == plain["HTTP_PROXY"]["value"] == "http://proxy:3128"
+    assert "NO_PROXY" not in plain and "HTTPS_PROXY" not in {e["name"] for e in container(render(CASTAI_KEY))["env"]}
+    with pytest.raises(TemplateError, match="both set"):
+        render(merge(values, {"proxy": {"config": {"egress": {"proxy": ""}}}}))
 
 
 MONITORING = merge(CASTAI_KEY, {"metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kps"}},

@@ -123,4 +123,11 @@ dataDir: /var/lib/ai-enabler-proxy
 {{- with .Values.proxy.config }}
 {{ toYaml . }}
 {{- end }}
+{{- if or .Values.egress.caBundle.configMap .Values.egress.caBundle.secret }}
+{{- if dig "egress" "" .Values.proxy.config }}
+{{- fail "egress.caBundle and proxy.config.egress are both set: give the CA file in one of them" }}
+{{- end }}
+egress:
+  caFile: /etc/ai-enabler-proxy-egress/{{ .Values.egress.caBundle.key | default "ca.crt" }}
+{{- end }}
 {{- end -}}
