@@ -52,16 +52,19 @@ def free_port() -> int:
 
 
 def start_gateway(home: pathlib.Path, port: int, admin: str) -> subprocess.Popen:
-    keep = {k: v for k, v in os.environ.items() if k not in ("API_KEY", "PORT", "DATA_DIR", "HEALTH_PORT")}
-    env = {**keep, "DATA_DIR": str(home), "ADMIN_API_KEY": admin, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--port", str(port)], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=(home / "gateway.log").open("wb"))
+    """On the embedded defaults: whatever the shell sets for a real Cast AI API, port or data stays out."""
+    drop = ("API_KEY", "API_URL", "CLUSTER_ID", "API_KEY_FALLBACK", "PORT", "HEALTH_PORT", "DATA_DIR")
+    env = {**{k: v for k, v in os.environ.items() if k not in drop},
+           "DATA_DIR": str(home), "ADMIN_API_KEY": admin, "PYTHONPATH": str(ROOT)}
+    with (home / "gateway.log").open("wb") as log:
+        return subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--port", str(port)], cwd=ROOT,
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-async def ready(http, base: str, proc: subprocess.Popen) -> None:
+async def ready(http, base: str, proc: subprocess.Popen, log: pathlib.Path) -> None:
     for _ in range(200):
         if proc.poll() is not None:
-            raise SystemExit(f"the gateway exited with {proc.returncode}")
+            raise SystemExit(f"the gateway exited with {proc.returncode}:\n{log.read_text()[-2000:]}")
         try:
             async with http.get(f"{base}/readyz") as r:
                 if r.status == 200:
@@ -123,7 +126,7 @@ async def collect(duration: float) -> list:
         proc = start_gateway(pathlib.Path(home), port, admin)
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
-                await ready(http, base, proc)
+                await ready(http, base, proc, pathlib.Path(home) / "gateway.log")
                 await register_offline(http, base, admin)
                 until = time.monotonic() + duration
                 got = await asyncio.gather(scrape(http, base, f"127.0.0.1:{port}", until + 2),
@@ -131,7 +134,11 @@ async def collect(duration: float) -> list:
                 return got[0]
         finally:
             proc.terminate()
-            proc.wait(timeout=15)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:  # a drain that hangs must not outlive the script
+                proc.kill()
+                proc.wait()
 
 
 # --- SVG ---------------------------------------------------------------------------------------

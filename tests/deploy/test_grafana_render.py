@@ -128,9 +128,9 @@ def _chromium() -> str | None:
 
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
-    """One run: 8 s of load, bounded at 90 s in all (a gateway that hangs fails, not blocks)."""
+    """One run: 6 s of load, bounded at 90 s in all (a gateway that hangs fails, not blocks)."""
     out = tmp_path_factory.mktemp("render")
-    args = [sys.executable, str(GRAFANA / "render.py"), "--seconds", "8", "--svg", str(out / "d.svg")]
+    args = [sys.executable, str(GRAFANA / "render.py"), "--seconds", "6", "--svg", str(out / "d.svg")]
     if _chromium():
         args += ["--png", str(out / "d.png")]
     subprocess.run(args, check=True, timeout=90, cwd=ROOT)
