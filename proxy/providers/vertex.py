@@ -15,11 +15,8 @@ from proxy.providers.base import Capabilities, Target, UpstreamRequest
 from proxy.providers.gemini import Adapter as GeminiAdapter
 
 
-class Adapter(GeminiAdapter):
-    model_path = "/publishers/google/models/"
-
-    def __init__(self) -> None:
-        super().__init__(Capabilities(needs_url=True, passthrough=False, keyless_extra="gcp"))
+class GoogleBearer:
+    """Vertex's credential, for every publisher's models: a static token or a refreshed Google one."""
 
     def auth_headers(self, target: Target) -> dict[str, str]:
         return {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
@@ -29,3 +26,10 @@ class Adapter(GeminiAdapter):
 
     def sign(self, target: Target, upstream_request: UpstreamRequest, token: str) -> None:
         upstream_request.headers["Authorization"] = f"Bearer {token}"
+
+
+class Adapter(GoogleBearer, GeminiAdapter):
+    model_path = "/publishers/google/models/"
+
+    def __init__(self) -> None:
+        super().__init__(Capabilities(needs_url=True, passthrough=False, keyless_extra="gcp"))
