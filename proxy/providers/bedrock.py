@@ -33,12 +33,22 @@ FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "
           "guardrail_intervened": "content_filter", "content_filtered": "content_filter",
           "model_context_window_exceeded": "length"}
 _FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif", "image/webp": "webp"}
-# An exception name (an error answer's `x-amzn-ErrorType`, or a stream's exception frame) → its status.
+# An exception name (an error answer's `x-amzn-ErrorType`, or a stream's exception frame) → the status
+# Bedrock's API reference gives it (what a stream's exception frame, which has none, is taken to mean).
 ERROR_STATUS = {"ThrottlingException": 429, "ValidationException": 400, "AccessDeniedException": 403,
-                "ResourceNotFoundException": 404, "ModelNotReadyException": 503, "ServiceUnavailableException": 503,
-                "ModelTimeoutException": 504, "ModelErrorException": 502, "ModelStreamErrorException": 502,
-                "InternalServerException": 500, "ServiceQuotaExceededException": 429,
+                "ResourceNotFoundException": 404, "ModelNotReadyException": 429, "ServiceUnavailableException": 503,
+                "ModelTimeoutException": 408, "ModelErrorException": 424, "ModelStreamErrorException": 424,
+                "InternalServerException": 500, "ServiceQuotaExceededException": 400,
                 "UnrecognizedClientException": 403, "ExpiredTokenException": 403}
+# Exceptions whose class does not follow from their status: a model still loading (429) is an
+# overload, not the account's rate limit; a model timeout (408) is a timeout, not the caller's
+# fault; a model's own failure (424) is the provider's; an account quota (400) is a rate limit. All
+# of these fail over; the client, when none is left, gets 503 with Retry-After, 504, 502 or 429.
+_KINDS = {"ThrottlingException": "rate_limit", "ServiceQuotaExceededException": "rate_limit",
+          "ModelNotReadyException": "overloaded", "ServiceUnavailableException": "overloaded",
+          "ModelTimeoutException": "timeout", "ModelErrorException": "server", "ModelStreamErrorException": "server",
+          **dict.fromkeys(("AccessDeniedException", "UnrecognizedClientException", "ExpiredTokenException",
+                           "InvalidSignatureException"), "auth")}
 _ANY_OBJECT = {"type": "object"}
 BEARER_ENV = "AWS_BEARER_TOKEN_BEDROCK"
 
@@ -194,9 +204,7 @@ def failure_of(error_type: str, message: str, status: int | None = None,
     name = error_type.split(":", 1)[0]
     name = name[:1].upper() + name[1:]
     status = status or ERROR_STATUS.get(name, 500)
-    kind = base.kind_of_status(status)
-    if name in ("ModelNotReadyException", "ServiceUnavailableException"):  # answered as 429 at times
-        kind = "server"
+    kind = _KINDS.get(name) or base.kind_of_status(status)
     return UpstreamFailure(status=status, message=message or name or f"the provider answered HTTP {status}",
                            kind=kind, retry_after=retry_after, code=name or None, type=name or None)
 
