@@ -108,3 +108,47 @@ class FakeGoogle:
         if request.match_info["call"].endswith(":streamRawPredict"):
             return web.Response(text=CLAUDE_STREAM, content_type="text/event-stream")
         return web.json_response(CLAUDE)
+
+
+class FakeMetadata:
+    """The GCE/GKE metadata server: every request must carry `Metadata-Flavor: Google`, and every
+    answer does; the default service account's token is issued by (and valid at) `google`."""
+
+    ROOT = "/computeMetadata/v1/"
+
+    def __init__(self, google: FakeGoogle) -> None:
+        self.google = google
+        self.token_calls = 0
+        self.app = web.Application()
+        self.app.router.add_get("/", self._ping)
+        self.app.router.add_get(self.ROOT + "project/project-id", self._project)
+        self.app.router.add_get(self.ROOT + "instance/service-accounts/default/", self._account)
+        self.app.router.add_get(self.ROOT + "instance/service-accounts/default/token", self._token)
+
+    async def start(self, aiohttp_server) -> FakeMetadata:
+        self.server = await aiohttp_server(self.app)
+        self.host = f"127.0.0.1:{self.server.port}"
+        return self
+
+    @staticmethod
+    def _answer(request: web.Request, body) -> web.Response:
+        if request.headers.get("Metadata-Flavor") != "Google":
+            return web.Response(status=403, text="Missing Metadata-Flavor:Google header.")
+        headers = {"Metadata-Flavor": "Google"}
+        if isinstance(body, str):
+            return web.Response(text=body, headers=headers)
+        return web.json_response(body, headers=headers)
+
+    async def _ping(self, request: web.Request) -> web.Response:
+        return self._answer(request, "computeMetadata/\n")
+
+    async def _project(self, request: web.Request) -> web.Response:
+        return self._answer(request, "p-1")
+
+    async def _account(self, request: web.Request) -> web.Response:
+        return self._answer(request, {"aliases": ["default"], "email": "gateway@p-1.iam.gserviceaccount.com",
+                                      "scopes": [cloud.GOOGLE_SCOPE]})
+
+    async def _token(self, request: web.Request) -> web.Response:
+        self.token_calls += 1
+        return self._answer(request, self.google.issue())
