@@ -3,7 +3,7 @@ the tokens it issued.
 
 The token endpoint checks the signed JWT assertion against the account's freshly generated RSA
 key and the scope, then issues a random access token expiring `lifetime` s later. Vertex answers
-`generateContent` (Gemini) and `rawPredict` / `streamRawPredict` (Claude: the body must have no
+`generateContent` (Gemini), `predict` (text embeddings) and `rawPredict` / `streamRawPredict` (Claude: the body must have no
 `model` and Vertex's `anthropic_version`) for an issued token, and 401 `ACCESS_TOKEN_EXPIRED`
 for any other token or while `expire_next` > 0.
 """
@@ -94,7 +94,15 @@ class FakeGoogle:
         return None
 
     async def _gemini(self, request: web.Request) -> web.Response:
-        return self._refused(request) or web.json_response(ANSWER)
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        if request.match_info["call"].endswith(":predict"):  # text embeddings: one prediction per instance
+            instances = (await request.json())["instances"]
+            return web.json_response({"predictions": [
+                {"embeddings": {"statistics": {"truncated": False, "token_count": 3}, "values": [0.5, -0.5]}}
+                for _ in instances]})
+        return web.json_response(ANSWER)
 
     async def _claude(self, request: web.Request) -> web.Response:
         body = await request.json()

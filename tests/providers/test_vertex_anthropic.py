@@ -22,6 +22,7 @@ URL = "https://us-east5-aiplatform.googleapis.com/v1/projects/p-1/locations/us-e
 TOKEN = "ya29.secret-access-token"
 CLAUDE = "claude-sonnet-4-5@20250929"
 GEMINI = "gemini-2.0-flash-001"
+EMBEDDING = "text-embedding-005"
 HELLO = [{"role": "user", "content": "Hi"}]
 QUESTION = {"model": CLAUDE, "messages": HELLO, "temperature": 0.2, "stop": ["END"]}
 
@@ -81,23 +82,26 @@ def sdk(gw) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=gw.url + "/openai/v1", api_key="caller", max_retries=0)
 
 
-async def _ask_all(client) -> list[str]:
-    """Claude (answer and stream) and Gemini, on Vertex, through the gateway: the texts."""
+async def _ask_all(client) -> list:
+    """Claude (answer and stream), Gemini and embeddings, on Vertex, through the gateway: what came back."""
     claude = await client.chat.completions.create(model=CLAUDE, messages=HELLO)
     stream = await client.chat.completions.create(model=CLAUDE, messages=HELLO, stream=True)
     streamed = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
     gemini = await client.chat.completions.create(model=GEMINI, messages=HELLO)
-    return [claude.choices[0].message.content, streamed, gemini.choices[0].message.content]
+    embedded = await client.embeddings.create(model=EMBEDDING, input=["a", "b"], encoding_format="float")
+    return [claude.choices[0].message.content, streamed, gemini.choices[0].message.content,
+            [d.embedding for d in embedded.data], embedded.usage.prompt_tokens]
 
 
-async def test_claude_and_gemini_on_vertex_share_one_token_and_pass_across_its_expiry(gateway, google, tmp_path):
+async def test_claude_gemini_and_embeddings_on_vertex_share_one_token_and_pass_across_its_expiry(gateway, google, tmp_path):
     (tmp_path / "sa.json").write_text(orjson.dumps(google.account()).decode())
     google.lifetime = cloud.GOOGLE_MARGIN + 2  # fresh for 2 s, then inside the refresh margin
     common = {"url": google.url + BASE, "credentials": f"file:{tmp_path / 'sa.json'}"}
     gw = await gateway({"providers": [
         {"name": "claude", "supportedProvider": "VERTEXAIANTHROPIC", "models": [CLAUDE], **common},
-        {"name": "gemini", "supportedProvider": "VERTEXAIGEMINI", "models": [GEMINI], **common}]})
-    expected = ["Hello from Claude on Vertex.", "Hello from Claude on Vertex.", "Hello from Vertex."]
+        {"name": "gemini", "supportedProvider": "VERTEXAIGEMINI", "models": [GEMINI, EMBEDDING], **common}]})
+    expected = ["Hello from Claude on Vertex.", "Hello from Claude on Vertex.", "Hello from Vertex.",
+                [[0.5, -0.5], [0.5, -0.5]], 6]
     async with sdk(gw) as client:
         assert await _ask_all(client) == expected
         assert google.token_calls == 1 and len(set(google.seen)) == 1  # one token for both publishers
