@@ -14,6 +14,7 @@ Answer: `output.message` → the choice; `stopReason` → finish_reason; usage w
 Stream: `application/vnd.amazon.eventstream` frames (botocore's parser, CRCs checked) whose
 events map onto OpenAI chunks; an exception frame is the gateway's error event. JSON mode and
 URL images are refused; seed, penalties and `user` are dropped.
+Embeddings: InvokeModel (`/model/{id}/invoke`) for Titan and Cohere (proxy.providers.bedrock_embeddings).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import msgspec
 from proxy.errors import InvalidRequest
 from proxy.providers import anthropic, base, chat
 from proxy.providers.base import Capabilities, Parsed, Target, UpstreamFailure, UpstreamRequest, Usage
+from proxy.providers.bedrock_embeddings import from_bedrock_embeddings, to_bedrock_embeddings
 from proxy.providers.chat import ChatParams, NamedChoice
+from proxy.providers.gemini_embeddings import read_embedding_params
 
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
           "guardrail_intervened": "content_filter", "content_filtered": "content_filter",
@@ -298,7 +301,7 @@ _HANDLERS = {"messageStart": StreamParser._message_start, "contentBlockStart": S
 
 class Adapter:
     def __init__(self) -> None:
-        self.caps = Capabilities(passthrough=False, needs_region=True, extra="aws")
+        self.caps = Capabilities(passthrough=False, needs_region=True, extra="aws", embeddings=True)
 
     @staticmethod
     def bearer(target: Target) -> str | None:
@@ -314,11 +317,13 @@ class Adapter:
         sigv4(upstream_request, frozen, "bedrock", region)
 
     def build_request(self, target: Target, request) -> UpstreamRequest:
-        if request.kind != "chat":
-            raise InvalidRequest("this provider serves chat completions only", code="unsupported_endpoint")
-        body = msgspec.json.encode(to_bedrock_converse(chat.read_params(request, multiple_choices=False)))
+        if request.kind == "embeddings":
+            body = to_bedrock_embeddings(read_embedding_params(request), request.model)
+            method = "invoke"
+        else:
+            body = to_bedrock_converse(chat.read_params(request, multiple_choices=False))
+            method = "converse-stream" if request.stream else "converse"
         base_url = (target.url or f"https://bedrock-runtime.{target.region}.amazonaws.com").rstrip("/")
-        method = "converse-stream" if request.stream else "converse"
         headers = {**target.headers, "Content-Type": "application/json"}
         bearer = self.bearer(target)
         if bearer:
@@ -326,9 +331,11 @@ class Adapter:
         if request.stream:
             headers["Accept"] = "application/vnd.amazon.eventstream"
         url = f"{base_url}/model/{quote(request.model, safe='')}/{method}"
-        return UpstreamRequest("POST", url, headers, body, request.stream)
+        return UpstreamRequest("POST", url, headers, msgspec.json.encode(body), request.stream)
 
     def parse_response(self, request, body: bytes) -> Parsed:
+        if request.kind == "embeddings":
+            return from_bedrock_embeddings(read_embedding_params(request), request.model, body)
         response = _response.decode(body)
         usage = usage_of(response.usage) if response.usage is not None else None
         answer = chat.completion(chat.new_id(), request.model, [from_bedrock_converse(response)], usage)

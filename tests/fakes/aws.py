@@ -4,9 +4,10 @@
 each time with new temporary keys expiring `lifetime` s later, and only for the expected web
 identity token. `FakePodIdentity` is the EKS Pod Identity agent (a GET answered with JSON keys,
 only for the `Authorization` token the pod's token file holds); `FakeIMDS` the EC2 instance
-metadata service, IMDSv2 (a PUT for a session token, then the role and its keys for that token). `FakeBedrock` recomputes every request's SigV4 signature with botocore from the
-keys STS issued (or a static pair) and refuses a wrong one with 403, then answers Converse JSON or
-a ConverseStream eventstream written in odd-sized pieces.
+metadata service, IMDSv2 (a PUT for a session token, then the role and its keys for that token).
+`FakeBedrock` recomputes every request's SigV4 signature with botocore from the keys one of them
+issued (or a static pair) and refuses a wrong one with 403, then answers Converse JSON, a
+ConverseStream eventstream written in odd-sized pieces, or a Titan embedding (InvokeModel).
 """
 
 from __future__ import annotations
@@ -207,6 +208,8 @@ class FakeBedrock:
         self.bodies.append(orjson.loads(body))
         if request.match_info["method"] == "converse":
             return web.json_response(ANSWER)
+        if request.match_info["method"] == "invoke":  # InvokeModel, as a Titan embeddings model answers it
+            return web.json_response({"embedding": [0.25, -0.5], "inputTextTokenCount": 4})
         out = web.StreamResponse(headers={"Content-Type": "application/vnd.amazon.eventstream"})
         await out.prepare(request)
         data, at, size = stream_frames(), 0, 1
