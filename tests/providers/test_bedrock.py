@@ -243,3 +243,14 @@ def test_a_cohere_inference_profile_is_cohere_and_its_url_is_invoke():
     built = adapter.build_request(Target("b", None, "key", region="us-east-1"), request)
     assert built.url == "https://bedrock-runtime.us-east-1.amazonaws.com/model/us.cohere.embed-v4%3A0/invoke"
     assert orjson.loads(built.body) == {"texts": ["a", "b"], "input_type": "search_document"}
+
+
+def test_common_bedrock_models_are_priced_and_catalogued():
+    from proxy import catalog
+    from proxy.telemetry.prices import Prices
+
+    prices, models = Prices(), catalog.models_bundle().models
+    for model, per_million in [("anthropic.claude-3-5-haiku-20241022-v1:0", 0.8), ("amazon.nova-lite-v1:0", 0.06),
+                               ("meta.llama3-1-8b-instruct-v1:0", 0.22), ("amazon.titan-embed-text-v2:0", 0.02)]:
+        assert prices.cost(model, 1_000_000, 0) == pytest.approx(per_million)
+        assert "BEDROCK" in models[model].providers
