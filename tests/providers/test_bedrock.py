@@ -224,27 +224,6 @@ async def test_titan_embeddings_are_signed_with_web_identity_keys(gateway, aws):
     assert record.prompt_tokens == 4 and not record.tokens_estimated
 
 
-@pytest.mark.parametrize("model, given, param", [
-    ("amazon.titan-embed-text-v2:0", ["one", "two"], "input"),  # Titan embeds one text per call
-    ("meta.llama3-8b-instruct-v1:0", "x", "model")])
-def test_embeddings_bedrock_cannot_make_are_a_400_naming_the_field(model, given, param):
-    from proxy.errors import InvalidRequest
-
-    adapter = providers.adapter("BEDROCK")
-    request = parse(orjson.dumps({"model": model, "input": given}), "embeddings")
-    with pytest.raises(InvalidRequest) as caught:
-        adapter.build_request(Target("b", None, "key", region="us-east-1"), request)
-    assert caught.value.param == param
-
-
-def test_a_cohere_inference_profile_is_cohere_and_its_url_is_invoke():
-    adapter = providers.adapter("BEDROCK")
-    request = parse(orjson.dumps({"model": "us.cohere.embed-v4:0", "input": ["a", "b"]}), "embeddings")
-    built = adapter.build_request(Target("b", None, "key", region="us-east-1"), request)
-    assert built.url == "https://bedrock-runtime.us-east-1.amazonaws.com/model/us.cohere.embed-v4%3A0/invoke"
-    assert orjson.loads(built.body) == {"texts": ["a", "b"], "input_type": "search_document"}
-
-
 def test_common_bedrock_models_are_priced_and_catalogued():
     from proxy import catalog
     from proxy.telemetry.prices import Prices

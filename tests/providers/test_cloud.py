@@ -8,18 +8,9 @@ import openai
 import orjson
 import pytest
 
-from proxy.providers import credentials
-from tests.fakes.google import BASE, FakeGoogle
+from tests.fakes.google import BASE
 
 MODEL = "gemini-2.0-flash-001"
-
-
-@pytest.fixture
-async def google(aiohttp_server, monkeypatch):
-    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
-    credentials.forget()
-    yield await FakeGoogle().start(aiohttp_server)
-    credentials.forget()
 
 
 def sdk(gw) -> openai.AsyncOpenAI:

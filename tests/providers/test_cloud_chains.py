@@ -103,17 +103,6 @@ async def test_instance_metadata_keys_sign_bedrock_requests(gateway, aiohttp_ser
 
 
 # -- Google Application Default Credentials -----------------------------------------------------
-@pytest.fixture
-async def google(aiohttp_server, tmp_path, monkeypatch):
-    for name in ("GOOGLE_APPLICATION_CREDENTIALS", "GCE_METADATA_HOST", "GCE_METADATA_ROOT", "GCE_METADATA_IP",
-                 "NO_GCE_CHECK"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))  # no gcloud user login to find
-    credentials.forget()
-    yield await FakeGoogle().start(aiohttp_server)
-    credentials.forget()
-
-
 def vertex_item(google: FakeGoogle) -> dict:
     return {"name": "vertex", "supportedProvider": "VERTEXAIGEMINI", "url": google.url + BASE, "models": [GEMINI]}
 

@@ -12,10 +12,10 @@ import pytest
 
 from proxy import providers
 from proxy.errors import InvalidRequest
-from proxy.providers import cloud, credentials
+from proxy.providers import cloud
 from proxy.providers.base import Target
 from proxy.request import parse
-from tests.fakes.google import BASE, FakeGoogle
+from tests.fakes.google import BASE
 
 ADAPTER = providers.adapter("VERTEXAIANTHROPIC")
 URL = "https://us-east5-aiplatform.googleapis.com/v1/projects/p-1/locations/us-east5"
@@ -70,14 +70,6 @@ def test_embeddings_are_refused_and_url_is_required():
 
 
 # -- over loopback, with only a service-account file ------------------------------------------------
-@pytest.fixture
-async def google(aiohttp_server, monkeypatch):
-    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
-    credentials.forget()
-    yield await FakeGoogle().start(aiohttp_server)
-    credentials.forget()
-
-
 def sdk(gw) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=gw.url + "/openai/v1", api_key="caller", max_retries=0)
 
