@@ -26,6 +26,7 @@ TABLE: dict[str, str] = {
     "ANTHROPIC": "proxy.providers.anthropic:Adapter",
     "GEMINI": "proxy.providers.gemini:Adapter",
     "VERTEXAIGEMINI": "proxy.providers.vertex:Adapter",
+    "VERTEXAIANTHROPIC": "proxy.providers.vertex_anthropic:Adapter",
     "BEDROCK": "proxy.providers.bedrock:Adapter",
 }
 

@@ -332,23 +332,35 @@ def _json_mode(request) -> bool:
 
 
 class Adapter:
-    def __init__(self) -> None:
-        self.caps = Capabilities(default_url="https://api.anthropic.com/v1", passthrough=False)
+    """Anthropic's own API; `body`, `headers` and `url` are what a host of the same wire changes
+    (proxy.providers.vertex_anthropic)."""
+
+    def __init__(self, caps: Capabilities | None = None) -> None:
+        self.caps = caps or Capabilities(default_url="https://api.anthropic.com/v1", passthrough=False)
+
+    def body(self, request) -> dict:
+        return to_anthropic_request(chat.read_params(request, multiple_choices=False), request.model, request.stream)
+
+    def headers(self, target: Target) -> dict[str, str]:
+        headers = {"anthropic-version": VERSION, **target.headers, "Content-Type": "application/json"}
+        if target.api_key:
+            headers["x-api-key"] = target.api_key
+        return headers
+
+    def url(self, target: Target, request) -> str:
+        url = (target.url or self.caps.default_url or "").rstrip("/")
+        if url.count("/") == 2:  # a bare host: the API lives under /v1
+            url += "/v1"
+        return url + "/messages"
 
     def build_request(self, target: Target, request) -> UpstreamRequest:
         if request.kind != "chat":
             raise InvalidRequest("this provider serves chat completions only", code="unsupported_endpoint")
-        params = chat.read_params(request, multiple_choices=False)
-        body = msgspec.json.encode(to_anthropic_request(params, request.model, request.stream))
-        headers = {"anthropic-version": VERSION, **target.headers, "Content-Type": "application/json"}
-        if target.api_key:
-            headers["x-api-key"] = target.api_key
+        body = msgspec.json.encode(self.body(request))
+        headers = self.headers(target)
         if request.stream:
             headers["Accept"] = "text/event-stream"
-        url = (target.url or self.caps.default_url or "").rstrip("/")
-        if url.count("/") == 2:  # a bare host: the API lives under /v1
-            url += "/v1"
-        return UpstreamRequest("POST", url + "/messages", headers, body, request.stream)
+        return UpstreamRequest("POST", self.url(target, request), headers, body, request.stream)
 
     def parse_response(self, request, body: bytes) -> Parsed:
         message = _message.decode(body)

@@ -14,6 +14,7 @@ Answer: `output.message` → the choice; `stopReason` → finish_reason; usage w
 Stream: `application/vnd.amazon.eventstream` frames (botocore's parser, CRCs checked) whose
 events map onto OpenAI chunks; an exception frame is the gateway's error event. JSON mode and
 URL images are refused; seed, penalties and `user` are dropped.
+Embeddings: InvokeModel (`/model/{id}/invoke`) for Titan and Cohere (proxy.providers.bedrock_embeddings).
 """
 
 from __future__ import annotations
@@ -27,18 +28,30 @@ import msgspec
 from proxy.errors import InvalidRequest
 from proxy.providers import anthropic, base, chat
 from proxy.providers.base import Capabilities, Parsed, Target, UpstreamFailure, UpstreamRequest, Usage
+from proxy.providers.bedrock_embeddings import from_bedrock_embeddings, to_bedrock_embeddings
 from proxy.providers.chat import ChatParams, NamedChoice
+from proxy.providers.gemini_embeddings import read_embedding_params
 
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",
           "guardrail_intervened": "content_filter", "content_filtered": "content_filter",
           "model_context_window_exceeded": "length"}
 _FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg", "image/gif": "gif", "image/webp": "webp"}
-# An exception name (an error answer's `x-amzn-ErrorType`, or a stream's exception frame) → its status.
+# An exception name (an error answer's `x-amzn-ErrorType`, or a stream's exception frame) → the status
+# Bedrock's API reference gives it (what a stream's exception frame, which has none, is taken to mean).
 ERROR_STATUS = {"ThrottlingException": 429, "ValidationException": 400, "AccessDeniedException": 403,
-                "ResourceNotFoundException": 404, "ModelNotReadyException": 503, "ServiceUnavailableException": 503,
-                "ModelTimeoutException": 504, "ModelErrorException": 502, "ModelStreamErrorException": 502,
-                "InternalServerException": 500, "ServiceQuotaExceededException": 429,
+                "ResourceNotFoundException": 404, "ModelNotReadyException": 429, "ServiceUnavailableException": 503,
+                "ModelTimeoutException": 408, "ModelErrorException": 424, "ModelStreamErrorException": 424,
+                "InternalServerException": 500, "ServiceQuotaExceededException": 400,
                 "UnrecognizedClientException": 403, "ExpiredTokenException": 403}
+# Exceptions whose class does not follow from their status: a model still loading (429) is an
+# overload, not the account's rate limit; a model timeout (408) is a timeout, not the caller's
+# fault; a model's own failure (424) is the provider's; an account quota (400) is a rate limit. All
+# of these fail over; the client, when none is left, gets 503 with Retry-After, 504, 502 or 429.
+_KINDS = {"ThrottlingException": "rate_limit", "ServiceQuotaExceededException": "rate_limit",
+          "ModelNotReadyException": "overloaded", "ServiceUnavailableException": "overloaded",
+          "ModelTimeoutException": "timeout", "ModelErrorException": "server", "ModelStreamErrorException": "server",
+          **dict.fromkeys(("AccessDeniedException", "UnrecognizedClientException", "ExpiredTokenException",
+                           "InvalidSignatureException"), "auth")}
 _ANY_OBJECT = {"type": "object"}
 BEARER_ENV = "AWS_BEARER_TOKEN_BEDROCK"
 
@@ -194,9 +207,7 @@ def failure_of(error_type: str, message: str, status: int | None = None,
     name = error_type.split(":", 1)[0]
     name = name[:1].upper() + name[1:]
     status = status or ERROR_STATUS.get(name, 500)
-    kind = base.kind_of_status(status)
-    if name in ("ModelNotReadyException", "ServiceUnavailableException"):  # answered as 429 at times
-        kind = "server"
+    kind = _KINDS.get(name) or base.kind_of_status(status)
     return UpstreamFailure(status=status, message=message or name or f"the provider answered HTTP {status}",
                            kind=kind, retry_after=retry_after, code=name or None, type=name or None)
 
@@ -290,7 +301,7 @@ _HANDLERS = {"messageStart": StreamParser._message_start, "contentBlockStart": S
 
 class Adapter:
     def __init__(self) -> None:
-        self.caps = Capabilities(passthrough=False, needs_region=True, extra="aws")
+        self.caps = Capabilities(passthrough=False, needs_region=True, extra="aws", embeddings=True)
 
     @staticmethod
     def bearer(target: Target) -> str | None:
@@ -306,11 +317,13 @@ class Adapter:
         sigv4(upstream_request, frozen, "bedrock", region)
 
     def build_request(self, target: Target, request) -> UpstreamRequest:
-        if request.kind != "chat":
-            raise InvalidRequest("this provider serves chat completions only", code="unsupported_endpoint")
-        body = msgspec.json.encode(to_bedrock_converse(chat.read_params(request, multiple_choices=False)))
+        if request.kind == "embeddings":
+            body = to_bedrock_embeddings(read_embedding_params(request), request.model)
+            method = "invoke"
+        else:
+            body = to_bedrock_converse(chat.read_params(request, multiple_choices=False))
+            method = "converse-stream" if request.stream else "converse"
         base_url = (target.url or f"https://bedrock-runtime.{target.region}.amazonaws.com").rstrip("/")
-        method = "converse-stream" if request.stream else "converse"
         headers = {**target.headers, "Content-Type": "application/json"}
         bearer = self.bearer(target)
         if bearer:
@@ -318,9 +331,11 @@ class Adapter:
         if request.stream:
             headers["Accept"] = "application/vnd.amazon.eventstream"
         url = f"{base_url}/model/{quote(request.model, safe='')}/{method}"
-        return UpstreamRequest("POST", url, headers, body, request.stream)
+        return UpstreamRequest("POST", url, headers, msgspec.json.encode(body), request.stream)
 
     def parse_response(self, request, body: bytes) -> Parsed:
+        if request.kind == "embeddings":
+            return from_bedrock_embeddings(read_embedding_params(request), request.model, body)
         response = _response.decode(body)
         usage = usage_of(response.usage) if response.usage is not None else None
         answer = chat.completion(chat.new_id(), request.model, [from_bedrock_converse(response)], usage)

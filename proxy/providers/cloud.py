@@ -14,6 +14,12 @@ the library's message, which can quote a token or a signed assertion.
   identity) a client-assertion exchange whose assertion is the token file read at every exchange
   (the kubelet rotates it; azure-identity's own workload credential keeps it for ten minutes);
   otherwise `DefaultAzureCredential`. The value is an Entra access token for Azure OpenAI.
+
+The libraries call their metadata and credential services themselves (IMDS at 169.254.169.254,
+EKS Pod Identity at 169.254.170.23, the GKE metadata server), not through the gateway's HTTP
+client, so the gateway's refusal of link-local addresses does not apply to them, on purpose: that
+guard keeps a registered provider URL away from these services; here the pod's own environment
+names them, as the identity the platform gave it.
 """
 
 from __future__ import annotations
@@ -51,8 +57,11 @@ def aws_source() -> Source:
             state["session"] = botocore.session.Session()
         try:
             found = state["session"].get_credentials()
-        except Exception:
-            raise CredentialFailed("AWS credential resolution failed") from None
+        except Exception as exc:  # a source that fetches at once (container, IMDS) failed: named by botocore
+            said = getattr(exc, "kwargs", None)  # botocore's errors keep their fields here
+            what = _AWS_SOURCES.get(said.get("provider") if isinstance(said, dict) else None,
+                                    "AWS credential resolution")
+            raise CredentialFailed(f"{what} failed") from None
         if found is None:
             raise CredentialFailed("no AWS credentials were found (environment, profile, web identity, "
                                    "container credentials or instance metadata)")

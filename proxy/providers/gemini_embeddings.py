@@ -77,13 +77,21 @@ def float32_base64(values: list[float]) -> str:
 
 def from_gemini_embeddings(params: EmbeddingParams, model: str, body: bytes) -> Parsed:
     """OpenAI's embeddings list; usage estimated from the input text, since Gemini reports none."""
-    vectors = [e.values for e in _embeddings.decode(body).embeddings]
+    return openai_embeddings(params, model, [e.values for e in _embeddings.decode(body).embeddings])
+
+
+def openai_embeddings(params: EmbeddingParams, model: str, vectors: list[list[float]],
+                      tokens: int | None = None) -> Parsed:
+    """OpenAI's embeddings answer for `vectors` in input order, with the provider's token count or,
+    when it reports none (`tokens` None), the gateway's estimate, marked as one."""
     if len(vectors) != len(params.texts):  # vectors that cannot be matched to their inputs: a 502
         raise ValueError(f"{len(vectors)} embeddings for {len(params.texts)} inputs")
     if params.encoding_format == "base64":
         vectors = [float32_base64(v) for v in vectors]
-    tokens = estimate_tokens(sum(len(text.encode()) for text in params.texts))
+    estimated = tokens is None
+    if tokens is None:
+        tokens = estimate_tokens(sum(len(text.encode()) for text in params.texts))
     data = [{"object": "embedding", "index": i, "embedding": vector} for i, vector in enumerate(vectors)]
     answer = orjson.dumps({"object": "list", "data": data, "model": model,
                            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
-    return Parsed(body=answer, usage=Usage(prompt_tokens=tokens, total_tokens=tokens, estimated=True), model=None)
+    return Parsed(body=answer, usage=Usage(prompt_tokens=tokens, total_tokens=tokens, estimated=estimated), model=None)

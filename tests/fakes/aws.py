@@ -1,10 +1,13 @@
-"""Loopback fakes of AWS: STS (AssumeRoleWithWebIdentity) and a Bedrock runtime that checks SigV4.
+"""Loopback fakes of AWS: the credential services and a Bedrock runtime that checks SigV4.
 
 `FakeSTS` answers the query-protocol call botocore makes for IRSA (a form POST; an XML answer),
 each time with new temporary keys expiring `lifetime` s later, and only for the expected web
-identity token. `FakeBedrock` recomputes every request's SigV4 signature with botocore from the
-keys STS issued (or a static pair) and refuses a wrong one with 403, then answers Converse JSON or
-a ConverseStream eventstream written in odd-sized pieces.
+identity token. `FakePodIdentity` is the EKS Pod Identity agent (a GET answered with JSON keys,
+only for the `Authorization` token the pod's token file holds); `FakeIMDS` the EC2 instance
+metadata service, IMDSv2 (a PUT for a session token, then the role and its keys for that token).
+`FakeBedrock` recomputes every request's SigV4 signature with botocore from the keys one of them
+issued (or a static pair) and refuses a wrong one with 403, then answers Converse JSON, a
+ConverseStream eventstream written in odd-sized pieces, or a Titan embedding (InvokeModel).
 """
 
 from __future__ import annotations
@@ -58,12 +61,89 @@ class FakeSTS:
         if self.fail or form.get("Action") != "AssumeRoleWithWebIdentity" \
                 or form.get("WebIdentityToken") != self.web_identity_token:
             return web.Response(status=400, text=STS_ERROR, content_type="text/xml")
-        key, secret, token = "ASIA" + secrets.token_hex(8).upper(), secrets.token_hex(20), secrets.token_hex(40)
-        self.issued[key] = (secret, token)
-        expiration = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=self.lifetime)
-        body = STS_XML.format(key=key, secret=secret, token=token, request_id=secrets.token_hex(8),
-                              expiration=expiration.strftime("%Y-%m-%dT%H:%M:%SZ"))
+        keys = temporary_keys(self.issued, self.lifetime)
+        body = STS_XML.format(key=keys["AccessKeyId"], secret=keys["SecretAccessKey"], token=keys["Token"],
+                              request_id=secrets.token_hex(8), expiration=keys["Expiration"])
         return web.Response(text=body, content_type="text/xml")
+
+
+def temporary_keys(issued: dict[str, tuple[str, str]], lifetime: float) -> dict:
+    """New temporary keys, kept in `issued`, in the JSON shape of the container and instance services."""
+    key, secret, token = "ASIA" + secrets.token_hex(8).upper(), secrets.token_hex(20), secrets.token_hex(40)
+    issued[key] = (secret, token)
+    expiration = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=lifetime)
+    return {"AccessKeyId": key, "SecretAccessKey": secret, "Token": token,
+            "Expiration": expiration.strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+
+class FakePodIdentity:
+    """The EKS Pod Identity agent: `GET /v1/credentials` with the pod's token as `Authorization`."""
+
+    def __init__(self, token: str, lifetime: float = 3600) -> None:
+        self.token = token
+        self.lifetime = lifetime
+        self.fail = False
+        self.calls = 0
+        self.tokens_seen: list[str] = []
+        self.issued: dict[str, tuple[str, str]] = {}
+        self.app = web.Application()
+        self.app.router.add_get("/v1/credentials", self._serve)
+
+    async def start(self, aiohttp_server) -> FakePodIdentity:
+        self.server = await aiohttp_server(self.app)
+        self.url = f"http://127.0.0.1:{self.server.port}/v1/credentials"
+        return self
+
+    async def _serve(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        self.tokens_seen.append(request.headers.get("Authorization", ""))
+        if self.fail:
+            return web.json_response({"message": "Service account token cannot be empty."}, status=500)
+        if request.headers.get("Authorization") != self.token:
+            return web.json_response({"message": "Token is not valid."}, status=400)
+        return web.json_response({**temporary_keys(self.issued, self.lifetime), "AccountId": "111122223333"})
+
+
+class FakeIMDS:
+    """EC2 instance metadata, IMDSv2 only: role credentials for a session token from `PUT /latest/api/token`."""
+
+    ROLE = "gateway-instance-role"
+    PATH = "/latest/meta-data/iam/security-credentials/"
+
+    def __init__(self, lifetime: float = 3600) -> None:
+        self.lifetime = lifetime
+        self.session_tokens: set[str] = set()
+        self.credential_calls = 0
+        self.issued: dict[str, tuple[str, str]] = {}
+        self.app = web.Application()
+        self.app.router.add_put("/latest/api/token", self._token)
+        self.app.router.add_get(self.PATH, self._role)
+        self.app.router.add_get(self.PATH + "{role}", self._credentials)
+
+    async def start(self, aiohttp_server) -> FakeIMDS:
+        self.server = await aiohttp_server(self.app)
+        self.url = f"http://127.0.0.1:{self.server.port}/"
+        return self
+
+    async def _token(self, request: web.Request) -> web.Response:
+        if not request.headers.get("x-aws-ec2-metadata-token-ttl-seconds"):
+            return web.Response(status=400)
+        token = secrets.token_urlsafe(32)
+        self.session_tokens.add(token)
+        return web.Response(text=token)
+
+    def _allowed(self, request: web.Request) -> bool:
+        return request.headers.get("x-aws-ec2-metadata-token") in self.session_tokens
+
+    async def _role(self, request: web.Request) -> web.Response:
+        return web.Response(text=self.ROLE) if self._allowed(request) else web.Response(status=401)
+
+    async def _credentials(self, request: web.Request) -> web.Response:
+        if not self._allowed(request) or request.match_info["role"] != self.ROLE:
+            return web.Response(status=401 if not self._allowed(request) else 404)
+        self.credential_calls += 1
+        return web.json_response({"Code": "Success", "LastUpdated": "2025-01-01T00:00:00Z", "Type": "AWS-HMAC",
+                                  **temporary_keys(self.issued, self.lifetime)})
 
 
 def signature_ok(request: web.Request, body: bytes, keys: dict[str, tuple[str, str | None]]) -> str | None:
@@ -128,6 +208,8 @@ class FakeBedrock:
         self.bodies.append(orjson.loads(body))
         if request.match_info["method"] == "converse":
             return web.json_response(ANSWER)
+        if request.match_info["method"] == "invoke":  # InvokeModel, as a Titan embeddings model answers it
+            return web.json_response({"embedding": [0.25, -0.5], "inputTextTokenCount": 4})
         out = web.StreamResponse(headers={"Content-Type": "application/vnd.amazon.eventstream"})
         await out.prepare(request)
         data, at, size = stream_frames(), 0, 1

@@ -167,3 +167,69 @@ def test_a_frame_with_a_bad_crc_ends_the_stream_with_an_error_event():
     out = parser.feed(good[:5]) + parser.feed(good[5:] + bytes(bad))
     assert b'"role":"assistant"' in out and parser.error is not None and parser.error.code == "upstream_bad_stream"
     assert parser.feed(eventstream.event("messageStop", {"stopReason": "end_turn"})) == b""
+
+
+# -- error classes: Bedrock's exceptions, as an HTTP answer (x-amzn-ErrorType) or an exception frame ----
+@pytest.mark.parametrize("exception, status, kind", [
+    ("ThrottlingException", 429, "rate_limit"), ("ServiceQuotaExceededException", 400, "rate_limit"),
+    ("ModelNotReadyException", 429, "overloaded"), ("ServiceUnavailableException", 503, "overloaded"),
+    ("ModelTimeoutException", 408, "timeout"), ("ModelErrorException", 424, "server"),
+    ("InternalServerException", 500, "server"), ("ValidationException", 400, "client"),
+    ("ResourceNotFoundException", 404, "not_found"), ("AccessDeniedException", 403, "auth")])
+def test_each_exception_has_its_class_as_an_answer_and_as_a_stream_frame(exception, status, kind):
+    adapter = providers.adapter("BEDROCK")
+    headers = {"x-amzn-ErrorType": f"{exception}:http://internal.amazon.com/coral/com.amazon.bedrock/"}
+    failure = adapter.parse_error(status, headers, b'{"message":"no"}')
+    assert (failure.status, failure.kind, failure.code, failure.message) == (status, kind, exception, "no")
+    parser = adapter.stream_parser(parse(orjson.dumps({"model": MODEL, "messages": HELLO, "stream": True})))
+    parser.feed(eventstream.event("messageStart", {"role": "assistant"})
+                + eventstream.exception(exception[:1].lower() + exception[1:], "no"))
+    assert (parser.error.status, parser.error.kind, parser.error.code) == (status, kind, exception)
+
+
+@pytest.mark.parametrize("name", ["bedrock/error_503", "bedrock/error_429_model_not_ready",
+                                  "bedrock/error_event_stream_503", "bedrock/error_408"])
+async def test_an_overloaded_or_timed_out_bedrock_fails_over_to_the_next_provider(gateway, replay, replay2, name):
+    from tests.fakes.replay import all_cassettes, load
+
+    cassettes = {c["name"]: c for c in map(load, all_cassettes())}
+    first = cassettes[name]
+    replay.load(first)
+    answer = cassettes["bedrock/text_stream" if first["openai"].get("stream") else "bedrock/text"]
+    replay2.load({**answer, "upstream": first["upstream"]})  # the same question, answered
+    second = {**replay2.provider(first, "second"), "isHosted": False}
+    gw = await gateway({"providers": [replay.provider(first, "first"), second]})
+    async with sdk(gw) as client:
+        request = {"model": first["model"], **first["openai"]}
+        if first["openai"].get("stream"):
+            stream = await client.chat.completions.create(**request)
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        else:
+            text = (await client.chat.completions.create(**request)).choices[0].message.content
+    assert text and (replay.calls, replay2.calls) == (1, 1) and replay2.mismatches == []
+    (record,) = await gw.records()
+    assert record.attempts == 2 and record.status == "completed"
+
+
+# -- embeddings: InvokeModel for Titan and Cohere ----------------------------------------------------
+async def test_titan_embeddings_are_signed_with_web_identity_keys(gateway, aws):
+    sts, bedrock = aws
+    gw = await gateway({"providers": [provider(bedrock, models=["amazon.titan-embed-text-v2:0"])]})
+    async with sdk(gw) as client:
+        answer = await client.embeddings.create(model="amazon.titan-embed-text-v2:0", input="Hi", dimensions=256,
+                                                encoding_format="float")
+    assert answer.data[0].embedding == [0.25, -0.5] and answer.usage.prompt_tokens == 4
+    assert bedrock.bodies == [{"inputText": "Hi", "dimensions": 256}] and sts.calls == 1
+    (record,) = await gw.records()
+    assert record.prompt_tokens == 4 and not record.tokens_estimated
+
+
+def test_common_bedrock_models_are_priced_and_catalogued():
+    from proxy import catalog
+    from proxy.telemetry.prices import Prices
+
+    prices, models = Prices(), catalog.models_bundle().models
+    for model, per_million in [("anthropic.claude-3-5-haiku-20241022-v1:0", 0.8), ("amazon.nova-lite-v1:0", 0.06),
+                               ("meta.llama3-1-8b-instruct-v1:0", 0.22), ("amazon.titan-embed-text-v2:0", 0.02)]:
+        assert prices.cost(model, 1_000_000, 0) == pytest.approx(per_million)
+        assert "BEDROCK" in models[model].providers

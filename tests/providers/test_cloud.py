@@ -1,87 +1,16 @@
 """Google credentials for Vertex over real loopback: a service account whose `token_uri` is a fake
 Google token endpoint (the JWT checked against the account's freshly generated RSA key), and a
-Vertex fake that answers 401 ACCESS_TOKEN_EXPIRED once."""
+Vertex fake that answers 401 ACCESS_TOKEN_EXPIRED once (tests/fakes/google.py)."""
 
 from __future__ import annotations
-
-import base64
-import json
-import secrets
 
 import openai
 import orjson
 import pytest
-from aiohttp import web
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from proxy.providers import cloud, credentials
+from tests.fakes.google import BASE
 
 MODEL = "gemini-2.0-flash-001"
-BASE = "/v1/projects/p-1/locations/us-central1"
-EXPIRED = {"error": {"code": 401, "message": "Request had invalid authentication credentials.",
-                     "status": "UNAUTHENTICATED", "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                                                               "reason": "ACCESS_TOKEN_EXPIRED"}]}}
-ANSWER = {"candidates": [{"content": {"role": "model", "parts": [{"text": "Hello from Vertex."}]},
-                          "finishReason": "STOP"}],
-          "usageMetadata": {"promptTokenCount": 3, "candidatesTokenCount": 4, "totalTokenCount": 7}}
-
-
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-class FakeGoogle:
-    """The token endpoint of a service account, and Vertex's generateContent behind its tokens."""
-
-    def __init__(self) -> None:
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.token_calls = 0
-        self.tokens: set[str] = set()
-        self.expire_next = 0
-        self.seen: list[str] = []
-        self.app = web.Application()
-        self.app.router.add_post("/token", self._token)
-        self.app.router.add_post(BASE + "/publishers/google/models/{call}", self._vertex)
-
-    async def start(self, aiohttp_server) -> FakeGoogle:
-        self.server = await aiohttp_server(self.app)
-        self.url = f"http://127.0.0.1:{self.server.port}"
-        return self
-
-    def account(self) -> dict:
-        pem = self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption()).decode()
-        return {"type": "service_account", "project_id": "p-1", "private_key_id": "k1", "private_key": pem,
-                "client_email": "gateway@p-1.iam.gserviceaccount.com", "client_id": "1",
-                "token_uri": self.url + "/token"}
-
-    async def _token(self, request: web.Request) -> web.Response:
-        self.token_calls += 1
-        form = await request.post()
-        head, claims, signature = form["assertion"].split(".")
-        self.key.public_key().verify(_unb64(signature), f"{head}.{claims}".encode(), padding.PKCS1v15(),
-                                     hashes.SHA256())  # raises (a 500) on a bad signature
-        assert json.loads(_unb64(claims))["scope"] == cloud.GOOGLE_SCOPE
-        token = "ya29." + secrets.token_hex(16)
-        self.tokens.add(token)
-        return web.json_response({"access_token": token, "expires_in": 3600, "token_type": "Bearer"})
-
-    async def _vertex(self, request: web.Request) -> web.Response:
-        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        self.seen.append(token)
-        if token not in self.tokens or self.expire_next:
-            self.expire_next = max(self.expire_next - 1, 0)
-            return web.json_response(EXPIRED, status=401)
-        return web.json_response(ANSWER)
-
-
-@pytest.fixture
-async def google(aiohttp_server, monkeypatch):
-    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
-    credentials.forget()
-    yield await FakeGoogle().start(aiohttp_server)
-    credentials.forget()
 
 
 def sdk(gw) -> openai.AsyncOpenAI:

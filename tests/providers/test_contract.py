@@ -229,7 +229,7 @@ def provider_sent_arguments(cassette: dict) -> list[str]:
         return list(blocks.values())
     anthropic_blocks: dict[int, int] = {}
     for block in Decoder().feed(body_bytes(cassette)):
-        if cassette["provider"] == "ANTHROPIC":
+        if cassette["provider"] in ("ANTHROPIC", "VERTEXAIANTHROPIC"):  # Claude on Vertex: Anthropic's events
             event = orjson.loads(block.data)
             if event["type"] == "content_block_start" and event["content_block"]["type"] == "tool_use":
                 anthropic_blocks[event["index"]] = len(sent)
@@ -243,7 +243,8 @@ def provider_sent_arguments(cassette: dict) -> list[str]:
     return sent
 
 
-@pytest.mark.parametrize("name", ["anthropic/tools_stream", "gemini/tools_stream", "vertex/tools_stream", "bedrock/tools_stream"])
+@pytest.mark.parametrize("name", ["anthropic/tools_stream", "gemini/tools_stream", "vertex/tools_stream", "bedrock/tools_stream",
+                                  "vertex_anthropic/tools_stream"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_streamed_tool_calls_reassemble_into_the_arguments_sent(gateway, replay, name, seed):
     cassette = BY_NAME[name]

@@ -40,11 +40,9 @@ def test_a_model_name_cannot_leave_the_publisher_path():
     assert upstream.url == f"{URL}/publishers/google/models/..%2F..%2Fx:generateContent"
 
 
-def test_url_is_required_and_embeddings_are_not_served():
+def test_url_is_required():
     item = msgspec.convert({"name": "v", "supportedProvider": "VERTEXAIGEMINI", "models": ["m"]}, ProviderItem)
     with pytest.raises(InvalidRequest) as caught:
         validate([item])
     assert caught.value.param == "providers[0].url"
-    assert not ADAPTER.caps.embeddings and ADAPTER.caps.needs_url
-    with pytest.raises(InvalidRequest):
-        ADAPTER.build_request(Target("v", URL, TOKEN), parse(orjson.dumps({"model": "m", "input": "x"}), "embeddings"))
+    assert ADAPTER.caps.needs_url
