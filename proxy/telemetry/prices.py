@@ -27,9 +27,14 @@ class _Table(msgspec.Struct):
 _SNAPSHOT = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{3,4})$")
 
 
+# A cross-region inference profile (`us.anthropic.claude-…`, `global.…`) runs the listed model at its
+# list price; newer models are served only through one, and unpriced they would record a cost of 0.
+_PROFILE = re.compile(r"^(?:us|us-gov|eu|apac|jp|au|ca|global)\.(?=[a-z0-9-]+\.)")
+
+
 def _base(model: str) -> str:
-    """`model` without a snapshot suffix."""
-    return _SNAPSHOT.sub("", model)
+    """`model` without a snapshot suffix or a cross-region profile prefix."""
+    return _SNAPSHOT.sub("", _PROFILE.sub("", model))
 
 
 def bundled() -> dict[str, Price]:

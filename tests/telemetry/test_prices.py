@@ -78,3 +78,13 @@ async def test_a_provider_answering_with_a_dated_model_is_charged_not_counted_as
     # 12 prompt tokens (2 cached) and 10 completion tokens at the bundled gpt-4o-mini price
     assert abs(record.cost_usd - (10 * 0.15 + 2 * 0.075 + 10 * 0.6) / 1e6) < 1e-12
     assert record.savings_usd == 0.0
+
+
+def test_a_cross_region_inference_profile_is_priced_as_its_model():
+    prices = Prices()
+    listed = prices.get("anthropic.claude-sonnet-4-20250514-v1:0")
+    assert listed is not None
+    for profile in ("us.", "eu.", "apac.", "global."):
+        assert prices.get(profile + "anthropic.claude-sonnet-4-20250514-v1:0") == listed
+    assert Prices.same_model("us.anthropic.claude-sonnet-4-20250514-v1:0", "anthropic.claude-sonnet-4-20250514-v1:0")
+    assert prices.get("us.unknown-model") is None  # a prefix alone prices nothing
