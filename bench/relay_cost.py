@@ -117,20 +117,24 @@ def per_event_us(wire: str, pattern: str, seconds: float = 1.0) -> dict:
     return {"wire": wire, "pattern": pattern, "events_per_stream": len(events), "us_per_event": round(best, 3)}
 
 
+def measure(seconds: float = 1.0, wires: tuple[str, ...] = tuple(WIRES)) -> list[dict]:
+    return [per_event_us(wire, pattern, seconds) for wire in wires for pattern in ("burst", "paced")]
+
+
+def render(rows: list[dict]) -> str:
+    lines = [f"{'wire':<10} {'reads':<7} {'events':>6}  {'µs CPU per event':>16}"]
+    lines += [f"{r['wire']:<10} {r['pattern']:<7} {r['events_per_stream']:>6}  {r['us_per_event']:>16.3f}" for r in rows]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.relay_cost", description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=1.0, help="CPU seconds per figure (default 1)")
     p.add_argument("--wires", default=",".join(WIRES), help=f"a subset of {','.join(WIRES)}")
     p.add_argument("--json", action="store_true", help="print JSON")
     args = p.parse_args(argv)
-    rows = [per_event_us(wire, pattern, args.seconds)
-            for wire in args.wires.split(",") for pattern in ("burst", "paced")]
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    print(f"{'wire':<10} {'reads':<7} {'events':>6}  {'µs CPU per event':>16}")
-    for row in rows:
-        print(f"{row['wire']:<10} {row['pattern']:<7} {row['events_per_stream']:>6}  {row['us_per_event']:>16.3f}")
+    rows = measure(args.seconds, tuple(args.wires.split(",")))
+    print(json.dumps(rows, indent=2) if args.json else render(rows))
     return 0
 
 
