@@ -117,13 +117,14 @@ class PassthroughParser:
     they are decoded. The read goes back whole unless the usage chunk is cut out of it.
     """
 
-    __slots__ = ("_framer", "_keys", "_drop_usage", "usage", "model", "events", "content_events", "done",
-                 "finished", "error", "invalid")
+    __slots__ = ("_framer", "_keys", "_drop_usage", "_drop_lf", "usage", "model", "events", "content_events",
+                 "done", "finished", "error", "invalid")
 
     def __init__(self, drop_usage_chunk: bool) -> None:
         self._framer = Framer()
         self._keys: tuple[bytes, ...] | None = None  # the notable keys as this stream spaces its JSON
         self._drop_usage = drop_usage_chunk
+        self._drop_lf = False  # the event dropped last ended in a CR: the LF of its CRLF goes too
         self.usage: Usage | None = None
         self.model: str | None = None
         self.events = 0
@@ -140,6 +141,12 @@ class PassthroughParser:
             return b""
         if framer.eol is None:
             return self._blocks()
+        if self._drop_lf:
+            self._drop_lf = False
+            if region[:1] == b"\n":
+                region = region[1:]
+                if not region:
+                    return b""
         data = region.count(b"\ndata:") + region.startswith(b"data:")
         if not data:
             return region  # comments (keep-alives) only
@@ -159,7 +166,10 @@ class PassthroughParser:
                 if not self._inspect(event):
                     dropped.append(span)
         self.content_events += max(data, 0)
-        return _without(region, dropped) if dropped else region
+        if not dropped:
+            return region
+        self._drop_lf = dropped[-1][1] == len(region) and region[-1:] == b"\r"
+        return _without(region, dropped)
 
     def _spacing(self, region: bytes) -> tuple[bytes, ...] | None:
         """The keys to look for, spaced as this stream's encoder spaces them (`"key":` or `"key": `)."""
@@ -250,8 +260,12 @@ def _notable(region: bytes, keys: tuple[bytes, bytes, bytes], sep: bytes) -> lis
 
 def _span(region: bytes, at: int, sep: bytes) -> tuple[int, int]:
     """The event around offset `at`: from after the blank line before it to its own blank line."""
-    start = region.rfind(sep, 0, at)
-    return 0 if start == -1 else start + len(sep), region.find(sep, at) + len(sep)  # the region ends with sep
+    start, end = region.rfind(sep, 0, at), region.find(sep, at)
+    start = 0 if start == -1 else start + len(sep)
+    while region[start] in b"\r\n":  # blank lines before it (or the LF of the last read's CRLF) are not its own
+        start += 1
+    # The last event of a CRLF read may end in the CR of its blank line, the LF in the next read.
+    return start, len(region) if end == -1 else end + len(sep)
 
 
 def _without(region: bytes, spans: list[tuple[int, int]]) -> bytes:

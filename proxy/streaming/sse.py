@@ -137,16 +137,18 @@ class Framer:
 
     While `fast`, `eol` is the stream's line ending (b"\\n" or b"\\r\\n") and `sep` the blank line
     that ends a block (`eol` twice): a caller may scan the bytes `feed` returned with them (every
-    block in them ends in `sep`, the first starts at offset 0). Once not `fast`, the stream went to
+    block in them ends in `sep`, but for a CRLF stream's read ending in the CR of one, and the
+    read after it starting with the LF). Once not `fast`, the stream went to
     `Decoder`, and `events` is the only way to read the blocks.
     """
 
-    __slots__ = ("_rest", "_decoder", "_blocks", "eol", "sep")
+    __slots__ = ("_rest", "_decoder", "_blocks", "_after_cr", "eol", "sep")
 
     def __init__(self) -> None:
         self._rest = b""  # the unfinished block
         self._decoder: Decoder | None = None
         self._blocks: list[Block] = []  # what the decoder completed on the last read
+        self._after_cr = False  # the last read ended in a CR that closed a block: an LF next is its pair
         self.eol: bytes | None = None  # None until the first line ending, and for good off the fast path
         self.sep = b""
 
@@ -161,6 +163,10 @@ class Framer:
             return chunk  # the common read: whole events, nothing held over
         if self._decoder is not None:
             return self._decode(chunk)
+        if self._after_cr:
+            self._after_cr = False
+            if chunk[:1] == b"\n":  # the LF of a CRLF whose CR ended the last read: relayed, not parsed
+                return b"\n" + self.feed(chunk[1:]) if len(chunk) > 1 else b"\n"
         buf = self._rest + chunk if self._rest else chunk
         eol = self.eol
         if eol is None:
@@ -172,6 +178,11 @@ class Framer:
                 return self._fall_back(buf)
         elif eol == b"\n" and b"\r" in chunk or eol == b"\r\n" and not _uniform(buf, eol):
             return self._fall_back(buf)
+        if eol == b"\r\n" and buf.endswith(b"\r\n\r"):
+            # A CR ends a line whether or not an LF follows: this blank line is complete already.
+            self._after_cr = True
+            self._rest = b""
+            return buf
         end = buf.rfind(self.sep)
         if end == -1:
             self._rest = buf
@@ -185,8 +196,8 @@ class Framer:
         if buf[:1] == _BOM[:1]:
             return b""  # a byte order mark (or what may become one): the decoder strips it
         lf, cr = buf.find(b"\n"), buf.find(b"\r")
-        if lf == -1:
-            return None if cr == -1 else b""
+        if lf == -1:  # no LF yet: undecided while a CR, if any, is the last byte (an LF may follow)
+            return None if cr == -1 or cr == len(buf) - 1 else b""
         eol = b"\n" if cr == -1 or cr > lf else b"\r\n" if cr == lf - 1 else b""
         if eol:
             self.eol, self.sep = eol, eol + eol
@@ -215,7 +226,11 @@ class Framer:
             return [block.data for block in self._blocks if block.data is not None]
         eol, sep = self.eol, self.sep
         out = []
-        for part in region.split(sep)[:-1]:  # the last is the empty rest after the final sep
+        parts = region.split(sep)
+        last = parts.pop()  # after the final sep: blank lines at most
+        if last[-1:] == b"\r":  # a CRLF block closed by the CR of its blank line, the LF to come
+            parts.append(last[:-3])
+        for part in parts:
             data = _single_data(part, eol)
             if data is None:  # several data lines, or a part that is not one plain block
                 out += [block.data for block in Decoder(started=True).feed(part + sep) if block.data is not None]
@@ -237,6 +252,8 @@ def _single_data(part: bytes, eol: bytes) -> bytes | None:
     if part[:5] == b"data:":
         at = 0
     else:
+        if part[:1] == b"\n" and eol == b"\r\n":
+            return None  # starts with the LF of the last read's CRLF: the decoder reads its lines
         at = part.find(eol + b"data:")
         if at == -1:
             return _NO_DATA if not part or part[:1] == b":" and eol not in part else None
