@@ -161,6 +161,9 @@ class Framer:
         everything fed comes back once, in order, except an unfinished block at the end."""
         if self.eol == b"\n" and not self._rest and chunk.endswith(b"\n\n") and b"\r" not in chunk:
             return chunk  # the common read: whole events, nothing held over
+        if (self.eol == b"\r\n" and not self._rest and not self._after_cr and chunk.endswith(b"\r\n\r\n")
+                and chunk.count(b"\r") == chunk.count(b"\n") == chunk.count(b"\r\n")):
+            return chunk  # the same, in CRLF
         if self._decoder is not None:
             return self._decode(chunk)
         if self._after_cr:
@@ -225,6 +228,11 @@ class Framer:
         if self._decoder is not None:
             return [block.data for block in self._blocks if block.data is not None]
         eol, sep = self.eol, self.sep
+        one = region.find(sep)
+        if one != -1 and one == len(region) - len(sep):  # one block: a paced stream's read
+            data = _single_data(region[:one], eol)
+            if data is not None:
+                return [] if data is _NO_DATA else [data]
         out = []
         parts = region.split(sep)
         last = parts.pop()  # after the final sep: blank lines at most
