@@ -159,9 +159,13 @@ class PassthroughParser:
         if not spans:
             self.content_events += data
             return region  # no notable event: the common read
+        return self._read_notable(region, spans, data)
+
+    def _read_notable(self, region: bytes, spans: list[tuple[int, int]], data: int) -> bytes:
+        """Decode the notable events; `data` counts the read's data events, less a [DONE]."""
         dropped = []
         for span in spans:
-            for event in framer.events(region[span[0]:span[1]]):
+            for event in self._framer.events(region[span[0]:span[1]]):
                 data -= 1  # counted by _inspect when it is content
                 if not self._inspect(event):
                     dropped.append(span)

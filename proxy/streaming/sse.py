@@ -170,7 +170,10 @@ class Framer:
             self._after_cr = False
             if chunk[:1] == b"\n":  # the LF of a CRLF whose CR ended the last read: relayed, not parsed
                 return b"\n" + self.feed(chunk[1:]) if len(chunk) > 1 else b"\n"
-        buf = self._rest + chunk if self._rest else chunk
+        return self._cut(self._rest + chunk if self._rest else chunk, chunk)
+
+    def _cut(self, buf: bytes, chunk: bytes) -> bytes:
+        """`buf` (the unfinished block and `chunk`, the read) up to its last complete block."""
         eol = self.eol
         if eol is None:
             eol = self._line_ending(buf)
