@@ -1,8 +1,9 @@
 """OpenAI's wire: the adapter every OpenAI-compatible provider is a small delta of.
 
-Bodies and SSE bytes pass through untouched. The stream parser looks inside an event only
-when a cheap byte scan says it carries usage, a finish reason or an error; plain content
-chunks are counted, never decoded.
+Bodies and SSE bytes pass through untouched. The stream parser works per upstream read, not
+per event: a read goes on whole (cut at its last complete event), its data lines are counted
+with one `bytes.count`, and only the events that a byte search finds carrying usage, a finish
+reason or an error are decoded; plain content chunks are counted, never decoded.
 """
 
 from __future__ import annotations
