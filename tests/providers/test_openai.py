@@ -118,6 +118,26 @@ def test_passthrough_reads_spaced_json_and_ignores_null_errors():
     assert parser.finished and parser.done and parser.error is None and parser.usage.total_tokens == 4
 
 
+def test_passthrough_finds_an_error_event_among_many_and_reads_the_last_usage():
+    """Searched from the end of the read: an error after content (then [DONE]) is the parser's
+    error; of two usage reports in one read the later, cumulative one counts."""
+    events = stream_events("m", Behaviour(content=["a"] * 50), include_usage=False)
+    error = b'data: {"error":{"message":"overloaded","type":"server_error","code":"busy"}}\n\n'
+    parser = PassthroughParser(drop_usage_chunk=True)
+    raw = b"".join(events[:30]) + error + b"data: [DONE]\n\n"
+    assert parser.feed(raw) == raw
+    assert parser.error.message == "overloaded" and parser.error.code == "busy" and parser.done
+    assert parser.content_events == 30 and not parser.finished
+
+    def with_usage(event: bytes, completion: int) -> bytes:
+        return event.replace(b'"choices"', b'"usage":{"prompt_tokens":1,"completion_tokens":%d,"total_tokens":%d},"choices"'
+                             % (completion, completion + 1), 1)
+
+    counting = PassthroughParser(drop_usage_chunk=True)
+    raw = with_usage(events[1], 1) + with_usage(events[2], 2) + events[3]
+    assert counting.feed(raw) == raw and counting.usage.completion_tokens == 2 and counting.content_events == 3
+
+
 def test_passthrough_takes_streams_framed_otherwise_through_the_full_decoder():
     events = stream_events("m", Behaviour(content=["a"]), include_usage=True)
     raw = b"".join(event.replace(b"\n\n", b"\r\r") for event in events)  # CR alone ends lines too
