@@ -170,10 +170,15 @@ class Framer:
             self._after_cr = False
             if chunk[:1] == b"\n":  # the LF of a CRLF whose CR ended the last read: relayed, not parsed
                 return b"\n" + self.feed(chunk[1:]) if len(chunk) > 1 else b"\n"
-        return self._cut(self._rest + chunk if self._rest else chunk, chunk)
+        held = len(self._rest)
+        return self._cut(self._rest + chunk if held else chunk, held)
 
-    def _cut(self, buf: bytes, chunk: bytes) -> bytes:
-        """`buf` (the unfinished block and `chunk`, the read) up to its last complete block."""
+    def _cut(self, buf: bytes, held: int) -> bytes:
+        """`buf` (the unfinished block, `held` bytes, then the read) up to its last complete block.
+
+        What was held was checked with the read it came in: only the new bytes (and the last one
+        held, which may be the CR of a CRLF) are scanned, not the whole of a long event again at
+        each of the many reads it arrives in."""
         eol = self.eol
         if eol is None:
             eol = self._line_ending(buf)
@@ -182,14 +187,14 @@ class Framer:
                 return b""
             if not eol or not _uniform(buf, eol):
                 return self._fall_back(buf)
-        elif eol == b"\n" and b"\r" in chunk or eol == b"\r\n" and not _uniform(buf, eol):
+        elif not _uniform(buf[held - 1:] if held else buf, eol):
             return self._fall_back(buf)
         if eol == b"\r\n" and buf.endswith(b"\r\n\r"):
             # A CR ends a line whether or not an LF follows: this blank line is complete already.
             self._after_cr = True
             self._rest = b""
             return buf
-        end = buf.rfind(self.sep)
+        end = buf.rfind(self.sep, max(held - len(self.sep) + 1, 0))
         if end == -1:
             self._rest = buf
             return b""
@@ -227,7 +232,8 @@ class Framer:
         return self._blocks
 
     def events(self, region: bytes) -> list[bytes]:
-        """The data of each event in `region`, the bytes the last `feed` returned."""
+        """The data of each event in `region`: the bytes the last `feed` returned (on the fast
+        path, any run of whole blocks of bytes `feed` returned)."""
         if self._decoder is not None:
             return [block.data for block in self._blocks if block.data is not None]
         eol, sep = self.eol, self.sep
