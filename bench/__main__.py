@@ -99,6 +99,12 @@ def _output(result: dict, record: bool) -> None:
     print(report.render_text(rows))
     for warning in result.get("warnings", []):
         print(f"warning: {warning}")
+    hour = report.hour_text(result)
+    if hour:
+        print(f"\n{hour}")
+    if result.get("parse"):
+        print("\nStream parsing alone (python -m bench.relay_cost: canned reads, in this process):")
+        print(report.parse_text(result["parse"]))
     if record:
         path = pathlib.Path(__file__).with_name("RESULTS.md")
         old = path.read_text() if path.exists() else ""
@@ -110,7 +116,10 @@ def _output(result: dict, record: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.report:
-        _output(json.loads(args.report.read_text()), args.record)
+        result = json.loads(args.report.read_text())
+        report.derive(result)  # the current floors and figures, also for a run saved before them
+        result["goals"] = report.goals(result)
+        _output(result, args.record)
         return 0
     cfg = settings(args)
     pin_self()

@@ -7,7 +7,9 @@ when `stream_options.include_usage` is set, then `data: [DONE]`.
 Delays: `--ttfb-ms` (before the first body byte) and `--chunk-delay-ms` (between chunks) apply
 to every request; a model named `bench-ttfb<T>-chunk<C>` (milliseconds, e.g.
 `bench-ttfb200-chunk10`) picks its own. With no chunk delay the chunks still leave one per
-event-loop turn, as a fast real upstream's would, rather than in one write.
+event-loop turn, as a fast real upstream's would, rather than in one write. The model
+`bench-burst` gets the whole stream in one write (one HTTP chunk), as a cached answer, a replay
+or a very fast model arrives.
 
     python -m bench.mock_upstream --port 0      # prints "LISTENING <port>" when ready
 """
@@ -22,6 +24,7 @@ import sys
 import msgspec
 
 CHUNKS = 100
+BURST = "bench-burst"
 _DELAYED = re.compile(r"bench-ttfb(\d+)-chunk(\d+)")
 
 
@@ -55,7 +58,15 @@ def _frame(event: bytes) -> bytes:
 
 
 def _events(model: str) -> tuple[list[bytes], bytes, bytes]:
-    """The framed content chunks, the framed usage chunk, and the framed end of the stream."""
+    """The framed content chunks, the framed usage chunk, and the framed end of the stream; for
+    `bench-burst`, the whole stream as one chunk, with usage and without, and no usage chunk."""
+    chunks, usage, done = _payloads(model)
+    if model == BURST:  # usage asked for, and not: each the whole stream in one chunk
+        return [_frame(b"".join([*chunks, usage, done])), _frame(b"".join([*chunks, done]))], b"", b"0\r\n\r\n"
+    return [_frame(c) for c in chunks], _frame(usage), _frame(done) + b"0\r\n\r\n"
+
+
+def _payloads(model: str) -> tuple[list[bytes], bytes, bytes]:
     chunks = []
     for i in range(CHUNKS):
         last = i == CHUNKS - 1
@@ -64,11 +75,11 @@ def _events(model: str) -> tuple[list[bytes], bytes, bytes]:
                  "model": model, "system_fingerprint": "fp_bench",
                  "choices": [{"index": 0, "delta": delta, "logprobs": None,
                               "finish_reason": "stop" if last else None}]}
-        chunks.append(_frame(b"data: " + msgspec.json.encode(chunk) + b"\n\n"))
+        chunks.append(b"data: " + msgspec.json.encode(chunk) + b"\n\n")
     usage = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 1700000000,
              "model": model, "choices": [],
              "usage": {"prompt_tokens": 12, "completion_tokens": CHUNKS - 1, "total_tokens": CHUNKS + 11}}
-    return chunks, _frame(b"data: " + msgspec.json.encode(usage) + b"\n\n"), _frame(b"data: [DONE]\n\n") + b"0\r\n\r\n"
+    return chunks, b"data: " + msgspec.json.encode(usage) + b"\n\n", b"data: [DONE]\n\n"
 
 
 _SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n"
@@ -167,7 +178,10 @@ class Upstream(asyncio.Protocol):
                 self._complete(completion)
             return
         wants_usage = request.stream_options is not None and request.stream_options.include_usage
-        self.parts = [*chunks, usage, end] if wants_usage else [*chunks, end]
+        if not usage:  # a burst
+            self.parts = [chunks[0 if wants_usage else 1], end]
+        else:
+            self.parts = [*chunks, usage, end] if wants_usage else [*chunks, end]
         self.parts.reverse()  # popped from the end
         self.delay = delay
         self.transport.write(_SSE_HEAD)

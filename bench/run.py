@@ -22,15 +22,17 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from bench import drivers, report, wrk
+from bench import drivers, relay_cost, report, wrk
 from bench.procs import LOAD_CPU, SERVER_CPU, cpu_busy, pinned, pinning
 from bench.targets import Target, start_gateway, start_mock, start_passthrough
 
-SCENARIOS = ("c1", "c32", "c256", "s32", "s1000", "delayed", "idle")
-REPEATED = ("c1", "c32", "c256", "s32", "delayed")  # what `repeat` applies to (not s1000, idle)
+SCENARIOS = ("c1", "c32", "c256", "s32", "b32", "s1000", "delayed", "idle", "parse")
+REPEATED = ("c1", "c32", "c256", "s32", "b32", "delayed")  # what `repeat` applies to (not s1000, idle)
+LOAD = SCENARIOS[:-1]  # run against each target; `parse` runs in this process, once
 _SUMMED = frozenset({"requests", "errors", "events", "streams", "completed", "timeouts", "stalls", "server_cpu_s"})
 BUILTIN = ("direct", "passthrough", "gateway")
 MODEL = "bench-model"
+BURST_MODEL = "bench-burst"  # the mock writes the whole stream at once
 IDLE_MODEL = "bench-ttfb0-chunk600000"  # one chunk, then nothing for ten minutes
 RESULTS = pathlib.Path(__file__).with_name("results")
 
@@ -62,7 +64,7 @@ class Settings:
         return f"bench-ttfb0-chunk{self.paced_chunk_ms}"
 
     def models(self) -> list[str]:
-        return [MODEL, self.delayed_model, self.paced_model, IDLE_MODEL]
+        return [MODEL, self.delayed_model, self.paced_model, IDLE_MODEL, BURST_MODEL]
 
 
 def body(model: str, stream: bool) -> bytes:
@@ -141,6 +143,8 @@ async def _scenario(name: str, target: Target, cfg: Settings, idle_count: int) -
         result = await _nonstream(target, int(name[1:]), cfg)
     elif name == "s32":
         result = await _streams(target, 32, MODEL, cfg)
+    elif name == "b32":
+        result = await _streams(target, 32, BURST_MODEL, cfg)
     elif name == "s1000":
         result = await _streams(target, 1000, cfg.paced_model, cfg, ramp=1.0)  # 1,000 new streams/s
     elif name == "delayed":
@@ -221,7 +225,7 @@ def combine(runs: list[dict]) -> dict:
     if kinds:
         out["error_kinds"] = {k: sum(each.get(k, 0) for each in kinds) for k in kinds[0]}
     out["rounds"] = len(runs)
-    for figure in ("rps", "chunks_per_s", "req_per_cpu_s", "p50_ms"):
+    for figure in ("rps", "chunks_per_s", "req_per_cpu_s", "chunks_per_cpu_s", "p50_ms"):
         if figure in runs[0]:
             out[f"{figure}_rounds"] = [run.get(figure) for run in runs]
     return out
@@ -240,7 +244,7 @@ async def _measure(targets: list[Target], cfg: Settings, idle_count: int, result
         target.rss_start_mb = target.rss()
         await warm(target, cfg)
         target.rss_idle_mb = target.rss()
-    for name in cfg.scenarios:
+    for name in (s for s in cfg.scenarios if s in LOAD):
         rounds = cfg.repeat if name in REPEATED else 1
         runs: dict[str, list[dict]] = {target.name: [] for target in targets}
         for number in range(rounds):
@@ -285,7 +289,12 @@ async def run(cfg: Settings, externals: list[Target], nofile: int) -> dict:
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             log(f"kept {workdir}")
-    return {"targets": {t.name: {"url": t.url, "pid": t.pid, "rss_start_mb": t.rss_start_mb,
+    parse = None
+    if "parse" in cfg.scenarios:  # after the servers stopped: this process has its CPU to itself
+        log("parse: CPU per event of each wire's stream parser, canned reads in this process")
+        parse = relay_cost.measure(seconds=0.6)
+    return {"parse": parse,
+            "targets": {t.name: {"url": t.url, "pid": t.pid, "rss_start_mb": t.rss_start_mb,
                                  "rss_idle_mb": t.rss_idle_mb, "rss_end_mb": t.rss_end_mb,
                                  "scenarios": results[t.name]} for t in targets},
             "idle_streams": {"requested": cfg.idle_streams, "used": idle_count, "note": idle_note},

@@ -16,7 +16,7 @@ import orjson
 
 from proxy.errors import InvalidRequest
 from proxy.providers.base import UpstreamFailure, Usage
-from proxy.streaming.sse import Decoder
+from proxy.streaming.sse import Framer
 
 DONE = b"data: [DONE]\n\n"
 JSON_FORMATS = frozenset({"json_object", "json_schema"})
@@ -282,7 +282,7 @@ class TranslatingParser:
     events_decoder: msgspec.json.Decoder
 
     def __init__(self, model: str, wants_usage: bool) -> None:
-        self._sse = Decoder()
+        self._sse = Framer()
         self._writer: ChunkWriter | None = None
         self.fallback_model = model
         self.wants_usage = wants_usage
@@ -293,13 +293,14 @@ class TranslatingParser:
         self.error: UpstreamFailure | None = None
 
     def feed(self, chunk: bytes) -> bytes:
+        region = self._sse.feed(chunk)
+        if not region:
+            return b""
         out = []
-        for block in self._sse.feed(chunk):
-            if block.data is None:
-                continue
+        for data in self._sse.events(region):
             self.events += 1
             try:
-                view = self.events_decoder.decode(block.data)
+                view = self.events_decoder.decode(data)
             except (msgspec.DecodeError, RecursionError):
                 self.invalid += 1
                 continue

@@ -1,8 +1,9 @@
 """OpenAI's wire: the adapter every OpenAI-compatible provider is a small delta of.
 
-Bodies and SSE bytes pass through untouched. The stream parser looks inside an event only
-when a cheap byte scan says it carries usage, a finish reason or an error; plain content
-chunks are counted, never decoded.
+Bodies and SSE bytes pass through untouched. The stream parser works per upstream read, not
+per event: a read goes on whole (cut at its last complete event), its data lines are counted
+with one `bytes.count`, and only the events that a byte search finds carrying usage, a finish
+reason or an error are decoded; plain content chunks are counted, never decoded.
 """
 
 from __future__ import annotations
@@ -22,11 +23,17 @@ from proxy.providers.base import (
     kind_of_status,
     retry_after_seconds,
 )
-from proxy.streaming.sse import Decoder
+from proxy.streaming.sse import Framer
 
 # A key whose value is not null (JSON `null` starts with n): only such events are decoded.
 _NOTABLE = re.compile(rb'"(?:usage|finish_reason|error)"\s*:\s*[^n\s]')
 _DONE = b"[DONE]"
+# The same keys as `bytes.find` needles, in the two spacings JSON encoders write. A finish reason
+# that is set is a string and usage that is set an object; an error may be either, so what
+# follows `"error":` is looked at (`null` is skipped). A key can match only as a key: inside a
+# JSON string every quote is escaped.
+_COMPACT = (b'"finish_reason":"', b'"usage":{', b'"error":')
+_SPACED = (b'"finish_reason": "', b'"usage": {', b'"error": ')
 
 
 class _PromptDetails(msgspec.Struct):
@@ -103,14 +110,22 @@ def summarise(status: int, body: bytes) -> str:
 
 
 class PassthroughParser:
-    """Relays OpenAI SSE bytes as they are; drops the usage-only chunk the caller did not ask for."""
+    """Relays OpenAI SSE bytes as they are; drops the usage-only chunk the caller did not ask for.
 
-    __slots__ = ("_decoder", "_drop_usage", "usage", "model", "events", "content_events", "done",
-                 "finished", "error", "invalid")
+    Its Python work is per read, not per event: the framer cuts the read at its last complete
+    event, data lines are counted with one `bytes.count`, and the events that matter (a finish
+    reason, usage, an error: a key whose value is not null) are found with `bytes.find` and only
+    they are decoded. The read goes back whole unless the usage chunk is cut out of it.
+    """
+
+    __slots__ = ("_framer", "_keys", "_drop_usage", "_drop_lf", "usage", "model", "events", "content_events",
+                 "done", "finished", "error", "invalid")
 
     def __init__(self, drop_usage_chunk: bool) -> None:
-        self._decoder = Decoder()
+        self._framer = Framer()
+        self._keys: tuple[bytes, ...] | None = None  # the notable keys as this stream spaces its JSON
         self._drop_usage = drop_usage_chunk
+        self._drop_lf = False  # the event dropped last ended in a CR: the LF of its CRLF goes too
         self.usage: Usage | None = None
         self.model: str | None = None
         self.events = 0
@@ -121,11 +136,57 @@ class PassthroughParser:
         self.invalid = 0
 
     def feed(self, chunk: bytes) -> bytes:
-        blocks = self._decoder.feed(chunk)
-        if not blocks:
+        framer = self._framer
+        region = framer.feed(chunk)
+        if not region:
             return b""
+        if framer.eol is None:
+            return self._blocks()
+        if self._drop_lf:
+            self._drop_lf = False
+            if region[:1] == b"\n":
+                region = region[1:]
+                if not region:
+                    return b""
+        data = region.count(b"\ndata:") + region.startswith(b"data:")
+        if not data:
+            return region  # comments (keep-alives) only
+        self.events += data
+        if region.find(_DONE, -16) != -1 and _ends_done(region):  # only the tail can end the stream
+            self.done = True
+            data -= 1
+        keys = self._keys or self._spacing(region)
+        spans = _notable(region, keys, framer.sep) if keys is not None else None
+        if not spans:
+            self.content_events += data
+            return region  # no notable event: the common read
+        return self._read_notable(region, spans, data)
+
+    def _read_notable(self, region: bytes, spans: list[tuple[int, int]], data: int) -> bytes:
+        """Decode the notable events; `data` counts the read's data events, less a [DONE]."""
+        dropped = []
+        for span in spans:
+            for event in self._framer.events(region[span[0]:span[1]]):
+                data -= 1  # counted by _inspect when it is content
+                if not self._inspect(event):
+                    dropped.append(span)
+        self.content_events += max(data, 0)
+        if not dropped:
+            return region
+        self._drop_lf = dropped[-1][1] == len(region) and region[-1:] == b"\r"
+        return _without(region, dropped)
+
+    def _spacing(self, region: bytes) -> tuple[bytes, ...] | None:
+        """The keys to look for, spaced as this stream's encoder spaces them (`"key":` or `"key": `)."""
+        colon = region.find(b'":')
+        if colon != -1:
+            self._keys = _SPACED if region[colon + 2:colon + 3] == b" " else _COMPACT
+        return self._keys
+
+    def _blocks(self) -> bytes:
+        """The full decoder's blocks, one at a time: a stream framed unlike any provider's."""
         out = []
-        for block in blocks:
+        for block in self._framer.blocks():
             data = block.data
             if data is not None:
                 self.events += 1
@@ -137,7 +198,7 @@ class PassthroughParser:
                 else:
                     self.content_events += 1
             out.append(block.raw)
-        return out[0] if len(out) == 1 else b"".join(out)
+        return b"".join(out)
 
     def _inspect(self, data: bytes) -> bool:
         """Read usage, finish and errors off an event; False when it must not be relayed."""
@@ -164,6 +225,61 @@ class PassthroughParser:
 
     def close(self) -> bytes:
         return b""
+
+
+def _ends_done(region: bytes) -> bool:
+    """The last event of the region is `[DONE]` (the terminal event: nothing follows it)."""
+    at = region.rfind(b"data:")
+    if at == -1 or at and region[at - 1] not in b"\r\n":
+        return False
+    value = region[at + 5:].rstrip(b"\r\n")
+    return (value[1:] if value[:1] == b" " else value) == _DONE
+
+
+def _notable(region: bytes, keys: tuple[bytes, bytes, bytes], sep: bytes) -> list[tuple[int, int]] | None:
+    """Where the read's last finish reason, last usage and last error events start and end.
+
+    Searched from the end: a stream's finish, usage and error come at its end, and the last of
+    each is the one that counts (usage is cumulative; one finish or error is enough), so in a
+    read holding a whole stream each search stops within its last events. An error is looked
+    for after the last finish reason only: one before it did not end the stream.
+    """
+    finish_key, usage_key, error_key = keys
+    spans = []
+    finish = region.rfind(finish_key)
+    if finish != -1:
+        spans.append(_span(region, finish, sep))
+    usage = region.rfind(usage_key)
+    if usage != -1:
+        spans.append(_span(region, usage, sep))
+    low = spans[0][0] if finish != -1 else 0
+    error = region.rfind(error_key, low)
+    while error != -1 and region[error + len(error_key):error + len(error_key) + 1] == b"n":  # `"error": null`
+        error = region.rfind(error_key, low, error)
+    if error != -1:
+        spans.append(_span(region, error, sep))
+    if len(spans) > 1:
+        spans = sorted(set(spans))
+    return spans
+
+
+def _span(region: bytes, at: int, sep: bytes) -> tuple[int, int]:
+    """The event around offset `at`: from after the blank line before it to its own blank line."""
+    start, end = region.rfind(sep, 0, at), region.find(sep, at)
+    start = 0 if start == -1 else start + len(sep)
+    while region[start] in b"\r\n":  # blank lines before it (or the LF of the last read's CRLF) are not its own
+        start += 1
+    # The last event of a CRLF read may end in the CR of its blank line, the LF in the next read.
+    return start, len(region) if end == -1 else end + len(sep)
+
+
+def _without(region: bytes, spans: list[tuple[int, int]]) -> bytes:
+    parts, at = [], 0
+    for start, end in spans:
+        parts.append(region[at:start])
+        at = end
+    parts.append(region[at:])
+    return b"".join(parts)
 
 
 class Adapter:

@@ -44,6 +44,115 @@ def test_error_event_and_invalid_json_are_handled():
     assert bad.invalid == 1
 
 
+def _feed(parser, reads) -> bytes:
+    return b"".join(parser.feed(read) for read in reads) + parser.close()
+
+
+def _state(parser) -> tuple:
+    return (parser.events, parser.content_events, parser.done, parser.finished, parser.usage, parser.model)
+
+
+def test_passthrough_reads_the_same_however_the_stream_is_cut_lf_or_crlf():
+    """Per read, not per event: every two-way cut of the stream, in both line endings a provider
+    may use, relays the same bytes and reads the same usage, finish, [DONE] and counts."""
+    events = stream_events("m", Behaviour(content=["a", "b"]), include_usage=True)
+    for eol in (b"\n", b"\r\n"):
+        cut = [event.replace(b"\n", eol) for event in events]
+        raw = b"".join(cut)
+        expected = raw.replace(cut[-2], b"")  # the usage-only chunk, not asked for
+        for i in range(len(raw) + 1):
+            parser = PassthroughParser(drop_usage_chunk=True)
+            assert _feed(parser, [raw[:i], raw[i:]]) == expected, i
+            assert _state(parser)[:4] == (len(events), len(events) - 2, True, True), i
+            assert parser.usage.completion_tokens == 10 and parser.model == "m", i
+
+
+def test_passthrough_a_hundred_events_per_read():
+    events = stream_events("m", Behaviour(content=[f"w{i} " for i in range(300)]), include_usage=True)
+    reads = [b"".join(events[i:i + 100]) for i in range(0, len(events), 100)]
+    parser = PassthroughParser(drop_usage_chunk=True)
+    assert _feed(parser, reads) == b"".join(events[:-2] + events[-1:])
+    assert _state(parser)[:4] == (len(events), 302, True, True) and parser.usage.total_tokens == 22
+
+
+def test_passthrough_python_work_is_per_read(monkeypatch):
+    """A read of a hundred events is cut once and only its notable events (the finish and the
+    usage chunk) are decoded: no line-by-line decoding, no decode per event."""
+    from proxy.providers import openai as wire
+    from proxy.streaming import sse
+
+    calls = {"lines": 0, "decoded": 0}
+    line_feed, decode = sse.Decoder.feed, wire._chunk.decode
+
+    def counting_feed(self, chunk):
+        calls["lines"] += 1
+        return line_feed(self, chunk)
+
+    def counting_decode(data):
+        calls["decoded"] += 1
+        return decode(data)
+
+    monkeypatch.setattr(sse.Decoder, "feed", counting_feed)
+    monkeypatch.setattr(wire, "_chunk", type("D", (), {"decode": staticmethod(counting_decode)}))
+    events = stream_events("m", Behaviour(content=["w "] * 97), include_usage=True)
+    parser = PassthroughParser(drop_usage_chunk=True)
+    parser.feed(b"".join(events))
+    assert parser.content_events == 99 and parser.usage is not None
+    assert calls == {"lines": 0, "decoded": 2}
+
+
+def test_passthrough_reads_spaced_json_and_ignores_null_errors():
+    """JSON written with `": "` (Python's json.dumps) is read as well; `"error": null` is no error."""
+    import json
+
+    def event(obj) -> bytes:
+        return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+    base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "error": None}
+    raw = (event({**base, "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]})
+           + event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
+           + event({**base, "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+           + b"data: [DONE]\n\n")
+    parser = PassthroughParser(drop_usage_chunk=False)
+    assert parser.feed(raw) == raw
+    assert parser.finished and parser.done and parser.error is None and parser.usage.total_tokens == 4
+
+
+def test_passthrough_finds_an_error_event_among_many_and_reads_the_last_usage():
+    """Searched from the end of the read: an error after content (then [DONE]) is the parser's
+    error; of two usage reports in one read the later, cumulative one counts."""
+    events = stream_events("m", Behaviour(content=["a"] * 50), include_usage=False)
+    error = b'data: {"error":{"message":"overloaded","type":"server_error","code":"busy"}}\n\n'
+    parser = PassthroughParser(drop_usage_chunk=True)
+    raw = b"".join(events[:30]) + error + b"data: [DONE]\n\n"
+    assert parser.feed(raw) == raw
+    assert parser.error.message == "overloaded" and parser.error.code == "busy" and parser.done
+    assert parser.content_events == 30 and not parser.finished
+
+    def with_usage(event: bytes, completion: int) -> bytes:
+        return event.replace(b'"choices"', b'"usage":{"prompt_tokens":1,"completion_tokens":%d,"total_tokens":%d},"choices"'
+                             % (completion, completion + 1), 1)
+
+    counting = PassthroughParser(drop_usage_chunk=True)
+    raw = with_usage(events[1], 1) + with_usage(events[2], 2) + events[3]
+    assert counting.feed(raw) == raw and counting.usage.completion_tokens == 2 and counting.content_events == 3
+
+
+def test_passthrough_takes_streams_framed_otherwise_through_the_full_decoder():
+    events = stream_events("m", Behaviour(content=["a"]), include_usage=True)
+    raw = b"".join(event.replace(b"\n\n", b"\r\r") for event in events)  # CR alone ends lines too
+    parser = PassthroughParser(drop_usage_chunk=True)
+    assert _feed(parser, [raw[:50], raw[50:]]) == raw.replace(events[-2].replace(b"\n\n", b"\r\r"), b"")
+    assert _state(parser)[:4] == (len(events), len(events) - 2, True, True) and parser.usage.total_tokens == 22
+
+
+def test_passthrough_counts_what_it_relayed_of_a_cut_stream():
+    events = stream_events("m", Behaviour(content=["x"] * 20), include_usage=True)
+    parser = PassthroughParser(drop_usage_chunk=True)
+    _feed(parser, [b"".join(events[:8]), events[8][:30]])  # the role chunk, 7 content chunks, part of one
+    assert parser.content_events == 8 and not parser.done and not parser.finished and parser.usage is None
+
+
 def test_parse_error_classifies_by_status_and_summarises_non_json():
     adapter = Adapter()
     f = adapter.parse_error(429, {"Retry-After": "12"}, b'{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}')
