@@ -15,15 +15,16 @@ from proxy.vault import last4
 
 
 def masked_url(url: str) -> str:
-    """A URL with any password replaced: `redis://user:***@host:6379/0`."""
+    """A URL with its credentials hidden: `redis://user:***@host:6379/0`, `https://***@host`
+    (a user alone is often a token). The host part is kept as written: urlsplit's `port` cannot
+    read the host lists of Sentinel and Cluster URLs (`h1:26379,h2:26379`)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if not at:
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit(parts._replace(netloc=user + host))
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:***" if colon else "***"
+    return urlunsplit(parts._replace(netloc=f"{shown}@{hosts}"))
 
 
 def _key(key: str | None) -> str:

@@ -30,7 +30,10 @@ def configure(level: str = "info") -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
 
 
-audit_log = structlog.get_logger("proxy.audit")
+# Filtered at info whatever LOG_LEVEL says (same output and processors as every other line):
+# an operator who quiets the logs to warnings still keeps the trail of admin changes.
+audit_log = structlog.wrap_logger(None, wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+                                  logger_factory_args=("proxy.audit",))
 
 
 def admin_id(gw, headers) -> str:

@@ -21,7 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
 
 from proxy import __version__
-from proxy.metrics_share import ENV, Group, Slab, View, merge, share_across_workers, usage
+from proxy.metrics_share import ENV, Group, Slab, View, idle, merge, share_across_workers, usage
 
 __all__ = ["CONTENT_TYPE", "Metrics", "share_across_workers"]
 log = structlog.get_logger("proxy.metrics")
@@ -254,7 +254,9 @@ class _Snapshot:
         seen: dict[int, tuple | None] = {id(own): usage(os.getpid())}
         for view in views:
             if view is not own:
-                seen[id(view)] = usage(view.pid, view.start)
+                seen[id(view)] = found = usage(view.pid, view.start)
+                if found is None and idle(view):  # still in this scrape's figures (its CPU time)
+                    m.group.forget(view)
         merged = merge(views, lambda v: v is own or seen[id(v)] is not None)
         for name, (family, series) in merged.items():
             yield _family(name, family, series)

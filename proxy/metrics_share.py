@@ -8,7 +8,9 @@ sums them, so each scrape reports the whole group whichever worker the kernel pi
 
 A dead worker's slab stays in the directory: its counters stay in the sum (a restarted worker
 writes a new slab, so nothing is lost or counted twice and the group's counters never go
-back), its gauges are left out. The supervisor creates the directory before it starts the
+back), its gauges are left out. A dead worker's slab that counted nothing (`idle`) is removed
+by the scrape that finds it: a worker crash-looping at start-up would otherwise leave one per
+restart, each costing memory and scrape time for good; removing zeros changes no sum. The supervisor creates the directory before it starts the
 workers and removes it when it exits (`share_across_workers`).
 
 Index entries are written before the header's `used` mark moves past them; a reader on a CPU
@@ -19,6 +21,7 @@ does not decode and reads it again on the next scrape.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import mmap
 import os
 import shutil
@@ -135,13 +138,13 @@ class Slab:
 class View:
     """A slab as a reader sees it; the index is parsed once, then only what was appended."""
 
-    __slots__ = ("map", "values", "pid", "start", "worker", "cpu", "group_cpu", "read", "families",
+    __slots__ = ("map", "values", "pid", "start", "worker", "cpu", "group_cpu", "read", "used", "families",
                  "series")
 
     def __init__(self, source) -> None:
         self.map = source
         self.values = memoryview(source)[_VALUES:_INDEX].cast("d")
-        self.read = 0
+        self.read = self.used = 0
         self.families: list[tuple] = []
         self.series: list[tuple] = []
         self.refresh()
@@ -151,6 +154,7 @@ class View:
         self.worker = worker.rstrip(b"\0").decode(errors="replace")
         if magic != MAGIC:
             return
+        self.used = used
         at = self.read
         while at + 4 <= used:
             (length,) = _LEN.unpack_from(self.map, _INDEX + at)
@@ -187,6 +191,8 @@ class Group:
             names = [e.name for e in os.scandir(self.directory) if e.name.endswith(".slab")]
         except OSError:
             return found
+        for gone in self.views.keys() - set(names):  # removed (`forget`, by any worker): counted nothing
+            del self.views[gone]
         for name in names:
             if name == self.own_name:
                 continue
@@ -200,6 +206,16 @@ class Group:
             found.append(view)
         return found
 
+    def forget(self, view: View) -> None:
+        """Remove a dead worker's slab that counted nothing (`idle`); another worker may have
+        removed it already."""
+        for name, known in list(self.views.items()):
+            if known is view:
+                del self.views[name]
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self.directory, name))
+                return
+
     def _open(self, name: str) -> View | None:
         try:
             with open(os.path.join(self.directory, name), "rb") as f:
@@ -208,6 +224,26 @@ class Group:
             return None
         view = self.views[name] = View(source)
         return view
+
+
+def _width(family: tuple) -> int:
+    """Slots of one series: a histogram's buckets, +Inf and sum; one for the rest."""
+    return len(family[4]) + 2 if family[1] == "histogram" else 1
+
+
+def idle(view: View) -> bool:
+    """A whole slab (its index read to the end) whose counters and histograms are all zero.
+    Only ever asked of a dead worker's slab, which can no longer change."""
+    if not view.pid or view.read != view.used:  # being created, or not all read
+        return False
+    families, values = view.families, view.values
+    for fid, _labels, slot in view.series:
+        if fid >= len(families):
+            return False
+        family = families[fid]
+        if family[1] != "gauge" and any(values[slot:slot + _width(family)]):
+            return False
+    return True
 
 
 def merge(views: list[View], alive) -> dict[str, tuple[tuple, dict]]:
@@ -226,8 +262,7 @@ def merge(views: list[View], alive) -> dict[str, tuple[tuple, dict]]:
             fam = families[fid]
             if fam[1] == "gauge" and not live:
                 continue
-            width = len(fam[4]) + 2 if fam[1] == "histogram" else 1
-            got = values[slot:slot + width].tolist()
+            got = values[slot:slot + _width(fam)].tolist()
             acc = out[fam[0]][1]
             prev = acc.get(labels)
             if prev is None:

@@ -54,3 +54,22 @@ def test_masked_url_hides_only_the_password():
     assert masked_url("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
     assert masked_url("rediss://user:pw@h/1?prefix=x") == "rediss://user:***@h/1?prefix=x"
     assert masked_url("redis://h:6379") == "redis://h:6379"
+
+
+def test_masked_url_keeps_every_host_of_a_sentinel_or_cluster_url_and_hides_a_lone_user():
+    # urlsplit's port parsing fails on "h1:26379,h2:26379": `check` must not crash on a URL
+    # `serve` accepts, nor drop the brackets of an IPv6 host
+    assert (masked_url("redis+sentinel://app:pw@h1:26379,h2:26379/mymaster/0")
+            == "redis+sentinel://app:***@h1:26379,h2:26379/mymaster/0")
+    assert masked_url("rediss+cluster://:pw@[::1]:7000,[::1]:7001") == "rediss+cluster://:***@[::1]:7000,[::1]:7001"
+    assert masked_url("redis://:pw@[::1]:6379/0") == "redis://:***@[::1]:6379/0"
+    # a token given as the user alone is a secret as much as a password
+    assert masked_url("https://tok3n-secret-value@collector:4318") == "https://***@collector:4318"
+
+
+def test_check_with_a_sentinel_store_url_masks_its_password(tmp_path):
+    done = _check(tmp_path, "storeUrl: redis+sentinel://app:hunter2-password@s1:26379,s2:26379/mymaster/0\n",
+                  PROXY_SECRET_KEY="k" * 32)
+    assert done.returncode == 0, done.stderr
+    assert "store: redis redis+sentinel://app:***@s1:26379,s2:26379/mymaster/0" in done.stdout
+    assert "hunter2" not in done.stdout + done.stderr

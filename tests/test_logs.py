@@ -24,10 +24,12 @@ ADMIN_KEY = "admin-key-for-the-audit-test-4242"
 PROVIDER_KEY = "sk-audit-provider-secret-abcdefgh9876"
 
 
-async def test_a_registration_and_a_deletion_leave_two_audit_lines(tmp_path, fake_openai):
+# `warning`: a common production level hides info lines; the audit trail must not go with them
+@pytest.mark.parametrize("log_level", ["info", "warning"])
+async def test_a_registration_and_a_deletion_leave_two_audit_lines(tmp_path, fake_openai, log_level):
     from tests.procs import GatewayProcess
 
-    gw = GatewayProcess(tmp_path / "gw", {"auth": {"adminKey": ADMIN_KEY}})
+    gw = GatewayProcess(tmp_path / "gw", {"auth": {"adminKey": ADMIN_KEY}}, log_level=log_level)
     await gw.start()
     try:
         item = {"name": "reg", "supportedProvider": "OPENAI_COMPATIBLE", "url": fake_openai.url,

@@ -3,6 +3,7 @@ the sum over every worker's slab whichever worker answers."""
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -168,3 +169,37 @@ def test_only_registered_names_become_label_values_and_ttft_is_for_streams():
     assert labels == {("gpt-4o", "main"), ("other", "other"), ("gpt-4o-mini", "none")}
     assert _value(families, "aigw_time_to_first_token_seconds", "aigw_time_to_first_token_seconds_count") == 1
     assert "caller-secret-id" not in text and "made-up-model" not in text and "2024-08-06" not in text
+
+
+_IDLE_WORKER = textwrap.dedent("""
+    import sys
+    from proxy.metrics import Metrics
+    m = Metrics(sys.argv[1])
+    m.in_flight = 3  # a gauge: not a count, and a dead worker's gauges are left out anyway
+    m.publish()  # then it dies before it counted anything, as a worker crash-looping at start-up
+""")
+
+
+def test_a_dead_worker_that_counted_nothing_leaves_no_slab_behind(tmp_path):
+    # one slab per restart, read at every scrape for good: a crash loop would grow both
+    for _ in range(3):
+        subprocess.run([sys.executable, "-c", _IDLE_WORKER, str(tmp_path)], cwd=ROOT, check=True, timeout=60)
+    idle = {p.name for p in tmp_path.glob("*.slab")}
+    subprocess.run([sys.executable, "-c", _DEAD_WORKER, str(tmp_path)], cwd=ROOT, check=True, timeout=60)
+    (counted,) = {p.name for p in tmp_path.glob("*.slab")} - idle
+    starting = tmp_path / "1-00000000.slab"  # a worker's slab before its header is written
+    starting.write_bytes(b"\0" * metrics_share.SIZE)
+    live, other = Metrics(str(tmp_path)), Metrics(str(tmp_path))
+    assert len(idle) == 3 and len(list(tmp_path.glob("*.slab"))) == 7
+    live.requests.add(KEY)
+    first = _families(live)
+    assert _value(first, "aigw_requests", "aigw_requests_total") == 8
+    assert {p.name for p in tmp_path.glob("*.slab")} == {
+        starting.name, counted, *(pathlib.Path(m.slab.path).name for m in (live, other))}
+    for scraper in (live, other, live):  # the other worker drops what it had mapped of them
+        families = _families(scraper)
+        assert _value(families, "aigw_requests", "aigw_requests_total") == 8
+        assert _value(families, "aigw_input_tokens", "aigw_input_tokens_total") == 21
+        cpu = _value(families, "process_cpu_seconds", "process_cpu_seconds_total", worker="all")
+        assert cpu >= _value(first, "process_cpu_seconds", "process_cpu_seconds_total", worker="all")
+    assert set(other.group.views) == {counted, starting.name, pathlib.Path(live.slab.path).name}

@@ -48,7 +48,7 @@ class Bus:
                 await self._listen()
             except asyncio.CancelledError:
                 raise
-            except (redis_errors.RedisError, OSError) as exc:
+            except (redis_errors.RedisError, redis_errors.RedisClusterException, OSError) as exc:
                 log.warning("state_bus_reconnect", error=type(exc).__name__, retry_in=delay)
             except Exception:  # a listener's bug must not end change notification for good
                 log.exception("state_bus_listener_failed")

@@ -93,7 +93,12 @@ class EmbeddedStore(Store):
     def _flush(self) -> None:
         if self._unsaved and self._db is not None:
             unsaved, self._unsaved = self._unsaved, {}
-            self._db.add_spend(unsaved)
+            try:
+                self._db.add_spend(unsaved)
+            except BaseException:  # a locked or full file: kept for the next flush, never dropped
+                for key_id, usd in unsaved.items():
+                    self._unsaved[key_id] = self._unsaved.get(key_id, 0.0) + usd
+                raise
 
     # -- limits -------------------------------------------------------------------------------
     async def admit(self, key_id: str, rule: Rule) -> Verdict | None:

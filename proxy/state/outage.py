@@ -216,6 +216,10 @@ class Fallback:
             except StateUnavailable as exc:
                 self.enter(exc)
                 attempt += 1
+            except Exception as exc:  # a dead prober would leave this replica on fallback for good
+                log.exception("state_prober_failed")
+                self.enter(exc)
+                attempt += 1
             self._wake.clear()
             delay = backoff(attempt) if self.down else self.heartbeat
             try:

@@ -39,7 +39,10 @@ from proxy.state.outage import Batch, Fallback
 
 log = structlog.get_logger("proxy.state")
 
-_ERRORS = (redis_errors.RedisError, OSError)
+# What "the store cannot be reached" looks like. redis-py reports a Cluster none of whose nodes
+# answers (and a slot no node covers, during a failover) with RedisClusterException, which is
+# not a RedisError: left out, a cluster outage would fail requests and end the prober.
+_ERRORS = (redis_errors.RedisError, redis_errors.RedisClusterException, OSError)
 split_url = clients.split_url
 
 
@@ -50,7 +53,7 @@ def guarded(method):
     async def call(self, *args, **kwargs):
         try:
             return await method(self, *args, **kwargs)
-        except (redis_errors.RedisError, OSError) as exc:
+        except _ERRORS as exc:
             raise StateUnavailable(f"the Redis store failed: {type(exc).__name__}: {exc}") from exc
 
     return call

@@ -147,3 +147,23 @@ async def test_the_watch_loop_announces_a_watched_files_change_within_a_second(t
     await store.close()
     mine.close()
     theirs.close()
+
+
+async def test_spend_a_flush_could_not_write_is_kept_for_the_next_one(tmp_path):
+    import sqlite3
+
+    path = str(tmp_path / "state.db")
+    store = EmbeddedStore(path)
+    store._db._db.execute("PRAGMA busy_timeout = 50")  # (the default 5 s, shortened for the test)
+    await store.charge("k", 0, 1.5)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another worker holding the write lock, longer than the wait
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store._flush()
+    other.execute("ROLLBACK")
+    await store.charge("k", 0, 0.5)
+    store._flush()
+    assert await store.spend("k") == pytest.approx(2.0)
+    await store.close()
+    other.close()
+    assert EmbeddedStore(path)._spend == {"k": pytest.approx(2.0)}  # none of it lost

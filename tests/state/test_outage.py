@@ -135,3 +135,32 @@ async def test_a_charge_the_store_cannot_take_is_kept_not_lost():
     await store.charge("k", 10, 0.25)
     assert store.fallback.down and store.fallback.local.batch.spend == {"k": 0.25}
     await store.client.aclose()
+
+
+async def test_the_prober_outlives_an_unexpected_error_and_still_brings_the_store_back():
+    # a prober that dies leaves every replica on its fallback for good: shares of the limits,
+    # spend never reconciled. An error it does not know must cost one round, not the prober.
+    fallback = Fallback("local", "origin", heartbeat=0.01)
+    calls = []
+
+    async def probe() -> int:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a surprise from the client library")
+        return 2
+
+    async def settle(batch) -> None:
+        pass
+
+    fallback.enter(ConnectionError("a blip"))
+    task = asyncio.create_task(fallback.run(probe, settle))
+    try:
+        for _ in range(300):
+            if not fallback.down:
+                break
+            await asyncio.sleep(0.01)
+        assert not task.done(), task.exception() if task.done() else None
+        assert not fallback.down and fallback.alive == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

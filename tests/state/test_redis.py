@@ -123,3 +123,28 @@ async def test_an_unreachable_redis_is_a_clear_error():
     assert await store.admit("k", Rule(rpm=1)) is None
     assert (await store.admit("k", Rule(rpm=1))).limit == "rpm"
     await store.client.aclose()
+
+
+async def test_an_unreachable_cluster_is_an_outage_like_an_unreachable_server():
+    # redis-py reports a cluster it cannot reach with RedisClusterException, which is not a
+    # RedisError: it must still mean "the store is away" (fallback, StateUnavailable), not a 500
+    store = RedisStore("redis+cluster://127.0.0.1:1")
+    try:
+        with pytest.raises(StateUnavailable, match="cannot reach the Redis store"):
+            await store.start(timeout=0.3)
+        assert await store.admit("k", Rule(rpm=1)) is None  # counted on the local fallback
+        assert store.fallback.down
+        await store.charge("k", 5, 0.25)
+        assert store.fallback.local.batch.spend == {"k": 0.25}
+        with pytest.raises(StateUnavailable):
+            await store.beat()  # the prober's call: what keeps it probing
+        with pytest.raises(StateUnavailable):
+            await store.spend("k")
+    finally:
+        await store.client.aclose()
+    refusing = RedisStore("redis+cluster://127.0.0.1:1", outage="refuse")
+    try:
+        with pytest.raises(StateUnavailable):
+            await refusing.admit("k", Rule(rpm=1))
+    finally:
+        await refusing.client.aclose()
