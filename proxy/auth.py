@@ -134,7 +134,8 @@ class Authenticator:
 
     async def reader(self, headers) -> Caller:
         """`authenticate` for what any caller key may read (catalogs, model list): the admin key
-        is accepted too, also where it is not a caller key. Dev mode is unchanged (`_resolve`)."""
+        is accepted too, whether or not it is also a caller key, and reads as the admin (every model).
+        Dev mode is unchanged (`_resolve`)."""
         found = self._resolve(headers)
         # Only a key the request presents: the fallback key (the very object) is not the admin's.
         if isinstance(found, str) and found is not self.fallback and self._is_admin_key(found):
