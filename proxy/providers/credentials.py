@@ -119,8 +119,10 @@ class Source:
         self._flight = None
         if flight.cancelled():
             return
-        if flight.exception() is not None:
-            log.warning("credential_fetch_failed", source=str(flight.exception()))
+        failure = flight.exception()
+        if failure is not None:  # a library's own error may quote a secret: only its kind is logged
+            log.warning("credential_fetch_failed", source=failure.source if isinstance(failure, CredentialFailed)
+                        else type(failure).__name__)
             return
         self.value, self.expires_at = flight.result()
 

@@ -93,3 +93,18 @@ def test_a_credentials_spec_reads_the_environment_or_a_file(tmp_path, monkeypatc
     assert credentials.is_inline('{"y": 2}') and not credentials.is_inline("env:SA_JSON")
     with pytest.raises(CredentialFailed):
         credentials.read_spec("env:NOT_SET_ANYWHERE_1")
+
+
+async def test_a_failed_background_fetch_logs_its_kind_never_a_library_message():
+    from structlog.testing import capture_logs
+
+    def leaky(force):
+        raise RuntimeError("assertion=SECRET-ASSERTION-456 refused")
+
+    source = Source(leaky)
+    source.value, source.expires_at = "old", time.time() + credentials.REFRESH_MARGIN - 1  # due, still valid
+    with capture_logs() as logs:
+        assert await source.get() == "old"
+        await asyncio.sleep(0.1)
+    assert [e["source"] for e in logs if e["event"] == "credential_fetch_failed"] == ["RuntimeError"]
+    assert "SECRET" not in repr(logs)
