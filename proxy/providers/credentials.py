@@ -11,7 +11,8 @@ hashable key whose first item is the extra providing it, or None for a static ke
 `adapter.sign(target, upstream_request, value)` applies it. The libraries block (files, HTTP), so a
 fetch runs in a thread; callers of one credential share one fetch in flight (single flight); a value
 is kept until `margin` seconds before it expires. A fetch that fails raises `UpstreamCredentials`
-naming the source, never the secret.
+naming the source, never the secret; so does one that takes longer than `WAIT` seconds (the
+libraries' own timeouts and retries can add up to minutes, which a request must not hang for).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ EXTRAS = {
     "azure": ("azure.identity", "proxy.providers.cloud:azure_source"),
 }
 REFRESH_MARGIN = 60.0  # at least this long before expiry a value is replaced
+WAIT = 30.0  # the longest a request waits for a credential
 
 
 class CredentialFailed(Exception):
@@ -151,7 +153,11 @@ async def authorize(adapter, target, upstream_request, renew: bool = False) -> N
         return
     found = source(key)
     try:
-        value = await found.get(stale=found.value if renew else None)
+        async with asyncio.timeout(WAIT):
+            value = await found.get(stale=found.value if renew else None)
+    except TimeoutError:
+        raise UpstreamCredentials(f"the gateway could not get its {key[0]} credentials: "
+                                  "the credential source did not answer in time") from None
     except CredentialFailed as exc:
         raise UpstreamCredentials(f"the gateway could not get its {key[0]} credentials: {exc.source}") from None
     except Exception as exc:  # a library's own error: its text may quote a secret, so only its kind is shown

@@ -108,3 +108,13 @@ async def test_a_failed_background_fetch_logs_its_kind_never_a_library_message()
         await asyncio.sleep(0.1)
     assert [e["source"] for e in logs if e["event"] == "credential_fetch_failed"] == ["RuntimeError"]
     assert "SECRET" not in repr(logs)
+
+
+async def test_a_credential_source_that_does_not_answer_is_a_502_within_the_wait(monkeypatch):
+    fetch, calls, _ = counting(3600, delay=1.0)  # a token endpoint that hangs (the library retries for minutes)
+    monkeypatch.setattr(credentials, "_sources", {("aws",): Source(fetch)})
+    monkeypatch.setattr(credentials, "WAIT", 0.2)
+    started = time.monotonic()
+    with pytest.raises(UpstreamCredentials, match="the credential source did not answer in time"):
+        await credentials.authorize(_Adapter(), Target("p", None, None), UpstreamRequest("POST", "https://x", {}, b""))
+    assert time.monotonic() - started < 0.8
