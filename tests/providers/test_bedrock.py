@@ -103,7 +103,7 @@ async def test_credentials_are_refreshed_before_expiry_with_one_sts_call_for_100
     assert bedrock.signed_with[-1] != bedrock.signed_with[0]  # the new keys, before the old ones expired
 
 
-async def test_a_refused_credential_is_refreshed_once_and_the_request_sent_once_more(gateway, aws):
+async def test_a_refused_credential_is_refreshed_once_and_the_request_sent_once_more(gateway, aws, monkeypatch):
     sts, bedrock = aws
     gw = await gateway({"providers": [provider(bedrock)]})
     async with sdk(gw) as client:
@@ -112,11 +112,17 @@ async def test_a_refused_credential_is_refreshed_once_and_the_request_sent_once_
         answer = await client.chat.completions.create(model=MODEL, messages=HELLO)
         assert answer.choices[0].message.content == "Hello from Bedrock."
         assert sts.calls == 2 and bedrock.calls == 3
-        bedrock.refuse = 5  # refused again after the refresh: one retry only, then the provider's auth error
+        bedrock.refuse = 10  # refused again after the refresh: one retry only, then the provider's auth error
+        with pytest.raises(openai.APIStatusError) as caught:
+            await client.chat.completions.create(model=MODEL, messages=HELLO)
+        # …and no new exchange so soon after the last renewal (a 403 the keys do not cause, such as
+        # a model the account may not use, must not cost an STS call per request)
+        assert bedrock.calls == 5 and sts.calls == 2
+        monkeypatch.setattr(credentials, "RETRY_INTERVAL", 0.0)  # once the interval is over, a refusal renews
         with pytest.raises(openai.APIStatusError) as caught:
             await client.chat.completions.create(model=MODEL, messages=HELLO)
     assert caught.value.status_code == 502 and caught.value.body["code"] == "upstream_auth_error"
-    assert bedrock.calls == 5 and sts.calls == 3
+    assert bedrock.calls == 7 and sts.calls == 3
 
 
 async def test_a_failed_token_exchange_is_a_502_naming_it_and_does_not_open_the_circuit(gateway, aws):
