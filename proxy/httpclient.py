@@ -52,6 +52,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy import tunnel
 from proxy.egress import Egress, Route
+from proxy.egress import why as egress_why
 
 MAX_HEAD = 64 * 1024  # bytes of an answer's status line and headers
 _URL_CACHE_MAX = 1024
@@ -452,7 +453,10 @@ class Client:
     def _route(self, scheme: str, host: str, port: int, override) -> Route | None:
         if self.egress is None:
             return None
-        policy = self.egress.default if override is None else self.egress.policy(override)
+        try:
+            policy = self.egress.default if override is None else self.egress.policy(override)
+        except (OSError, ValueError) as exc:  # a provider's TLS files gone or broken since it was registered
+            raise EgressFailed(f"the egress settings for {host}:{port} cannot be used: {egress_why(exc)}") from None
         return policy.route(scheme, host, port)
 
     def _target(self, url: str, cache: dict[str, _Target], override) -> _Target:
