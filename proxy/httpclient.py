@@ -45,7 +45,7 @@ import select
 import socket
 import ssl
 import zlib
-from urllib.parse import quote, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -383,6 +383,14 @@ class _Forwarded(_Connection):
         super().on_headers_complete()
 
 
+def host_header(parts: SplitResult) -> str:
+    """The Host this client sends for a URL: its host (IPv6 in brackets), with the port when the URL
+    writes one, a default port included (a request signed over its Host must sign this one)."""
+    host = parts.hostname or ""
+    host = host if ":" not in host else f"[{host}]"
+    return host if parts.port is None else f"{host}:{parts.port}"
+
+
 def _tls_reason(exc: ssl.SSLError) -> str:
     """What went wrong in a TLS handshake, in OpenSSL's words (unknown issuer, hostname mismatch)."""
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
@@ -473,9 +481,7 @@ class Client:
         request_target = quote(parts.path or "/", safe=_SAFE_PATH)
         if parts.query:
             request_target += "?" + quote(parts.query, safe=_SAFE_QUERY)
-        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
+        host = host_header(parts)
         auth = None
         if parts.username is not None:
             auth = "Basic " + base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()

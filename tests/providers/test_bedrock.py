@@ -4,13 +4,14 @@ Bedrock that recomputes it with botocore, eventstream parsing, refresh, retry an
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 
 import openai
 import orjson
 import pytest
 
-from proxy import providers
+from proxy import netguard, providers
 from proxy.providers import credentials
 from proxy.providers.base import Target
 from proxy.request import parse
@@ -72,6 +73,30 @@ async def test_with_only_web_identity_chat_stream_and_a_tool_round_trip_pass(gat
     assert sent["messages"][1]["content"][0]["toolUse"]["toolUseId"] == "tooluse_1"
     assert sent["messages"][2]["content"][0]["toolResult"]["toolUseId"] == "tooluse_1"
     assert sent["toolConfig"]["tools"][0]["toolSpec"]["name"] == "clock"
+
+
+class _ToPort:
+    """A resolver for the gateway's client: every name is 127.0.0.1 at `port` (whatever the URL says)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    async def resolve(self, host, port, family):
+        return [{"family": socket.AF_INET, "host": "127.0.0.1", "port": self.port}]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_url_with_its_default_port_is_signed_with_the_host_header_sent(gateway, aws):
+    # `url: http://host:80` (or https://vpce…:443): the client writes `Host: host:80`, and AWS checks
+    # the signature against the Host header as received, so that is the host that must be signed.
+    sts, bedrock = aws
+    gw = await gateway({"providers": [provider(bedrock, url="http://bedrock-runtime.vpce.test:80")]})
+    gw.gw.upstream.client.resolver = netguard.GuardedResolver(gw.gw.registry.private_ok, _ToPort(bedrock.server.port))
+    async with sdk(gw) as client:
+        answer = await client.chat.completions.create(model=MODEL, messages=HELLO)
+    assert answer.choices[0].message.content == "Hello from Bedrock." and bedrock.calls == 1
 
 
 async def test_the_fake_refuses_a_signature_that_does_not_match(aws, aiohttp_client):
