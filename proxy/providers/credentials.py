@@ -40,6 +40,7 @@ EXTRAS = {
     "gcp": ("google.auth", "proxy.providers.cloud:google_source"),
     "azure": ("azure.identity", "proxy.providers.cloud:azure_source"),
 }
+SPEC_EXTRAS = frozenset({"gcp"})  # the extras whose source reads a provider's `credentials` field
 REFRESH_MARGIN = 60.0  # at least this long before expiry a value is replaced
 RETRY_INTERVAL = 5.0  # a background refresh, or a renewal after a refusal, at most this often
 WAIT = 30.0  # the longest a request waits for a credential
