@@ -303,6 +303,18 @@ def check(proxy: str | None, ca_file: str | None, cert_file: str | None, key_fil
         raise ValueError(f"the TLS files cannot be loaded: {why(exc)}") from None
 
 
+def check_env(env: Mapping[str, str]) -> None:
+    """The environment's proxy variables, used when the config sets no `egress.proxy`: refused
+    where the gateway starts, naming the variable (ValueError), not where a call is first made."""
+    for name in ("https_proxy", "http_proxy"):
+        value = _env(env, name)
+        if value:
+            try:
+                Proxy(value)
+            except ValueError as exc:
+                raise ValueError(f"env {name if env.get(name) is not None else name.upper()}: {exc}") from None
+
+
 def why(exc: Exception) -> str:
     """A setting's failure in words safe to show: the OS's or OpenSSL's reason, never a path's content."""
     if isinstance(exc, OSError):
