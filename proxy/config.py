@@ -348,7 +348,13 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Confi
         except OSError as exc:
             raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
         cfg = decode(raw, suffix=file.suffix.lower())
-    return _check_egress(_validate(_overlay(cfg, env)), files=True)
+    cfg = _check_egress(_validate(_overlay(cfg, env)), files=True)
+    if cfg.egress.proxy is None:  # HTTPS_PROXY / HTTP_PROXY are used: a bad one named now, not a crash later
+        try:
+            egress.check_env(env)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return cfg
 
 
 def resolve_secret(value: str | None, env: Mapping[str, str] | None = None) -> str | None:

@@ -299,6 +299,24 @@ def check(proxy: str | None, ca_file: str | None, cert_file: str | None, key_fil
     try:
         if files and (ca_file or cert_file):
             tls_context(ca_file, cert_file, key_file)
-    except (OSError, ssl.SSLError) as exc:
-        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
-        raise ValueError(f"the TLS files cannot be loaded: {reason}") from None
+    except OSError as exc:  # ssl.SSLError included
+        raise ValueError(f"the TLS files cannot be loaded: {why(exc)}") from None
+
+
+def check_env(env: Mapping[str, str]) -> None:
+    """The environment's proxy variables, used when the config sets no `egress.proxy`: refused
+    where the gateway starts, naming the variable (ValueError), not where a call is first made."""
+    for name in ("https_proxy", "http_proxy"):
+        value = _env(env, name)
+        if value:
+            try:
+                Proxy(value)
+            except ValueError as exc:
+                raise ValueError(f"env {name if env.get(name) is not None else name.upper()}: {exc}") from None
+
+
+def why(exc: Exception) -> str:
+    """A setting's failure in words safe to show: the OS's or OpenSSL's reason, never a path's content."""
+    if isinstance(exc, OSError):
+        return getattr(exc, "strerror", None) or getattr(exc, "reason", None) or type(exc).__name__
+    return str(exc)  # this module's own ValueErrors: written to be shown

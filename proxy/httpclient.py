@@ -45,13 +45,14 @@ import select
 import socket
 import ssl
 import zlib
-from urllib.parse import quote, urlsplit
+from urllib.parse import SplitResult, quote, urlsplit
 
 import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy import tunnel
 from proxy.egress import Egress, Route
+from proxy.egress import why as egress_why
 
 MAX_HEAD = 64 * 1024  # bytes of an answer's status line and headers
 _URL_CACHE_MAX = 1024
@@ -382,6 +383,14 @@ class _Forwarded(_Connection):
         super().on_headers_complete()
 
 
+def host_header(parts: SplitResult) -> str:
+    """The Host this client sends for a URL: its host (IPv6 in brackets), with the port when the URL
+    writes one, a default port included (a request signed over its Host must sign this one)."""
+    host = parts.hostname or ""
+    host = host if ":" not in host else f"[{host}]"
+    return host if parts.port is None else f"{host}:{parts.port}"
+
+
 def _tls_reason(exc: ssl.SSLError) -> str:
     """What went wrong in a TLS handshake, in OpenSSL's words (unknown issuer, hostname mismatch)."""
     if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
@@ -452,7 +461,10 @@ class Client:
     def _route(self, scheme: str, host: str, port: int, override) -> Route | None:
         if self.egress is None:
             return None
-        policy = self.egress.default if override is None else self.egress.policy(override)
+        try:
+            policy = self.egress.default if override is None else self.egress.policy(override)
+        except (OSError, ValueError) as exc:  # a provider's TLS files gone or broken since it was registered
+            raise EgressFailed(f"the egress settings for {host}:{port} cannot be used: {egress_why(exc)}") from None
         return policy.route(scheme, host, port)
 
     def _target(self, url: str, cache: dict[str, _Target], override) -> _Target:
@@ -469,9 +481,7 @@ class Client:
         request_target = quote(parts.path or "/", safe=_SAFE_PATH)
         if parts.query:
             request_target += "?" + quote(parts.query, safe=_SAFE_QUERY)
-        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
+        host = host_header(parts)
         auth = None
         if parts.username is not None:
             auth = "Basic " + base64.b64encode(f"{parts.username}:{parts.password or ''}".encode()).decode()

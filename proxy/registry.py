@@ -131,7 +131,8 @@ def _check_cloud(index: int, item: ProviderItem, caps) -> None:
                    f"pip install 'ai-enabler-proxy[{extra}]'")
     if caps.needs_region and not item.region and not item.url:
         raise _bad(index, "region", f"is required for {item.supported_provider} (or a `url`)")
-    if item.credentials is not None and not (caps.extra or caps.keyless_extra):
+    # refused rather than ignored: keys put there by mistake would be stored, and the default chain used
+    if item.credentials is not None and not {caps.extra, caps.keyless_extra} & credentials.SPEC_EXTRAS:
         raise _bad(index, "credentials", f"is not used by {item.supported_provider}")
 
 

@@ -131,6 +131,19 @@ def test_bad_egress_settings_are_config_errors(tmp_path):
         load(str(file), env={})  # …where it runs, it must
 
 
+def test_a_proxy_variable_the_gateway_cannot_use_is_a_config_error_naming_it(tmp_path):
+    # It was read only when the upstream client started: a ValueError with a traceback, naming no variable.
+    file = tmp_path / "config.yaml"
+    file.write_bytes(b"{}")
+    for env, said in [({"HTTPS_PROXY": "socks5://u:pw@proxy.corp:1080"}, "env HTTPS_PROXY: must be an http://"),
+                      ({"http_proxy": "https://proxy.corp:443"}, "env http_proxy: must be an http://")]:
+        with pytest.raises(ConfigError, match=re.escape(said)) as caught:
+            load(str(file), env=env)
+        assert "pw" not in str(caught.value)
+    file.write_bytes(b"egress: {proxy: 'http://proxy.corp:3128'}")  # the config's proxy wins: the env is not used
+    assert load(str(file), env={"HTTPS_PROXY": "socks5://proxy.corp:1080"}).egress.proxy == "http://proxy.corp:3128"
+
+
 def test_calls_without_a_provider_get_aiohttp_options_from_the_same_rules():
     proxy = "http://ops:pw@proxy.corp:3128"
     assert egress.options(Settings(proxy=proxy), "http://castai.example/x") == {"proxy": proxy, "ssl": None}

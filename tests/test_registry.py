@@ -84,3 +84,14 @@ def test_static_headers_are_sealed_on_disk_restored_on_load_and_listed_as_last4(
     again = Registry([], Vault("k", tmp_path), db)
     assert again.by_name["api"].target().headers["OpenAI-Organization"] == secret
     again.close()
+
+
+@pytest.mark.parametrize("kind, extra", [("BEDROCK", {"region": "us-east-1"}), ("AZURE", {"url": "https://a.example",
+                                                                                          "apiVersion": "2024-10-21"}),
+                                         ("OPENAI", {})])
+def test_a_credentials_field_no_source_reads_is_refused_not_ignored(kind, extra):
+    # BEDROCK and AZURE take cloud credentials from their chains, never from this field: AWS keys
+    # pasted here would be stored and silently not used.
+    with pytest.raises(InvalidRequest, match=r"providers\[0\]\.credentials: is not used by"):
+        validate([_item(supportedProvider=kind, credentials='{"aws_access_key_id": "AKIA..."}', **extra)])
+    assert validate([_item(supportedProvider="VERTEXAIGEMINI", url="https://v.example", credentials="env:SA")])

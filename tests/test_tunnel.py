@@ -231,3 +231,11 @@ async def test_a_provider_tls_server_name_is_what_is_verified(ca, servers, clien
         await _call(client, url)
     override = Override(None, None, ProviderTLS(ca_file=ca.file, server_name="internal.origin.test"))
     assert await _call(client, url, egress=override) == (200, b'{"ok": true}')
+
+
+async def test_a_provider_tls_file_gone_since_registration_is_an_egress_failure_not_a_crash(ca, clients, tmp_path):
+    # Registration checked the file; a restart loads the stored item without it (a volume not mounted).
+    gone = str(tmp_path / "rotated-away.pem")
+    client = clients({}, None, Hosts(API))
+    with pytest.raises(httpclient.EgressFailed, match=f"{API}:8443 cannot be used: No such file"):
+        await _call(client, f"https://{API}:8443/x", egress=Override(None, None, ProviderTLS(ca_file=gone)))

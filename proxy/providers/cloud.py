@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from proxy.httpclient import host_header
 from proxy.providers.credentials import CredentialFailed, Source, read_spec
 
 GOOGLE_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
@@ -77,12 +78,15 @@ def aws_source() -> Source:
 
 
 def sigv4(upstream_request, frozen, service: str, region: str) -> None:
-    """Sign the final request (method, URL, body and the headers it has so far) in place."""
+    """Sign the final request (method, URL, body and the headers it has so far) in place. The host
+    signed is the Host header the client sends: botocore would drop a default port the URL writes
+    (`https://vpce…:443`), the client keeps it, and AWS checks the header as it arrives."""
     from botocore.auth import SigV4Auth
     from botocore.awsrequest import AWSRequest
 
+    host = host_header(urlsplit(upstream_request.url))
     aws = AWSRequest(method=upstream_request.method, url=upstream_request.url,
-                     data=upstream_request.body, headers=upstream_request.headers)
+                     data=upstream_request.body, headers={**upstream_request.headers, "host": host})
     SigV4Auth(frozen, service, region).add_auth(aws)
     for name in ("Authorization", "X-Amz-Date", "X-Amz-Security-Token"):
         if name in aws.headers:

@@ -11,13 +11,20 @@ hashable key whose first item is the extra providing it, or None for a static ke
 `adapter.sign(target, upstream_request, value)` applies it. The libraries block (files, HTTP), so a
 fetch runs in a thread; callers of one credential share one fetch in flight (single flight); a value
 is kept until `margin` seconds before it expires. A fetch that fails raises `UpstreamCredentials`
-naming the source, never the secret.
+naming the source, never the secret; so does one that takes longer than `WAIT` seconds (the
+libraries' own timeouts and retries can add up to minutes, which a request must not hang for).
+A source is asked again at most every `RETRY_INTERVAL` seconds for a value it was just asked for:
+a refresh ahead of expiry that brings nothing new (a metadata server hands out the same token
+until shortly before it expires), or a refusal a new credential does not cure (a model the
+account may not use answers 403 every time), must not turn every request into a token exchange.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import importlib.util
+import math
 import os
 import time
 from collections.abc import Callable
@@ -34,7 +41,10 @@ EXTRAS = {
     "gcp": ("google.auth", "proxy.providers.cloud:google_source"),
     "azure": ("azure.identity", "proxy.providers.cloud:azure_source"),
 }
+SPEC_EXTRAS = frozenset({"gcp"})  # the extras whose source reads a provider's `credentials` field
 REFRESH_MARGIN = 60.0  # at least this long before expiry a value is replaced
+RETRY_INTERVAL = 5.0  # a background refresh, or a renewal after a refusal, at most this often
+WAIT = 30.0  # the longest a request waits for a credential
 
 
 class CredentialFailed(Exception):
@@ -46,12 +56,12 @@ class CredentialFailed(Exception):
 
 
 def installed(extra: str) -> bool:
-    """Is the library of this extra importable?"""
+    """Is the library of this extra importable? Found, not imported: this runs on the event loop
+    (a registration) and azure.identity takes ~0.15 s to import; fetches import in their thread."""
     try:
-        importlib.import_module(EXTRAS[extra][0])
-    except ImportError:
+        return importlib.util.find_spec(EXTRAS[extra][0]) is not None
+    except (ImportError, ValueError):  # a parent package missing, or a module blocked (sys.modules[name] = None)
         return False
-    return True
 
 
 def is_inline(value: str | None) -> bool:
@@ -87,6 +97,7 @@ class Source:
         self.expires_at: float | None = None
         self.fetches = 0
         self._flight: asyncio.Future | None = None
+        self._refreshed_at = self._renewed_at = -math.inf  # monotonic starts of the last of each kind
 
     def fresh(self) -> bool:
         return self.value is not None and (self.expires_at is None or time.time() < self.expires_at - self.margin)
@@ -96,20 +107,26 @@ class Source:
 
         Near its expiry but still valid, the value is used while one fetch replaces it in the
         background: a request never waits for a refresh that was not needed yet."""
-        value = self.value
+        value, now = self.value, time.monotonic()
         if stale is not None:
             if value is not None and value is not stale:
                 return value  # another request already replaced the refused value
+            if value is not None and self._flight is None and now - self._renewed_at < RETRY_INTERVAL:
+                return value  # renewed just now: a refusal a new credential does not cure costs no exchange
         elif self.fresh():
             return value
-        flight = self._flight
-        if flight is None:
-            flight = self._flight = asyncio.get_running_loop().run_in_executor(None, self._fetch, stale is not None)
-            flight.add_done_callback(self._landed)
-        if stale is None and value is not None and self.expires_at is not None and time.time() < self.expires_at - 5:
+        usable = stale is None and value is not None and self.expires_at is not None and time.time() < self.expires_at - 5
+        if self._flight is None and not (usable and now - self._refreshed_at < RETRY_INTERVAL):
+            if stale is not None:
+                self._renewed_at = now
+            elif usable:
+                self._refreshed_at = now
+            self._flight = asyncio.get_running_loop().run_in_executor(None, self._fetch, stale is not None)
+            self._flight.add_done_callback(self._landed)
+        if usable:
             return value
         # shield: a caller that gives up does not cancel the fetch the others wait for
-        return (await asyncio.shield(flight))[0]
+        return (await asyncio.shield(self._flight))[0]
 
     def _fetch(self, force: bool) -> tuple[object, float | None]:
         self.fetches += 1
@@ -119,8 +136,10 @@ class Source:
         self._flight = None
         if flight.cancelled():
             return
-        if flight.exception() is not None:
-            log.warning("credential_fetch_failed", source=str(flight.exception()))
+        failure = flight.exception()
+        if failure is not None:  # a library's own error may quote a secret: only its kind is logged
+            log.warning("credential_fetch_failed", source=failure.source if isinstance(failure, CredentialFailed)
+                        else type(failure).__name__)
             return
         self.value, self.expires_at = flight.result()
 
@@ -149,7 +168,11 @@ async def authorize(adapter, target, upstream_request, renew: bool = False) -> N
         return
     found = source(key)
     try:
-        value = await found.get(stale=found.value if renew else None)
+        async with asyncio.timeout(WAIT):
+            value = await found.get(stale=found.value if renew else None)
+    except TimeoutError:
+        raise UpstreamCredentials(f"the gateway could not get its {key[0]} credentials: "
+                                  "the credential source did not answer in time") from None
     except CredentialFailed as exc:
         raise UpstreamCredentials(f"the gateway could not get its {key[0]} credentials: {exc.source}") from None
     except Exception as exc:  # a library's own error: its text may quote a secret, so only its kind is shown

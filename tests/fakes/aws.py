@@ -40,7 +40,18 @@ STS_ERROR = """<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
 <RequestId>r-1</RequestId></ErrorResponse>"""
 
 
-class FakeSTS:
+class _Served:
+    """A fake served on loopback by pytest-aiohttp's `aiohttp_server`; `url` is where it is called."""
+
+    URL_PATH = ""  # what a client is given after the host and port
+
+    async def start(self, aiohttp_server):
+        self.server = await aiohttp_server(self.app)
+        self.url = f"http://127.0.0.1:{self.server.port}{self.URL_PATH}"
+        return self
+
+
+class FakeSTS(_Served):
     def __init__(self, web_identity_token: str, lifetime: float = 3600) -> None:
         self.web_identity_token = web_identity_token
         self.lifetime = lifetime
@@ -49,11 +60,6 @@ class FakeSTS:
         self.issued: dict[str, tuple[str, str]] = {}  # access key id → (secret, session token)
         self.app = web.Application()
         self.app.router.add_post("/", self._serve)
-
-    async def start(self, aiohttp_server) -> FakeSTS:
-        self.server = await aiohttp_server(self.app)
-        self.url = f"http://127.0.0.1:{self.server.port}"
-        return self
 
     async def _serve(self, request: web.Request) -> web.Response:
         self.calls += 1
@@ -76,8 +82,10 @@ def temporary_keys(issued: dict[str, tuple[str, str]], lifetime: float) -> dict:
             "Expiration": expiration.strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
-class FakePodIdentity:
+class FakePodIdentity(_Served):
     """The EKS Pod Identity agent: `GET /v1/credentials` with the pod's token as `Authorization`."""
+
+    URL_PATH = "/v1/credentials"
 
     def __init__(self, token: str, lifetime: float = 3600) -> None:
         self.token = token
@@ -89,11 +97,6 @@ class FakePodIdentity:
         self.app = web.Application()
         self.app.router.add_get("/v1/credentials", self._serve)
 
-    async def start(self, aiohttp_server) -> FakePodIdentity:
-        self.server = await aiohttp_server(self.app)
-        self.url = f"http://127.0.0.1:{self.server.port}/v1/credentials"
-        return self
-
     async def _serve(self, request: web.Request) -> web.Response:
         self.calls += 1
         self.tokens_seen.append(request.headers.get("Authorization", ""))
@@ -104,8 +107,10 @@ class FakePodIdentity:
         return web.json_response({**temporary_keys(self.issued, self.lifetime), "AccountId": "111122223333"})
 
 
-class FakeIMDS:
+class FakeIMDS(_Served):
     """EC2 instance metadata, IMDSv2 only: role credentials for a session token from `PUT /latest/api/token`."""
+
+    URL_PATH = "/"
 
     ROLE = "gateway-instance-role"
     PATH = "/latest/meta-data/iam/security-credentials/"
@@ -119,11 +124,6 @@ class FakeIMDS:
         self.app.router.add_put("/latest/api/token", self._token)
         self.app.router.add_get(self.PATH, self._role)
         self.app.router.add_get(self.PATH + "{role}", self._credentials)
-
-    async def start(self, aiohttp_server) -> FakeIMDS:
-        self.server = await aiohttp_server(self.app)
-        self.url = f"http://127.0.0.1:{self.server.port}/"
-        return self
 
     async def _token(self, request: web.Request) -> web.Response:
         if not request.headers.get("x-aws-ec2-metadata-token-ttl-seconds"):
@@ -180,7 +180,7 @@ def stream_frames(text: str = "Hello from Bedrock.") -> bytes:
         eventstream.event("metadata", {"usage": {"inputTokens": 5, "outputTokens": 4, "totalTokens": 9}})])
 
 
-class FakeBedrock:
+class FakeBedrock(_Served):
     def __init__(self, keys: dict[str, tuple[str, str | None]]) -> None:
         self.keys = keys  # shared with FakeSTS.issued: whatever STS issued is valid here
         self.calls = 0
@@ -189,11 +189,6 @@ class FakeBedrock:
         self.bodies: list[dict] = []
         self.app = web.Application()
         self.app.router.add_post("/model/{model}/{method}", self._serve)
-
-    async def start(self, aiohttp_server) -> FakeBedrock:
-        self.server = await aiohttp_server(self.app)
-        self.url = f"http://127.0.0.1:{self.server.port}"
-        return self
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         self.calls += 1

@@ -4,13 +4,14 @@ Bedrock that recomputes it with botocore, eventstream parsing, refresh, retry an
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 
 import openai
 import orjson
 import pytest
 
-from proxy import providers
+from proxy import netguard, providers
 from proxy.providers import credentials
 from proxy.providers.base import Target
 from proxy.request import parse
@@ -74,6 +75,30 @@ async def test_with_only_web_identity_chat_stream_and_a_tool_round_trip_pass(gat
     assert sent["toolConfig"]["tools"][0]["toolSpec"]["name"] == "clock"
 
 
+class _ToPort:
+    """A resolver for the gateway's client: every name is 127.0.0.1 at `port` (whatever the URL says)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    async def resolve(self, host, port, family):
+        return [{"family": socket.AF_INET, "host": "127.0.0.1", "port": self.port}]
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_url_with_its_default_port_is_signed_with_the_host_header_sent(gateway, aws):
+    # `url: http://host:80` (or https://vpce…:443): the client writes `Host: host:80`, and AWS checks
+    # the signature against the Host header as received, so that is the host that must be signed.
+    sts, bedrock = aws
+    gw = await gateway({"providers": [provider(bedrock, url="http://bedrock-runtime.vpce.test:80")]})
+    gw.gw.upstream.client.resolver = netguard.GuardedResolver(gw.gw.registry.private_ok, _ToPort(bedrock.server.port))
+    async with sdk(gw) as client:
+        answer = await client.chat.completions.create(model=MODEL, messages=HELLO)
+    assert answer.choices[0].message.content == "Hello from Bedrock." and bedrock.calls == 1
+
+
 async def test_the_fake_refuses_a_signature_that_does_not_match(aws, aiohttp_client):
     sts, bedrock = aws
     import aiohttp
@@ -103,7 +128,7 @@ async def test_credentials_are_refreshed_before_expiry_with_one_sts_call_for_100
     assert bedrock.signed_with[-1] != bedrock.signed_with[0]  # the new keys, before the old ones expired
 
 
-async def test_a_refused_credential_is_refreshed_once_and_the_request_sent_once_more(gateway, aws):
+async def test_a_refused_credential_is_refreshed_once_and_the_request_sent_once_more(gateway, aws, monkeypatch):
     sts, bedrock = aws
     gw = await gateway({"providers": [provider(bedrock)]})
     async with sdk(gw) as client:
@@ -112,11 +137,17 @@ async def test_a_refused_credential_is_refreshed_once_and_the_request_sent_once_
         answer = await client.chat.completions.create(model=MODEL, messages=HELLO)
         assert answer.choices[0].message.content == "Hello from Bedrock."
         assert sts.calls == 2 and bedrock.calls == 3
-        bedrock.refuse = 5  # refused again after the refresh: one retry only, then the provider's auth error
+        bedrock.refuse = 10  # refused again after the refresh: one retry only, then the provider's auth error
+        with pytest.raises(openai.APIStatusError) as caught:
+            await client.chat.completions.create(model=MODEL, messages=HELLO)
+        # …and no new exchange so soon after the last renewal (a 403 the keys do not cause, such as
+        # a model the account may not use, must not cost an STS call per request)
+        assert bedrock.calls == 5 and sts.calls == 2
+        monkeypatch.setattr(credentials, "RETRY_INTERVAL", 0.0)  # once the interval is over, a refusal renews
         with pytest.raises(openai.APIStatusError) as caught:
             await client.chat.completions.create(model=MODEL, messages=HELLO)
     assert caught.value.status_code == 502 and caught.value.body["code"] == "upstream_auth_error"
-    assert bedrock.calls == 5 and sts.calls == 3
+    assert bedrock.calls == 7 and sts.calls == 3
 
 
 async def test_a_failed_token_exchange_is_a_502_naming_it_and_does_not_open_the_circuit(gateway, aws):

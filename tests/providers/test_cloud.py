@@ -46,3 +46,25 @@ async def test_an_invalid_service_account_is_a_502_naming_it(gateway, google):
             await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}])
     assert caught.value.status_code == 502 and caught.value.body["code"] == "upstream_credentials"
     assert "service-account JSON" in caught.value.body["message"] and "not a key" not in caught.value.response.text
+
+
+def test_the_cloud_libraries_are_imported_in_the_fetch_thread_not_on_the_event_loop():
+    # A registration checks the extra on the loop: found, not imported (azure.identity takes ~0.15 s).
+    # The AWS fetch (a thread) loads what signing and the stream parser use (botocore.session does),
+    # so the first request does not import them on the loop either.
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from proxy.providers import cloud, credentials
+assert credentials.installed("aws") and credentials.installed("azure") and credentials.installed("gcp")
+loaded = [m for m in ("botocore.session", "azure.identity", "google.oauth2") if m in sys.modules]
+assert not loaded, loaded
+cloud.aws_source().fetch(False)
+assert "botocore.auth" in sys.modules and "botocore.eventstream" in sys.modules
+"""
+    env = {"PATH": "/usr/bin:/bin", "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "x" * 40,
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -93,3 +93,58 @@ def test_a_credentials_spec_reads_the_environment_or_a_file(tmp_path, monkeypatc
     assert credentials.is_inline('{"y": 2}') and not credentials.is_inline("env:SA_JSON")
     with pytest.raises(CredentialFailed):
         credentials.read_spec("env:NOT_SET_ANYWHERE_1")
+
+
+async def test_a_refresh_that_brings_nothing_new_is_not_asked_again_at_every_request():
+    # A metadata server hands out the same token until shortly before it expires: a refresh ahead
+    # of expiry gets it back, still inside the margin. Each request must not start another one.
+    expires = time.time() + credentials.REFRESH_MARGIN - 30
+    calls = []
+
+    def fetch(force):
+        calls.append(force)
+        return "same-token", expires
+
+    source = Source(fetch)
+    assert await source.get() == "same-token"
+    for _ in range(20):
+        assert await source.get() == "same-token"
+        await asyncio.sleep(0.01)  # each background refresh lands before the next request
+    assert calls == [False, False]  # the first, and one refresh ahead of expiry in RETRY_INTERVAL
+
+
+async def test_refusals_a_new_credential_does_not_cure_renew_it_once_per_interval(monkeypatch):
+    # A model the account may not use answers 403 every time: one renewal, not one exchange per request.
+    fetch, calls, _ = counting(3600, delay=0)
+    source = Source(fetch)
+    value = await source.get()
+    for _ in range(10):
+        value = await source.get(stale=value)
+    assert calls == [False, True] and value == "token-2"
+    monkeypatch.setattr(credentials, "RETRY_INTERVAL", 0.0)  # once the interval is over, a refusal renews again
+    assert await source.get(stale=value) == "token-3"
+
+
+async def test_a_credential_source_that_does_not_answer_is_a_502_within_the_wait(monkeypatch):
+    fetch, calls, _ = counting(3600, delay=1.0)  # a token endpoint that hangs (the library retries for minutes)
+    monkeypatch.setattr(credentials, "_sources", {("aws",): Source(fetch)})
+    monkeypatch.setattr(credentials, "WAIT", 0.2)
+    started = time.monotonic()
+    with pytest.raises(UpstreamCredentials, match="the credential source did not answer in time"):
+        await credentials.authorize(_Adapter(), Target("p", None, None), UpstreamRequest("POST", "https://x", {}, b""))
+    assert time.monotonic() - started < 0.8
+
+
+async def test_a_failed_background_fetch_logs_its_kind_never_a_library_message():
+    from structlog.testing import capture_logs
+
+    def leaky(force):
+        raise RuntimeError("assertion=SECRET-ASSERTION-456 refused")
+
+    source = Source(leaky)
+    source.value, source.expires_at = "old", time.time() + credentials.REFRESH_MARGIN - 1  # due, still valid
+    with capture_logs() as logs:
+        assert await source.get() == "old"
+        await asyncio.sleep(0.1)
+    assert [e["source"] for e in logs if e["event"] == "credential_fetch_failed"] == ["RuntimeError"]
+    assert "SECRET" not in repr(logs)
