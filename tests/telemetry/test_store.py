@@ -49,5 +49,5 @@ def test_a_store_of_the_first_schema_is_migrated(tmp_path):
     db.close()
     store = UsageStore(path)
     assert [r.id for r in store._records(0)] == ["rec-00000001"]
-    assert store._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == 3  # version 3 added `endpoint`
     store.close()
