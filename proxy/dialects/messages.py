@@ -134,6 +134,10 @@ def to_chat(body: Body, context: MessagesContext, count_only: bool = False) -> d
     """The chat request for a Messages body; what it cannot carry becomes `context.refusal`."""
     if body.max_tokens is None and not count_only:
         raise InvalidRequest("'max_tokens' is required", param="max_tokens")
+    if body.max_tokens is not None and body.max_tokens < 1:
+        raise InvalidRequest("'max_tokens' must be at least 1", param="max_tokens")
+    if not body.messages:
+        raise InvalidRequest("'messages' must be a non-empty array", param="messages")
     refuse = _Refusals(context)
     chat: dict = {"model": body.model, "messages": to_chat_messages(body, refuse)}
     effort = _effort(body.thinking)
