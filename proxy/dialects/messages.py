@@ -139,7 +139,10 @@ def to_chat(body: Body, context: MessagesContext, count_only: bool = False) -> d
     if not body.messages:
         raise InvalidRequest("'messages' must be a non-empty array", param="messages")
     refuse = _Refusals(context)
-    chat: dict = {"model": body.model, "messages": to_chat_messages(body, refuse)}
+    messages = to_chat_messages(body, refuse)
+    if not messages and context.refusal is not None:  # never sent (see `base.fit`); a valid chat request still
+        messages = [{"role": "user", "content": ""}]
+    chat: dict = {"model": body.model, "messages": messages}
     effort = _effort(body.thinking)
     limit = "max_completion_tokens" if effort else "max_tokens"  # reasoning models take only the former
     if body.max_tokens is not None:
