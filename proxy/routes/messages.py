@@ -15,7 +15,7 @@ from aiohttp import web
 
 from proxy.dialects import messages as dialect
 from proxy.errors import InvalidRequest, ProxyError
-from proxy.exchange import Exchange
+from proxy.exchange import Exchange, new_id
 from proxy.gateway import GATEWAY
 from proxy.limits import ADMISSION
 from proxy.providers.base import estimate_tokens, speaks
@@ -69,7 +69,7 @@ async def models(http_request: web.Request) -> web.Response:
         caller = await gw.auth.authenticate(http_request.headers)
         limit = _limit(http_request.query.get("limit"))
     except ProxyError as error:
-        return chat.error_response(error, None, DIALECT)
+        return chat.error_response(error, new_id(), DIALECT)
     ids = [model for model in sorted(gw.registry.by_model) if caller.models is None or model in caller.models]
     after, before = http_request.query.get("after_id"), http_request.query.get("before_id")
     if after in ids:

@@ -22,6 +22,12 @@ def tool(ident: str, name: str, pieces: list[str]) -> dict:
     return {"type": "tool_use", "id": ident, "name": name, "pieces": pieces}
 
 
+def provider(fake: FakeAnthropic, models=("claude-up",), key: str = "sk-ant-fake-0001") -> dict:
+    """The registration of an Anthropic provider answered by `fake`."""
+    return {"name": "anth", "supportedProvider": "ANTHROPIC", "url": fake.url, "apiKey": key,
+            "models": list(models), "isHosted": True}
+
+
 @dataclasses.dataclass
 class Seen:
     path: str

@@ -8,6 +8,7 @@ import orjson
 import pytest
 
 from tests.conftest import PROVIDER_KEY, openai_provider
+from tests.fakes import anthropic as fakes
 from tests.fakes.anthropic import FakeAnthropic, text, tool
 from tests.fakes.openai import Behaviour
 
@@ -16,14 +17,8 @@ WEATHER = {"name": "get_weather", "description": "The weather in a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
 
 
-@pytest.fixture
-async def fake_anthropic(aiohttp_server) -> FakeAnthropic:
-    return await FakeAnthropic().start(aiohttp_server)
-
-
 def anthropic_provider(fake: FakeAnthropic, models=("claude-up",)) -> dict:
-    return {"name": "anth", "supportedProvider": "ANTHROPIC", "url": fake.url, "apiKey": PROVIDER_KEY + "-anth",
-            "models": list(models), "isHosted": True}
+    return fakes.provider(fake, models, key=PROVIDER_KEY + "-anth")
 
 
 @pytest.fixture(params=["openai", "anthropic", "mock"])
