@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
-import dataclasses
+import time
 
 import orjson
 from aiohttp import web
+
+from tests.fakes.openai import Seen
 
 
 def text(value: str, pieces: int = 3) -> dict:
@@ -26,15 +28,6 @@ def provider(fake: FakeAnthropic, models=("claude-up",), key: str = "sk-ant-fake
     """The registration of an Anthropic provider answered by `fake`."""
     return {"name": "anth", "supportedProvider": "ANTHROPIC", "url": fake.url, "apiKey": key,
             "models": list(models), "isHosted": True}
-
-
-@dataclasses.dataclass
-class Seen:
-    path: str
-    query: str
-    headers: dict
-    body: dict
-    raw: bytes
 
 
 class FakeAnthropic:
@@ -57,7 +50,7 @@ class FakeAnthropic:
     async def _seen(self, request: web.Request) -> dict:
         raw = await request.read()
         body = orjson.loads(raw)
-        self.requests.append(Seen(request.path, request.query_string, dict(request.headers), body, raw))
+        self.requests.append(Seen(request.path, request.query_string, dict(request.headers), body, time.monotonic()))
         return body
 
     async def _count(self, request: web.Request) -> web.Response:
