@@ -1,13 +1,14 @@
 """The Messages dialect (`POST …/v1/messages`): Anthropic's client API in front of any provider.
 
-Request → chat: `system` (a string or text blocks) leads as one system message; text and image
+Request → chat: `system` (a string or text blocks) leads as one system message, and a `system`
+turn mid-conversation (a beta Claude Code uses) is a system message where it stands; text and image
 blocks become content parts; an assistant's `tool_use` blocks its tool calls (`input` as JSON
 `arguments`); a user turn's `tool_result` blocks become tool messages placed before that turn's
 other content (`is_error` results are marked "Error: "; their images follow in the user
 message); `tool_choice` auto/any/tool/none → auto/required/named/none and
 `disable_parallel_tool_use` → `parallel_tool_calls: false`; `stop_sequences` → `stop`;
-`metadata.user_id` → `user`; `thinking` → `reasoning_effort` (kept only for providers that take
-it, see `base.fit`). `cache_control`, `top_k`, `service_tier` and fields this module does not
+`metadata.user_id` → `user`; `thinking` → `reasoning_effort` (`output_config.effort` when given,
+else by the thinking budget; kept only for providers that take it, see `base.fit`). `cache_control`, `top_k`, `service_tier` and fields this module does not
 know are left out of the translation. Server tools, `mcp_servers`, `container`, documents and
 other blocks a chat request cannot hold are a refusal: served only by a provider that speaks
 Messages itself (passthrough), else a 400 naming the field.
@@ -82,6 +83,10 @@ class Thinking(msgspec.Struct):
     budget_tokens: int | None = None
 
 
+class OutputConfig(msgspec.Struct):
+    effort: str | None = None  # low | medium | high (a beta): the reasoning effort, when thinking
+
+
 class Metadata(msgspec.Struct):
     user_id: str | None = None
 
@@ -99,6 +104,7 @@ class Body(msgspec.Struct):
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     thinking: Thinking | None = None
+    output_config: OutputConfig | None = None
     mcp_servers: msgspec.Raw = msgspec.Raw()
     container: msgspec.Raw = msgspec.Raw()
 
@@ -143,7 +149,7 @@ def to_chat(body: Body, context: MessagesContext, count_only: bool = False) -> d
     if not messages and context.refusal is not None:  # never sent (see `base.fit`); a valid chat request still
         messages = [{"role": "user", "content": ""}]
     chat: dict = {"model": body.model, "messages": messages}
-    effort = _effort(body.thinking)
+    effort = _effort(body.thinking, body.output_config)
     limit = "max_completion_tokens" if effort else "max_tokens"  # reasoning models take only the former
     if body.max_tokens is not None:
         chat[limit] = body.max_tokens
@@ -164,9 +170,11 @@ def to_chat(body: Body, context: MessagesContext, count_only: bool = False) -> d
     return chat
 
 
-def _effort(thinking: Thinking | None) -> str | None:
+def _effort(thinking: Thinking | None, output: OutputConfig | None) -> str | None:
     if thinking is None or thinking.type == "disabled":
         return None
+    if output is not None and output.effort in ("low", "medium", "high"):
+        return output.effort
     budget = thinking.budget_tokens or 0
     return next((effort for below, effort in _EFFORT if budget < below), "high") if budget else "medium"
 
@@ -188,7 +196,7 @@ def to_chat_messages(body: Body, refuse: _Refusals) -> list[dict]:
     out: list[dict] = []
     system = body.system
     if isinstance(system, list):
-        system = "\n\n".join(block.text or "" for block in system if block.type == "text")
+        system = _joined(system)
     if system:
         out.append({"role": "system", "content": system})
     for i, turn in enumerate(body.messages):
@@ -196,9 +204,17 @@ def to_chat_messages(body: Body, refuse: _Refusals) -> list[dict]:
             out += _user(turn.content, f"messages[{i}]", refuse)
         elif turn.role == "assistant":
             out += _assistant(turn.content, f"messages[{i}]", refuse)
+        elif turn.role == "system":  # a system turn mid-conversation (Claude Code sends them, behind a beta)
+            content = turn.content if isinstance(turn.content, str) else _joined(turn.content)
+            out += [{"role": "system", "content": content}] if content else []
         else:
-            raise InvalidRequest(f"messages[{i}].role must be 'user' or 'assistant'", param=f"messages[{i}].role")
+            raise InvalidRequest(f"messages[{i}].role must be 'user', 'assistant' or 'system'",
+                                 param=f"messages[{i}].role")
     return out
+
+
+def _joined(blocks: list[Block]) -> str:
+    return "\n\n".join(block.text or "" for block in blocks if block.type == "text")
 
 
 def _user(content: str | list[Block], where: str, refuse: _Refusals) -> list[dict]:

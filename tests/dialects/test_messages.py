@@ -32,6 +32,15 @@ def test_system_blocks_join_and_cache_control_top_k_and_unknown_fields_are_left_
     assert set(request.native.fields) >= {"top_k", "some_beta_field", "system"}  # a passthrough keeps them all
 
 
+def test_a_system_turn_mid_conversation_is_a_system_message_where_it_stands():
+    chat, _, _ = chat_of({"system": "first", "messages": [
+        *ASK, {"role": "system", "content": "Agents available: Explore"},
+        {"role": "system", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]})
+    assert chat["messages"] == [{"role": "system", "content": "first"}, {"role": "user", "content": "Hi"},
+                                {"role": "system", "content": "Agents available: Explore"},
+                                {"role": "system", "content": "a\n\nb"}]
+
+
 def test_text_and_image_blocks_are_content_parts():
     chat, _, _ = chat_of({"messages": [{"role": "user", "content": [
         {"type": "text", "text": "What is this?"},
@@ -87,9 +96,11 @@ def test_tools_and_tool_choice(choice, expected):
 
 @pytest.mark.parametrize(("thinking", "effort"), [
     ({"type": "enabled", "budget_tokens": 1024}, "low"), ({"type": "enabled", "budget_tokens": 8000}, "medium"),
-    ({"type": "enabled", "budget_tokens": 32000}, "high"), ({"type": "disabled"}, None)])
+    ({"type": "enabled", "budget_tokens": 32000}, "high"), ({"type": "disabled"}, None),
+    ({"type": "adaptive"}, "medium"), ({"type": "adaptive", "effort": "low"}, "low")])
 def test_thinking_becomes_reasoning_effort(thinking, effort):
-    chat, _, context = chat_of({"messages": ASK, "thinking": thinking})
+    config = {"output_config": {"effort": thinking.pop("effort")}} if "effort" in thinking else {}
+    chat, _, context = chat_of({"messages": ASK, "thinking": thinking, **config})
     assert chat.get("reasoning_effort") == effort and context.reasoning == (effort is not None)
     assert ("max_completion_tokens" if effort else "max_tokens") in chat  # reasoning models take only the former
 
@@ -114,7 +125,7 @@ def test_what_chat_cannot_carry_is_a_refusal_not_an_error(extra, param):
     ({"model": "m", "max_tokens": 0, "messages": ASK}, "max_tokens"),
     ({"model": "m", "max_tokens": 5, "messages": []}, "messages"),
     ({"model": "m", "max_tokens": 5, "system": "s", "messages": []}, "messages"),
-    ({"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}, "messages[0].role"),
+    ({"model": "m", "max_tokens": 5, "messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
     ({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     ({"model": "m", "max_tokens": "5", "messages": ASK}, "max_tokens"),
     ({"max_tokens": 5, "messages": ASK}, None),
