@@ -155,3 +155,23 @@ async def test_a_server_tool_is_passed_through_to_a_provider_that_speaks_message
             assert resp.status == 200
     assert fake_openai.requests == [] and len(fake_anthropic.requests) == 3
     assert fake_anthropic.requests[0].body["tools"] == body["tools"]
+
+
+async def test_failover_from_a_passthrough_to_a_translated_provider_mid_request(gateway, fake_anthropic, fake_openai):
+    fake_anthropic.error = (529, "overloaded_error")
+    first = {**anthropic_provider(fake_anthropic, models=("m",)), "isHosted": True}  # hosted: tried first
+    second = {**openai_provider(fake_openai, models=("m",)), "isHosted": False}
+    gw = await gateway({"providers": [first, second]})
+    body = {"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}], "top_k": 3}
+    for stream in (False, True):
+        async with gw.post("/v1/messages", json={**body, "stream": stream}) as resp:
+            raw = await resp.read()
+        assert resp.status == 200
+        if stream:
+            assert raw.startswith(b"event: message_start") and raw.endswith(b'data: {"type":"message_stop"}\n\n')
+        else:
+            assert orjson.loads(raw)["content"] == [{"type": "text", "text": "Hello there, how can I help you today?"}]
+    assert len(fake_anthropic.requests) == 2 and fake_anthropic.requests[0].body["top_k"] == 3  # as it came
+    assert len(fake_openai.requests) == 2 and "top_k" not in fake_openai.requests[0].body  # translated
+    records = await gw.records()
+    assert [(r.provider, r.attempts, r.recovered) for r in records] == [("fake", 2, True)] * 2
