@@ -30,6 +30,10 @@ stream parser, reading usage off them. The pipeline then skips `answer`/`stream`
 `base.answer`, `base.adopt_stream`); errors are still framed by the dialect. Never branch on a
 provider's name: only on its declared capabilities.
 
+The response cache keeps chat answers only: a translated answer is stored as the chat answer it
+was, and a hit is translated like a live answer (`base.Replayed`); a passthrough answer is not
+stored.
+
 What a translation cannot carry (a server tool) is `Context.refusal`: `base.fit` keeps only the
 routes that speak the dialect natively, or raises the refusal. `Context.reasoning` marks a
 `reasoning_effort` that only `Capabilities.reasoning` providers take.
@@ -42,6 +46,6 @@ its routes in `proxy/routes/` calling `chat.serve(http_request, "chat", DIALECT)
 speak it natively.
 """
 
-from proxy.dialects.base import DialectStream, adopt_stream, answer, fit
+from proxy.dialects.base import DialectStream, adopt_stream, answer, fit, passthrough, replayed
 
-__all__ = ["DialectStream", "adopt_stream", "answer", "fit"]
+__all__ = ["DialectStream", "adopt_stream", "answer", "fit", "passthrough", "replayed"]

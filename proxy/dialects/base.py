@@ -173,19 +173,24 @@ def fit(request, context: Context, routes: list) -> list:
     return routes
 
 
+def passthrough(request, route) -> bool:
+    """This route's provider speaks the request's dialect: its answer is in that wire already."""
+    return speaks(route.provider.adapter.caps, request)
+
+
 def answer(opened, request, dialect: Dialect, context: Context) -> bytes:
     """The dialect's answer body: the provider's own when it spoke the dialect, else translated."""
-    if speaks(opened.route.provider.adapter.caps, request):
+    if passthrough(request, opened.route):
         return opened.parsed.body
     return dialect.answer(opened.parsed.body, context)
 
 
 def adopt_stream(opened, request, dialect: Dialect, context: Context, request_id: str) -> None:
     """Put the dialect between the adapter's stream parser and the relay (`opened.first` too)."""
-    passthrough = speaks(opened.route.provider.adapter.caps, request)
+    native = passthrough(request, opened.route)
     headers = {dialect.id_header: request_id}
-    stream = opened.parser = DialectStream(opened.parser, dialect.stream(context), passthrough, headers)
-    if not passthrough:
+    stream = opened.parser = DialectStream(opened.parser, dialect.stream(context), native, headers)
+    if not native:
         opened.first = stream.translate(opened.first)
 
 
@@ -256,6 +261,28 @@ class DialectStream:
             return b""
         self.ended = True
         return self._translator.close(error)
+
+
+class Replayed:
+    """A cached chat answer (proxy.cache) served to a dialect's caller, translated as a live one is."""
+
+    __slots__ = ("_dialect", "_context", "headers")
+
+    def __init__(self, dialect: Dialect, context: Context, request_id: str) -> None:
+        self._dialect = dialect
+        self._context = context
+        self.headers = {dialect.id_header: request_id}
+
+    def answer(self, body: bytes) -> bytes:
+        return self._dialect.answer(body, self._context)
+
+    def stream(self, chat_events: bytes) -> bytes:
+        """A whole replayed chat stream (ending in `[DONE]`) → the dialect's frames."""
+        return DialectStream(None, self._dialect.stream(self._context), False, {}).translate(chat_events)
+
+
+def replayed(dialect: Dialect | None, context: Context | None, request_id: str) -> Replayed | None:
+    return None if dialect is None else Replayed(dialect, context, request_id)
 
 
 def _failure(view: ErrorView | str) -> ProxyError:

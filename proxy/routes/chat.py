@@ -117,19 +117,22 @@ async def _exchange(http_request: web.Request, gw: Gateway, ex: Exchange, kind: 
     if (rule := gw.quota.rule(caller)) is not None:  # per-key RPM, TPM, budget: 429 when reached
         await gw.quota.admit(caller.id, rule, ex)
     autoroute.apply(gw, request, caller, http_request.headers, ex)  # `auto`: the model to route
-    # None unless asked for; the cache's entries are chat answers, so not for a dialect (yet)
-    cache_key = gw.cache.key(http_request.headers, request, caller.id) if dialect is None else None
-    if cache_key is not None and (hit := await gw.cache.answer(http_request, cache_key, request, ex)):
+    cache_key = gw.cache.key(http_request.headers, request, caller.id)  # None unless asked for
+    if cache_key is not None and (hit := await gw.cache.answer(http_request, cache_key, request, ex,
+                                                               dialects.replayed(dialect, translation, ex.id))):
         return hit
     routes = gw.router.routes(request.model, caller.models, request.kind)
     if dialect is not None:
         routes = dialects.fit(request, translation, routes)
     opened = await dispatch(gw.upstream, routes, request, ex)
     ex.model_served = opened.route.model
+    if dialect is not None and dialects.passthrough(request, opened.route):
+        cache_key = None  # the cache keeps chat answers; this one is in the dialect's own wire
     if request.stream:
+        tap = gw.cache.tap(opened) if cache_key is not None else None  # chat events, before any translation
         if dialect is not None:
             dialects.adopt_stream(opened, request, dialect, translation, ex.id)
-        return await _stream(http_request, gw, ex, opened, cache_key)
+        return await _stream(http_request, gw, ex, opened, cache_key, tap)
     ex.release()
     parsed = opened.parsed
     ex.usage = parsed.usage
@@ -149,10 +152,9 @@ async def _exchange(http_request: web.Request, gw: Gateway, ex: Exchange, kind: 
     return web.Response(body=parsed.body, content_type=_JSON, headers=headers)
 
 
-async def _stream(http_request: web.Request, gw: Gateway, ex: Exchange, opened, cache_key: str | None):
+async def _stream(http_request: web.Request, gw: Gateway, ex: Exchange, opened, cache_key: str | None, tap):
     provider = opened.route.provider
     idle = (provider.item.timeouts and provider.item.timeouts.idle) or gw.cfg.timeouts.idle
-    tap = gw.cache.tap(opened) if cache_key is not None else None
     dialect = opened.parser if isinstance(opened.parser, dialects.DialectStream) else None
     out = await relay(http_request, opened, ex, idle, gw.cfg.timeouts.max_stream, dialect)
     if ex.rule is not None:

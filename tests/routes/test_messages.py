@@ -13,6 +13,7 @@ from tests.fakes.anthropic import text, tool
 from tests.routes.test_messages_sdk import anthropic_provider
 
 KEY = "claude-code-gateway-token-0001"
+ASK_HI = [{"role": "user", "content": "hi"}]
 BETAS = ["claude-code-20250219", "interleaved-thinking-2025-05-14", "fine-grained-tool-streaming-2025-05-14"]
 # The shape of Claude Code's main request, as its LLM-gateway guide describes it: system blocks
 # with cache_control, user turns of several text blocks, its tools, metadata.user_id, max_tokens
@@ -175,3 +176,27 @@ async def test_failover_from_a_passthrough_to_a_translated_provider_mid_request(
     assert len(fake_openai.requests) == 2 and "top_k" not in fake_openai.requests[0].body  # translated
     records = await gw.records()
     assert [(r.provider, r.attempts, r.recovered) for r in records] == [("fake", 2, True)] * 2
+
+
+async def test_the_response_cache_serves_translated_answers_and_never_stores_a_passthrough(
+        gateway, fake_openai, fake_anthropic):
+    gw = await gateway({"providers": [openai_provider(fake_openai, models=("m",)),
+                                      anthropic_provider(fake_anthropic, models=("claude",))],
+                        "cache": {"enabled": True}})
+    use = {"X-Cache": "use"}
+    async with anthropic.AsyncAnthropic(base_url=gw.url, api_key="k", max_retries=0, default_headers=use) as sdk:
+        first = await sdk.messages.with_raw_response.create(model="m", max_tokens=9, messages=ASK_HI)
+        again = await sdk.messages.with_raw_response.create(model="m", max_tokens=9, messages=ASK_HI)
+        async with sdk.messages.stream(model="m", max_tokens=9, messages=ASK_HI) as stream:
+            streamed = await stream.get_final_message()
+        assert (first.headers["x-cache"], again.headers["x-cache"]) == ("miss", "hit")
+        made, hit = await first.parse(), await again.parse()
+        assert again.headers["request-id"] and hit.content == made.content and hit.usage == made.usage
+        assert [b.text for b in streamed.content] == [b.text for b in made.content] and streamed.stop_reason == "end_turn"
+        assert len(fake_openai.requests) == 1  # the hits never reached the provider
+        for _ in range(2):  # the provider's own Messages answer is not a chat answer: never stored
+            await sdk.messages.create(model="claude", max_tokens=9, messages=ASK_HI)
+        assert len(fake_anthropic.requests) == 2
+    records = await gw.records()
+    assert [r.cache_hit for r in records] == [False, True, True, False, False]
+    assert {r.endpoint for r in records} == {"messages"}
