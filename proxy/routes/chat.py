@@ -105,15 +105,7 @@ async def _exchange(http_request: web.Request, gw: Gateway, ex: Exchange, kind: 
     caller = await gw.auth.authenticate(http_request.headers, http_request.get(journal.RESOLVED))
     ex.caller_id = caller.id
     body = await read_body(http_request, gw.cfg.limits.max_body_bytes, admission.bodies)
-    ex.prompt_estimate = estimate_tokens(len(body))
-    if dialect is None:
-        request, translation = decoding.parse(body, kind), None
-    else:  # another API's wire: a chat request, and what its answer needs (`translation`)
-        request, translation = dialect.request(body, http_request.headers)
-        translation.prompt_estimate = ex.prompt_estimate
-    ex.model_requested = request.model
-    ex.stream = request.stream
-    ex.tags = tagging.merge(request.tags, http_request.headers)
+    request, translation = _decode(http_request, body, kind, dialect, ex)
     if (rule := gw.quota.rule(caller)) is not None:  # per-key RPM, TPM, budget: 429 when reached
         await gw.quota.admit(caller.id, rule, ex)
     autoroute.apply(gw, request, caller, http_request.headers, ex)  # `auto`: the model to route
@@ -145,11 +137,25 @@ async def _exchange(http_request: web.Request, gw: Gateway, ex: Exchange, kind: 
     if cache_key is not None:
         gw.cache.keep(cache_key, parsed.body, ex)
         headers["X-Cache"] = "miss"
-    if dialect is not None:
-        headers[dialect.id_header] = ex.id
-        return web.Response(body=dialects.answer(opened, request, dialect, translation), content_type=_JSON,
-                            headers=headers)
-    return web.Response(body=parsed.body, content_type=_JSON, headers=headers)
+    if dialect is None:
+        return web.Response(body=parsed.body, content_type=_JSON, headers=headers)
+    headers[dialect.id_header] = ex.id
+    return web.Response(body=dialects.answer(opened, request, dialect, translation), content_type=_JSON,
+                        headers=headers)
+
+
+def _decode(http_request: web.Request, body: bytes, kind: str, dialect, ex: Exchange):
+    """(the chat request, None) or, for another API's wire, (its chat request, what its answer needs)."""
+    ex.prompt_estimate = estimate_tokens(len(body))
+    if dialect is None:
+        request, translation = decoding.parse(body, kind), None
+    else:
+        request, translation = dialect.request(body, http_request.headers)
+        translation.prompt_estimate = ex.prompt_estimate
+    ex.model_requested = request.model
+    ex.stream = request.stream
+    ex.tags = tagging.merge(request.tags, http_request.headers)
+    return request, translation
 
 
 async def _stream(http_request: web.Request, gw: Gateway, ex: Exchange, opened, cache_key: str | None, tap):
