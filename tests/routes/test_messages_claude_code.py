@@ -135,3 +135,20 @@ async def test_claude_code_runs_its_own_tool_round_trip_on_a_translated_provider
     assert orjson.loads(call["function"]["arguments"]) == {"file_path": str(notes)}
     assert [m for m in turn["messages"] if m["role"] == "tool"][0]["tool_call_id"] == "call_read_1"
     assert {r.endpoint for r in records} == {"messages"} and all(r.status == "completed" for r in records)
+
+
+async def test_claude_code_through_a_passthrough_to_an_anthropic_provider(tmp_path, aiohttp_server):
+    from tests.fakes.anthropic import FakeAnthropic, provider, text
+
+    fake = await FakeAnthropic().start(aiohttp_server)
+    fake.content = [text("Hi from the provider that speaks Messages.")]
+    gw = await _gateway(tmp_path, [provider(fake, models=("claude-sonnet-4-5",))])
+    try:
+        result = await run_claude(gw.url, tmp_path, "say hi", "claude-sonnet-4-5")
+    finally:
+        gw.stop()
+    assert result["is_error"] is False and result["result"] == "Hi from the provider that speaks Messages.", result
+    seen = [r for r in fake.requests if r.path == "/v1/messages"][-1]
+    assert "claude-code-20250219" in seen.headers["anthropic-beta"]  # the CLI's betas, forwarded
+    assert seen.headers["x-api-key"] == "sk-ant-fake-0001" and "Authorization" not in seen.headers
+    assert any(block.get("cache_control") for block in seen.body["system"])  # its body as it came
