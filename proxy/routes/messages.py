@@ -1,8 +1,9 @@
 """The Messages API's routes: `…/v1/messages`, `…/v1/messages/count_tokens`, `…/v1/models`.
 
 `messages` is the chat pipeline with the Messages dialect (proxy.dialects.messages). Counting
-tokens is never billed and never recorded: a provider that speaks Messages itself is asked,
-else the count is the gateway's estimate. Every error on these routes is in Anthropic's shape
+tokens is never billed and never recorded: a provider that speaks Messages itself is asked; the
+count is the gateway's estimate for any other, for a model no provider serves, and when the
+provider cannot answer (a count is advice: a client such as Claude Code must not fail on it). Every error on these routes is in Anthropic's shape
 (the error boundary in proxy.app frames those raised before a handler runs).
 """
 
@@ -14,7 +15,7 @@ import orjson
 from aiohttp import web
 
 from proxy.dialects import messages as dialect
-from proxy.errors import InvalidRequest, ProxyError
+from proxy.errors import InvalidRequest, NotFound, ProxyError, Unavailable, UpstreamError, UpstreamTimeout
 from proxy.exchange import Exchange, new_id
 from proxy.gateway import GATEWAY
 from proxy.limits import ADMISSION
@@ -47,14 +48,17 @@ async def _count(http_request: web.Request, gw, ex: Exchange) -> web.Response:
     caller = await gw.auth.authenticate(http_request.headers)
     body = await chat.read_body(http_request, gw.cfg.limits.max_body_bytes, admission.bodies)
     request, _ = DIALECT.request(body, http_request.headers, operation="count_tokens")
-    routes = gw.router.routes(request.model, caller.models, request.kind)
-    native = [route for route in routes if speaks(route.provider.adapter.caps, request)]
     headers = {"X-Request-Id": ex.id, DIALECT.id_header: ex.id}
-    if not native:  # no provider can count in its own tokens: the gateway's estimate
-        return web.Response(body=orjson.dumps({"input_tokens": estimate_tokens(len(body))}),
-                            content_type="application/json", headers=headers)
-    opened = await dispatch(gw.upstream, native, request, ex)
-    return web.Response(body=opened.parsed.body, content_type="application/json", headers=headers)
+    try:
+        routes = gw.router.routes(request.model, caller.models, request.kind)
+        native = [route for route in routes if speaks(route.provider.adapter.caps, request)]
+        if native:
+            opened = await dispatch(gw.upstream, native, request, ex)
+            return web.Response(body=opened.parsed.body, content_type="application/json", headers=headers)
+    except (NotFound, UpstreamError, UpstreamTimeout, Unavailable):
+        pass  # a model the gateway does not know, or a provider that cannot count now: a count is advice
+    return web.Response(body=orjson.dumps({"input_tokens": estimate_tokens(len(body))}),
+                        content_type="application/json", headers=headers)
 
 
 def wants_list(headers) -> bool:

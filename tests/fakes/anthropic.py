@@ -55,20 +55,25 @@ class FakeAnthropic:
 
     async def _count(self, request: web.Request) -> web.Response:
         body = await self._seen(request)
+        if self.error is not None:
+            return self._error()
         return web.json_response({"input_tokens": 1000 + len(body["messages"])})
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         body = await self._seen(request)
         if self.error is not None:
-            status, kind = self.error
-            error = {"type": "error", "error": {"type": kind, "message": f"fake {kind}"}}
-            return web.json_response(error, status=status, headers={"request-id": "req_fake"})
+            return self._error()
         if body.get("stream"):
             return await self._stream(request, body)
         content = [self._whole(block) for block in self.content]
         return web.json_response({"id": "msg_01FakeFakeFake", "type": "message", "role": "assistant",
                                   "model": body["model"], "content": content, "stop_reason": self.stop_reason,
                                   "stop_sequence": None, "usage": self.usage})
+
+    def _error(self) -> web.Response:
+        status, kind = self.error
+        error = {"type": "error", "error": {"type": kind, "message": f"fake {kind}"}}
+        return web.json_response(error, status=status, headers={"request-id": "req_fake"})
 
     @staticmethod
     def _whole(block: dict) -> dict:

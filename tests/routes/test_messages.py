@@ -141,8 +141,17 @@ async def test_count_tokens_errors_are_in_anthropic_shape_and_unrecorded(gateway
         assert (await _error(resp))[:2] == (400, "invalid_request_error")  # ours: no provider asked
     assert fake_anthropic.requests == []
     async with gw.post("/v1/messages/count_tokens", json={"model": "nope", "messages": [
-            {"role": "user", "content": "x"}]}) as resp:
-        assert (await _error(resp))[:2] == (404, "not_found_error")
+            {"role": "user", "content": "x"}]}) as resp:  # never a 404: an estimate
+        assert resp.status == 200 and (await resp.json())["input_tokens"] > 0
+    fake_anthropic.error = (529, "overloaded_error")
+    async with gw.post("/v1/messages/count_tokens", json={"model": "m", "messages": [
+            {"role": "user", "content": "x"}]}) as resp:  # the provider cannot count now: an estimate
+        assert resp.status == 200 and (await resp.json())["input_tokens"] > 0
+    assert len(fake_anthropic.requests) == 1
+    fake_anthropic.error = (400, "invalid_request_error")
+    async with gw.post("/v1/messages/count_tokens", json={"model": "m", "messages": [
+            {"role": "user", "content": "x"}]}) as resp:  # the provider refused the request: its error
+        assert (await _error(resp))[:2] == (400, "invalid_request_error")
     assert await gw.records() == []
 
 
