@@ -16,7 +16,7 @@ from proxy.providers.openai import Adapter as OpenAIAdapter
 class Adapter(OpenAIAdapter):
     def __init__(self) -> None:
         super().__init__(Capabilities(needs_url=True, needs_api_version=True, embeddings=True,
-                                      keyless_extra="azure"))
+                                      keyless_extra="azure", reasoning=True))
 
     def auth_headers(self, target: Target) -> dict[str, str]:
         return {"api-key": target.api_key} if target.api_key else {}

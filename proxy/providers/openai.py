@@ -290,7 +290,7 @@ class Adapter:
 
     def __init__(self, caps: Capabilities | None = None, *, stream_usage_option: bool = True,
                  default_path: str = "") -> None:
-        self.caps = caps or Capabilities(default_url="https://api.openai.com/v1", embeddings=True)
+        self.caps = caps or Capabilities(default_url="https://api.openai.com/v1", embeddings=True, reasoning=True)
         self.stream_usage_option = stream_usage_option
         self.default_path = default_path  # appended to a bare host URL (e.g. "/v1")
 
