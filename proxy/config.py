@@ -186,6 +186,16 @@ class Limits(_Struct):
     max_header_bytes: Annotated[int, Meta(ge=1024)] = 64 * 1024  # the whole header section
 
 
+class ResponsesDialect(_Struct):
+    # Hosted tools (web_search, file_search, …) a translation to chat cannot offer: a 400 naming
+    # the tool (`reject`), or left out, logged and tagged `dropped_tools:TYPE` (`drop`).
+    hosted_tools: Literal["reject", "drop"] = "reject"
+
+
+class Dialects(_Struct):
+    responses: ResponsesDialect = ResponsesDialect()
+
+
 class Config(_Struct):
     listen: Listen = Listen()
     data_dir: str = "~/.local/share/ai-enabler-proxy"
@@ -200,6 +210,7 @@ class Config(_Struct):
     drain: Drain = Drain()
     catalog: CatalogConfig = CatalogConfig()  # hosted specs, quality scores, auto aliases
     cache: Cache = Cache()  # the response cache
+    dialects: Dialects = Dialects()  # the inbound APIs besides chat (proxy/dialects/)
     prices: dict[str, Price] = {}  # USD per 1M tokens, over the bundled table: "model" or "provider/model"
     store_url: str | None = None
     cache_url: str | None = None

@@ -2,7 +2,9 @@
 
 Bodies and SSE bytes pass through untouched. The stream parser looks inside an event only
 when a cheap byte scan says it carries usage, a finish reason or an error; plain content
-chunks are counted, never decoded.
+chunks are counted, never decoded. A caller speaking the Responses API (the `responses`
+dialect) is passed through to `…/responses` when the adapter declares it (OpenAI and Azure, not
+the OpenAI-wire family, whose servers may not have that endpoint): see `openai_responses`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Mapping
 
 import msgspec
 
+from proxy.providers import openai_responses
 from proxy.providers.base import (
     Capabilities,
     Parsed,
@@ -21,6 +24,7 @@ from proxy.providers.base import (
     Usage,
     kind_of_status,
     retry_after_seconds,
+    speaks,
 )
 from proxy.streaming.sse import Decoder
 
@@ -174,7 +178,8 @@ class Adapter:
 
     def __init__(self, caps: Capabilities | None = None, *, stream_usage_option: bool = True,
                  default_path: str = "") -> None:
-        self.caps = caps or Capabilities(default_url="https://api.openai.com/v1", embeddings=True, reasoning=True)
+        self.caps = caps or Capabilities(default_url="https://api.openai.com/v1", embeddings=True, reasoning=True,
+                                         dialects=frozenset({"responses"}))
         self.stream_usage_option = stream_usage_option
         self.default_path = default_path  # appended to a bare host URL (e.g. "/v1")
 
@@ -191,18 +196,29 @@ class Adapter:
         path = self.embeddings_path if request.kind == "embeddings" else self.path
         return self.base_url(target) + path
 
+    def responses_url(self, target: Target) -> str:
+        return self.base_url(target) + "/responses"
+
     def build_request(self, target: Target, request) -> UpstreamRequest:
         headers = {**target.headers, "Content-Type": "application/json", **self.auth_headers(target)}
         if request.stream:
             headers["Accept"] = "text/event-stream"
+        if speaks(self.caps, request):  # the caller's Responses body as it came, model swapped
+            body = msgspec.json.encode({**request.native.fields, "model": request.model})
+            return UpstreamRequest("POST", self.responses_url(target), headers, body, request.stream)
         body = request.openai_body(request.model, ask_usage=self.stream_usage_option)
         return UpstreamRequest("POST", self.url(target, request), headers, body, request.stream)
 
     def parse_response(self, request, body: bytes) -> Parsed:
+        if speaks(self.caps, request):
+            usage, model = openai_responses.parse(body)
+            return Parsed(body=body, usage=usage, model=model)
         view = _response.decode(body)
         return Parsed(body=body, usage=view.usage.usage() if view.usage else None, model=view.model)
 
-    def stream_parser(self, request) -> PassthroughParser:
+    def stream_parser(self, request) -> PassthroughParser | openai_responses.NativeParser:
+        if speaks(self.caps, request):
+            return openai_responses.NativeParser()
         return PassthroughParser(drop_usage_chunk=not request.wants_usage)
 
     def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamFailure:
