@@ -136,7 +136,7 @@ class Body(msgspec.Struct):
 
 _body = msgspec.json.Decoder(Body)
 _fields = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_PATH = re.compile(r"at `\$\.?(.*)`$")
+_PATH = re.compile(r"at `\$\.?(.*)`$|missing required field `(\w+)`$")
 
 
 class ResponsesContext(Context):
@@ -175,7 +175,7 @@ def decode(body: bytes) -> tuple[Body, dict[str, msgspec.Raw]]:
         return _body.decode(body), _fields.decode(body)
     except msgspec.ValidationError as exc:
         found = _PATH.search(str(exc))
-        param = found[1] if found and found[1] else None
+        param = (found[1] or found[2]) if found else None
         raise InvalidRequest(f"the request body does not fit the Responses API: {exc}", param=param) from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
