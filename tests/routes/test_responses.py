@@ -1,0 +1,254 @@
+"""The official `openai` SDK (and the Agents SDK) through the gateway's Responses API, against three
+upstreams: an OpenAI-wire provider that speaks only chat (translated), a provider speaking the
+Responses API (passed through) and MOCK (in process)."""
+
+from __future__ import annotations
+
+import openai
+import orjson
+import pydantic
+import pytest
+
+from tests.conftest import PROVIDER_KEY, openai_provider
+from tests.fakes.openai import Behaviour, FakeOpenAI
+from tests.fakes.openai_responses import FakeResponses, call, text
+
+WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"],
+                          "additionalProperties": False}, "strict": True}
+
+
+class ScriptedOpenAI(FakeOpenAI):
+    """The chat fake, answering each request with the next turn of `script` (then its default)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.script: list[Behaviour] = []
+
+    def behaviour(self, model: str) -> Behaviour:
+        return self.script.pop(0) if self.script else super().behaviour(model)
+
+
+def chat_turn(items: list[dict]) -> Behaviour:
+    """The same turn (`tests.fakes.openai_responses` items) in the chat wire, streamed or whole."""
+    deltas, calls, texts = [], [], []
+    for item in items:
+        if item["type"] == "message":
+            deltas += [{"content": piece} for piece in item["pieces"]]
+            texts.append("".join(item["pieces"]))
+            continue
+        index = len(calls)
+        deltas.append({"tool_calls": [{"index": index, "id": item["call_id"], "type": "function",
+                                       "function": {"name": item["name"], "arguments": ""}}]})
+        deltas += [{"tool_calls": [{"index": index, "function": {"arguments": piece}}]} for piece in item["pieces"]]
+        calls.append({"id": item["call_id"], "type": "function",
+                      "function": {"name": item["name"], "arguments": "".join(item["pieces"])}})
+    message = {"role": "assistant", "content": "".join(texts) or None, "refusal": None}
+    if calls:
+        message["tool_calls"] = calls
+    return Behaviour(deltas=deltas, message=message, finish="tool_calls" if calls else "stop")
+
+
+class Upstream:
+    """One gateway over one upstream wire, scripted the same way whatever the wire."""
+
+    def __init__(self, kind: str, gw, fake) -> None:
+        self.kind, self.gw, self.fake, self.model = kind, gw, fake, "mock-gpt" if kind == "mock" else "up-model"
+
+    def script(self, *turns: list[dict]) -> None:
+        if self.kind == "responses":
+            self.fake.script = list(turns)
+        elif self.kind == "chat":
+            self.fake.script = [chat_turn(turn) for turn in turns]
+
+    def client(self, base: str = "/openai/v1") -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.gw.url + base, api_key="caller-key", max_retries=0)
+
+    @property
+    def bodies(self) -> list[dict]:
+        return [seen.body for seen in self.fake.requests] if self.fake is not None else []
+
+
+def responses_provider(fake: FakeResponses, kind: str = "OPENAI", **extra) -> dict:
+    return {"name": "oai", "supportedProvider": kind, "url": fake.url, "apiKey": PROVIDER_KEY + "-oai",
+            "models": ["up-model"], "isHosted": True, **extra}
+
+
+@pytest.fixture
+async def fake_responses(aiohttp_server) -> FakeResponses:
+    return await FakeResponses().start(aiohttp_server)
+
+
+@pytest.fixture
+async def scripted_openai(aiohttp_server) -> ScriptedOpenAI:
+    return await ScriptedOpenAI().start(aiohttp_server)
+
+
+async def make_upstream(kind: str, gateway, scripted_openai, fake_responses, config: dict | None = None) -> Upstream:
+    if kind == "chat":
+        provider, fake = openai_provider(scripted_openai, models=("up-model",)), scripted_openai
+    elif kind == "responses":
+        provider, fake = responses_provider(fake_responses), fake_responses
+    else:
+        provider, fake = {"name": "mock", "supportedProvider": "MOCK", "models": ["mock-gpt"], "isHosted": True}, None
+    gw = await gateway({"providers": [provider], **(config or {})})
+    return Upstream(kind, gw, fake)
+
+
+@pytest.fixture(params=["chat", "responses", "mock"])
+async def upstream(request, gateway, scripted_openai, fake_responses) -> Upstream:
+    return await make_upstream(request.param, gateway, scripted_openai, fake_responses)
+
+
+def expected_text(up: Upstream) -> str | None:
+    return {"chat": "Hello there, how can I help you today?", "responses": "Hello from the Responses API."}.get(up.kind)
+
+
+async def test_create(upstream):
+    up = upstream
+    async with up.client() as sdk:
+        response = await sdk.responses.create(model=up.model, input="Say hello", instructions="Be brief",
+                                              store=False, metadata={"run": "1"}, user="u1")
+    assert response.id.startswith("resp_") and response.status == "completed"
+    assert response.output_text == expected_text(up) or (up.kind == "mock" and "mock model" in response.output_text)
+    assert response.usage.output_tokens > 0 and response.usage.input_tokens > 0
+    records = await up.gw.records()
+    assert [r.endpoint for r in records] == ["responses"] and records[0].status == "completed"
+    assert records[0].completion_tokens == response.usage.output_tokens
+    if up.kind == "chat":  # translated: the chat body the provider got, and its usage mapped back
+        assert up.bodies[0]["messages"] == [{"role": "system", "content": "Be brief"},
+                                            {"role": "user", "content": "Say hello"}]
+        assert not {"store", "metadata", "user", "instructions", "input"} & set(up.bodies[0])
+        assert response.usage.input_tokens_details.cached_tokens == 2
+        assert response.usage.output_tokens_details.reasoning_tokens == 3
+    if up.kind == "responses":  # passed through: the caller's body as it came, the provider's answer
+        seen = up.fake.requests[0]
+        assert seen.path == "/v1/responses" and seen.headers["Authorization"] == f"Bearer {PROVIDER_KEY}-oai"
+        assert seen.body == {"model": "up-model", "input": "Say hello", "instructions": "Be brief", "store": False,
+                             "metadata": {"run": "1"}, "user": "u1"}
+        assert response.id == "resp_fake0001" and response.usage.input_tokens_details.cached_tokens == 4
+        assert (records[0].prompt_tokens, records[0].cached_tokens, records[0].reasoning_tokens) == (36, 4, 6)
+
+
+async def test_stream_and_final_response(upstream):
+    up = upstream
+    async with up.client() as sdk:
+        async with sdk.responses.stream(model=up.model, input="Say hello") as stream:
+            pieces = [event.delta async for event in stream if event.type == "response.output_text.delta"]
+            final = await stream.get_final_response()
+    assert len(pieces) > 1 and "".join(pieces) == final.output_text
+    if up.kind != "mock":
+        assert final.output_text == expected_text(up)
+    assert final.status == "completed" and final.usage.output_tokens > 0
+    records = await up.gw.records()
+    assert records[0].endpoint == "responses" and records[0].stream and records[0].status == "completed"
+    assert not records[0].tokens_estimated
+    assert records[0].completion_tokens == final.usage.output_tokens
+    if up.kind == "chat":
+        assert up.bodies[0]["stream_options"] == {"include_usage": True}
+
+
+class City(pydantic.BaseModel):
+    city: str
+    temperature: int
+
+
+async def test_parse(upstream):
+    up = upstream
+    if up.kind == "mock":
+        pytest.skip("MOCK answers prose, never the JSON a schema asks for")
+    up.script([text('{"city": "Paris", "temperature": 21}')])
+    async with up.client() as sdk:
+        parsed = await sdk.responses.parse(model=up.model, input="Weather in Paris?", text_format=City)
+    assert parsed.output_parsed == City(city="Paris", temperature=21)
+    if up.kind == "chat":
+        fmt = up.bodies[0]["response_format"]
+        assert fmt["type"] == "json_schema" and fmt["json_schema"]["name"] == "City"
+        assert fmt["json_schema"]["strict"] is True and "temperature" in fmt["json_schema"]["schema"]["properties"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_two_turn_tool_round_trip(upstream, stream):
+    up = upstream
+    if up.kind == "mock":
+        pytest.skip("MOCK never calls a tool")
+    up.script([text("Let me look."), call("call_1", "get_weather", ['{"ci', 'ty": "Pa', 'ris"}'])],
+              [text("It is sunny in Paris.")])
+    history: list = [{"role": "user", "content": "Weather in Paris?"}]
+    async with up.client() as sdk:
+        if stream:
+            async with sdk.responses.stream(model=up.model, input=history, tools=[WEATHER]) as events:
+                first = await events.get_final_response()
+        else:
+            first = await sdk.responses.create(model=up.model, input=history, tools=[WEATHER])
+        calls = [item for item in first.output if item.type == "function_call"]
+        assert [(c.call_id, c.name, orjson.loads(c.arguments)) for c in calls] == [
+            ("call_1", "get_weather", {"city": "Paris"})]
+        history += [item.model_dump(exclude_none=True) for item in first.output]
+        history.append({"type": "function_call_output", "call_id": "call_1", "output": '{"sky": "sunny"}'})
+        second = await sdk.responses.create(model=up.model, input=history, tools=[WEATHER])
+    assert second.output_text == "It is sunny in Paris."
+    if up.kind == "chat":
+        messages = up.bodies[1]["messages"]
+        assert messages[1] == {"role": "assistant", "content": "Let me look.", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}
+        assert messages[2] == {"role": "tool", "tool_call_id": "call_1", "content": '{"sky": "sunny"}'}
+        assert up.bodies[0]["tools"][0]["function"]["name"] == "get_weather"
+    if up.kind == "responses":
+        assert up.bodies[1]["input"][-1] == history[-1]
+    assert [r.endpoint for r in await up.gw.records()] == ["responses", "responses"]
+
+
+async def test_agents_sdk_runner_with_a_function_tool(upstream):
+    agents = pytest.importorskip("agents")
+    agents.set_tracing_disabled(True)  # no trace export: the test runs offline
+    up = upstream
+    up.script([call("call_w", "get_weather", ['{"city": "Paris"}'])], [text("Paris: sunny, 21 C.")])
+    asked: list[str] = []
+
+    @agents.function_tool
+    def get_weather(city: str) -> str:
+        """The weather in a city."""
+        asked.append(city)
+        return f"sunny, 21 C in {city}"
+
+    async with up.client() as sdk:
+        model = agents.OpenAIResponsesModel(model=up.model, openai_client=sdk)
+        agent = agents.Agent(name="Forecaster", instructions="Answer with the weather.", tools=[get_weather],
+                             model=model)
+        result = await agents.Runner.run(agent, "What is the weather in Paris?")
+    if up.kind == "mock":  # MOCK never calls the tool: the agent ends on its answer
+        assert "mock model" in result.final_output and asked == []
+        return
+    assert asked == ["Paris"] and result.final_output == "Paris: sunny, 21 C."
+    if up.kind == "chat":
+        assert up.bodies[1]["messages"][-1] == {"role": "tool", "tool_call_id": "call_w",
+                                                "content": "sunny, 21 C in Paris"}
+
+
+async def test_a_failure_after_the_first_event_ends_in_response_failed(gateway, scripted_openai):
+    gw = await gateway({"providers": [openai_provider(scripted_openai, models=("up-model",))]})
+    scripted_openai.default = Behaviour(cut_after=3, end="rst")
+    async with gw.post("/v1/responses", json={"model": "up-model", "input": "Hi", "stream": True}) as resp:
+        assert resp.status == 200
+        frames = (await resp.read()).decode().strip().split("\n\n")
+    kinds = [frame.split("\n")[0] for frame in frames]
+    assert kinds[:2] == ["event: response.created", "event: response.in_progress"]
+    assert kinds[-1] == "event: response.failed"
+    failed = orjson.loads(frames[-1].split("\n")[1].removeprefix("data: "))
+    assert failed["response"]["error"]["code"] == "server_error" and failed["response"]["status"] == "failed"
+    assert failed["sequence_number"] == len(frames) - 1
+    assert (await gw.records())[0].status == "upstream_truncated"
+
+
+async def test_a_failure_before_the_first_event_is_an_http_error_in_openai_shape(gateway, scripted_openai):
+    gw = await gateway({"providers": [openai_provider(scripted_openai, models=("up-model",))]})
+    scripted_openai.default = Behaviour(status=500)
+    async with openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0) as sdk:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await sdk.responses.create(model="up-model", input="Hi", stream=True)
+        assert caught.value.status_code == 502 and caught.value.body["type"] == "upstream_error"
+        with pytest.raises(openai.NotFoundError) as missing:
+            await sdk.responses.create(model="no-such-model", input="Hi")
+    assert missing.value.body["code"] == "model_not_found" and missing.value.request_id
+    assert {r.endpoint for r in await gw.records()} == {"responses"}
