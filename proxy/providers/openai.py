@@ -210,7 +210,7 @@ class Adapter:
         return UpstreamRequest("POST", self.url(target, request), headers, body, request.stream)
 
     def parse_response(self, request, body: bytes) -> Parsed:
-        if speaks(self.caps, request):
+        if request is not None and speaks(self.caps, request):
             usage, model = openai_responses.parse(body)
             return Parsed(body=body, usage=usage, model=model)
         view = _response.decode(body)

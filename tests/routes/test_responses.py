@@ -252,3 +252,62 @@ async def test_a_failure_before_the_first_event_is_an_http_error_in_openai_shape
             await sdk.responses.create(model="no-such-model", input="Hi")
     assert missing.value.body["code"] == "model_not_found" and missing.value.request_id
     assert {r.endpoint for r in await gw.records()} == {"responses"}
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"previous_response_id": "resp_1"}, "previous_response_id"), ({"conversation": {"id": "conv_1"}}, "conversation"),
+    ({"background": True}, "background"), ({"prompt": {"id": "pmpt_1"}}, "prompt"),
+    ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "file-abc"}]}]}, "input[0].content[0]"),
+    ({"tools": [{"type": "image_generation"}]}, "tools[0]"), ({"tools": [{"type": "mcp", "server_label": "x"}]}, "tools[0]"),
+])
+async def test_what_only_the_providers_own_api_can_do_is_a_400_before_any_upstream_call(
+        gateway, scripted_openai, fake_responses, extra, param):
+    chat = await make_upstream("chat", gateway, scripted_openai, fake_responses)
+    async with chat.client() as sdk:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await sdk.responses.create(**{"model": "up-model", "input": "Hi", **extra})
+    assert caught.value.body["param"] == param and caught.value.body["type"] == "invalid_request_error"
+    assert chat.fake.requests == []
+    passthrough = await make_upstream("responses", gateway, scripted_openai, fake_responses)
+    async with passthrough.client() as sdk:
+        await sdk.responses.create(**{"model": "up-model", "input": "Hi", **extra})
+    assert {key: passthrough.bodies[0][key] for key in extra} == extra  # passed on as it came
+
+
+async def test_a_model_on_both_wires_sends_what_needs_state_only_to_the_one_speaking_responses(
+        gateway, scripted_openai, fake_responses):
+    gw = await gateway({"providers": [{**openai_provider(scripted_openai, models=("up-model",)), "weight": 100},
+                                      responses_provider(fake_responses)]})
+    async with openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0) as sdk:
+        for _ in range(3):
+            await sdk.responses.create(model="up-model", input="Hi", previous_response_id="resp_0")
+    assert scripted_openai.requests == [] and len(fake_responses.requests) == 3
+
+
+@pytest.mark.parametrize(("version", "path", "query"), [
+    ("2024-10-21", "/openai/v1/responses", ""), ("preview", "/openai/v1/responses", ""),
+    ("2025-04-01-preview", "/openai/responses", "api-version=2025-04-01-preview")])
+async def test_azure_passthrough_urls(gateway, fake_responses, version, path, query):
+    provider = {**responses_provider(fake_responses, "AZURE"), "url": fake_responses.root, "apiVersion": version}
+    gw = await gateway({"providers": [provider]})
+    async with openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="k", max_retries=0) as sdk:
+        response = await sdk.responses.create(model="up-model", input="Hi")
+    seen = fake_responses.requests[0]
+    assert (seen.path, seen.query) == (path, query)
+    assert seen.headers["api-key"] == PROVIDER_KEY + "-oai" and "Authorization" not in seen.headers
+    assert seen.body == {"model": "up-model", "input": "Hi"}
+    assert response.output_text == "Hello from the Responses API."
+
+
+async def test_every_path_and_the_usage_of_a_passthrough_stream(gateway, fake_responses):
+    gw = await gateway({"providers": [responses_provider(fake_responses)]})
+    for base in ("/openai/v1", "/v1", ""):
+        async with openai.AsyncOpenAI(base_url=gw.url + base, api_key="k", max_retries=0) as sdk:
+            async with sdk.responses.stream(model="up-model", input="Hi") as stream:
+                final = await stream.get_final_response()
+        assert final.id.startswith("resp_fake")
+    records = await gw.records()
+    assert [r.endpoint for r in records] == ["responses"] * 3
+    assert all((r.prompt_tokens, r.completion_tokens, r.cached_tokens, r.reasoning_tokens, r.tokens_estimated)
+               == (36, 17, 4, 6, False) for r in records)
+    assert records[0].model_served == "up-model-2025-04-14"
