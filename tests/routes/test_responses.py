@@ -10,6 +10,8 @@ import pydantic
 import pytest
 
 from tests.conftest import PROVIDER_KEY, openai_provider
+from tests.fakes import anthropic as anthropic_wire
+from tests.fakes.anthropic import FakeAnthropic
 from tests.fakes.openai import Behaviour, FakeOpenAI
 from tests.fakes.openai_responses import FakeResponses, call, text
 
@@ -27,6 +29,22 @@ class ScriptedOpenAI(FakeOpenAI):
 
     def behaviour(self, model: str) -> Behaviour:
         return self.script.pop(0) if self.script else super().behaviour(model)
+
+
+class ScriptedAnthropic(FakeAnthropic):
+    """The Anthropic fake, answering each request with the next turn of `script`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.script: list[list[dict]] = []
+
+    async def _messages(self, request):
+        if self.script:
+            turn = self.script.pop(0)
+            self.content = [anthropic_wire.text("".join(item["pieces"])) if item["type"] == "message"
+                            else anthropic_wire.tool(item["call_id"], item["name"], item["pieces"]) for item in turn]
+            self.stop_reason = "tool_use" if any(item["type"] != "message" for item in turn) else "end_turn"
+        return await super()._messages(request)
 
 
 def chat_turn(items: list[dict]) -> Behaviour:
@@ -56,7 +74,7 @@ class Upstream:
         self.kind, self.gw, self.fake, self.model = kind, gw, fake, "mock-gpt" if kind == "mock" else "up-model"
 
     def script(self, *turns: list[dict]) -> None:
-        if self.kind == "responses":
+        if self.kind in ("responses", "anthropic"):
             self.fake.script = list(turns)
         elif self.kind == "chat":
             self.fake.script = [chat_turn(turn) for turn in turns]
@@ -84,8 +102,17 @@ async def scripted_openai(aiohttp_server) -> ScriptedOpenAI:
     return await ScriptedOpenAI().start(aiohttp_server)
 
 
-async def make_upstream(kind: str, gateway, scripted_openai, fake_responses, config: dict | None = None) -> Upstream:
-    if kind == "chat":
+@pytest.fixture
+async def scripted_anthropic(aiohttp_server) -> ScriptedAnthropic:
+    return await ScriptedAnthropic().start(aiohttp_server)
+
+
+async def make_upstream(kind: str, gateway, scripted_openai, fake_responses, config: dict | None = None,
+                        anthropic: ScriptedAnthropic | None = None) -> Upstream:
+    if kind == "anthropic":  # another translated wire: Responses → chat → Messages
+        provider, fake = {"name": "anth", "supportedProvider": "ANTHROPIC", "url": anthropic.url,
+                          "apiKey": PROVIDER_KEY + "-anth", "models": ["up-model"], "isHosted": True}, anthropic
+    elif kind == "chat":
         provider, fake = openai_provider(scripted_openai, models=("up-model",)), scripted_openai
     elif kind == "responses":
         provider, fake = responses_provider(fake_responses), fake_responses
@@ -95,13 +122,14 @@ async def make_upstream(kind: str, gateway, scripted_openai, fake_responses, con
     return Upstream(kind, gw, fake)
 
 
-@pytest.fixture(params=["chat", "responses", "mock"])
-async def upstream(request, gateway, scripted_openai, fake_responses) -> Upstream:
-    return await make_upstream(request.param, gateway, scripted_openai, fake_responses)
+@pytest.fixture(params=["chat", "responses", "mock", "anthropic"])
+async def upstream(request, gateway, scripted_openai, fake_responses, scripted_anthropic) -> Upstream:
+    return await make_upstream(request.param, gateway, scripted_openai, fake_responses, anthropic=scripted_anthropic)
 
 
 def expected_text(up: Upstream) -> str | None:
-    return {"chat": "Hello there, how can I help you today?", "responses": "Hello from the Responses API."}.get(up.kind)
+    return {"chat": "Hello there, how can I help you today?", "responses": "Hello from the Responses API.",
+            "anthropic": "Hello from the Messages API."}.get(up.kind)
 
 
 async def test_create(upstream):
@@ -117,7 +145,7 @@ async def test_create(upstream):
     assert records[0].completion_tokens == response.usage.output_tokens
     if up.kind == "chat":  # translated: the chat body the provider got, and its usage mapped back
         assert up.bodies[0]["messages"] == [{"role": "system", "content": "Be brief"},
-                                            {"role": "user", "content": "Say hello"}]
+                                            {"role": "user", "content": [{"type": "text", "text": "Say hello"}]}]
         assert not {"store", "metadata", "user", "instructions", "input"} & set(up.bodies[0])
         assert response.usage.input_tokens_details.cached_tokens == 2
         assert response.usage.output_tokens_details.reasoning_tokens == 3
@@ -128,6 +156,10 @@ async def test_create(upstream):
                              "metadata": {"run": "1"}, "user": "u1"}
         assert response.id == "resp_fake0001" and response.usage.input_tokens_details.cached_tokens == 4
         assert (records[0].prompt_tokens, records[0].cached_tokens, records[0].reasoning_tokens) == (36, 4, 6)
+    if up.kind == "anthropic":  # translated twice over: Responses → chat → Messages, and back
+        assert up.bodies[0]["system"] == "Be brief" and up.bodies[0]["messages"] == [
+            {"role": "user", "content": [{"type": "text", "text": "Say hello"}]}]
+        assert (response.usage.input_tokens, response.usage.input_tokens_details.cached_tokens) == (26, 5)
 
 
 async def test_stream_and_final_response(upstream):
@@ -196,6 +228,9 @@ async def test_two_turn_tool_round_trip(upstream, stream):
         assert up.bodies[0]["tools"][0]["function"]["name"] == "get_weather"
     if up.kind == "responses":
         assert up.bodies[1]["input"][-1] == history[-1]
+    if up.kind == "anthropic":
+        assert up.bodies[1]["messages"][-1]["content"][0] == {"type": "tool_result", "tool_use_id": "call_1",
+                                                              "content": '{"sky": "sunny"}'}
     assert [r.endpoint for r in await up.gw.records()] == ["responses", "responses"]
 
 
