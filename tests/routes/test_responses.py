@@ -145,7 +145,7 @@ async def test_create(upstream):
     assert records[0].completion_tokens == response.usage.output_tokens
     if up.kind == "chat":  # translated: the chat body the provider got, and its usage mapped back
         assert up.bodies[0]["messages"] == [{"role": "system", "content": "Be brief"},
-                                            {"role": "user", "content": [{"type": "text", "text": "Say hello"}]}]
+                                            {"role": "user", "content": "Say hello"}]
         assert not {"store", "metadata", "user", "instructions", "input"} & set(up.bodies[0])
         assert response.usage.input_tokens_details.cached_tokens == 2
         assert response.usage.output_tokens_details.reasoning_tokens == 3
