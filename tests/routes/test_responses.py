@@ -346,3 +346,13 @@ async def test_every_path_and_the_usage_of_a_passthrough_stream(gateway, fake_re
     assert all((r.prompt_tokens, r.completion_tokens, r.cached_tokens, r.reasoning_tokens, r.tokens_estimated)
                == (36, 17, 4, 6, False) for r in records)
     assert records[0].model_served == "up-model-2025-04-14"
+
+
+async def test_a_body_over_the_limit_is_a_413_in_openai_shape_with_a_record(gateway):
+    gw = await gateway({"providers": [{"name": "mock", "supportedProvider": "MOCK", "models": ["mock-gpt"],
+                                       "isHosted": True}], "limits": {"maxBodyBytes": 2048}})
+    async with gw.post("/openai/v1/responses", json={"model": "mock-gpt", "input": "x" * 4096}) as resp:
+        assert resp.status == 413
+        assert (await resp.json())["error"]["code"] == "request_too_large"
+    records = await gw.records()
+    assert [(r.endpoint, r.error_type) for r in records] == [("responses", "request_too_large")]
