@@ -10,13 +10,13 @@ from proxy.config import Config
 from proxy.errors import InvalidRequest, NotFound, PayloadTooLarge, ProxyError
 from proxy.exchange import new_id
 from proxy.gateway import GATEWAY, Gateway
-from proxy.routes import admin, budget, catalog, chat, health, messages, models, openapi, ui, usage
+from proxy.routes import admin, budget, catalog, chat, health, messages, models, openapi, responses, ui, usage
 from proxy.telemetry import journal
 
 log = structlog.get_logger("proxy.app")
 
 _PREFIXES = ("/openai/v1", "/openai", "/v1", "")
-_DATA_PLANE = (chat.chat, chat.embeddings, messages.create)
+_DATA_PLANE = (chat.chat, chat.embeddings, messages.create, responses.create)
 _MESSAGES_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
 
 
@@ -77,6 +77,8 @@ def add_routes(app: web.Application) -> None:
         app.router.add_post(f"{prefix}/messages", messages.create)
         app.router.add_post(f"{prefix}/messages/count_tokens", messages.count_tokens)
     app.router.add_get("/anthropic/v1/models", messages.models)
+    for prefix in ("/openai/v1", "/v1", ""):  # the Responses API (OpenAI's Agents SDK and Codex)
+        app.router.add_post(f"{prefix}/responses", responses.create)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)

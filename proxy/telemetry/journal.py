@@ -26,7 +26,7 @@ from proxy import tags as tagging
 from proxy.errors import ProxyError, Unavailable
 from proxy.telemetry.record import UsageRecord, stamp
 
-_RECORDED = ("/chat/completions", "/embeddings", "/messages")
+_RECORDED = ("/chat/completions", "/embeddings", "/messages", "/responses")
 _RETRY_AFTER_S = 5
 
 
@@ -67,6 +67,8 @@ def begin_info(http_request: web.Request, auth) -> Begin:
     caller = None if found is None or isinstance(found, str) else found.id
     path = http_request.path
     route = "embeddings" if path.endswith("/embeddings") else "messages" if path.endswith("/messages") else "chat"
+    if path.endswith("/responses"):
+        route = "responses"
     return Begin(ts=time.time(), route=route, caller=caller, tags=tags)
 
 

@@ -42,6 +42,9 @@ def test_the_begin_knows_the_caller_the_route_and_the_header_tags():
     assert (info.route, info.caller, info.tags) == ("embeddings", "team-a", "a:b,c:d")
     Request.headers = {"Authorization": "Bearer wrong"}
     assert journal.begin_info(Request(), Authenticator(cfg)).caller is None
+    for path in ("/openai/v1/responses", "/v1/responses", "/responses"):  # the Responses API's routes
+        Request.path = path
+        assert journal.begin_info(Request(), Authenticator(cfg)).route == "responses"
 
 
 def _scan(gw) -> Recovery:
