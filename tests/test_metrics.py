@@ -168,3 +168,33 @@ def test_only_registered_names_become_label_values_and_ttft_is_for_streams():
     assert labels == {("gpt-4o", "main"), ("other", "other"), ("gpt-4o-mini", "none")}
     assert _value(families, "aigw_time_to_first_token_seconds", "aigw_time_to_first_token_seconds_count") == 1
     assert "caller-secret-id" not in text and "made-up-model" not in text and "2024-08-06" not in text
+
+
+async def test_a_dialect_request_is_counted_and_recorded_under_its_own_endpoint(gateway, fake_openai):
+    """A Messages or Responses request runs the chat pipeline; its metrics' `endpoint` label and
+    its record's `endpoint` are the dialect's name, not `chat`."""
+    import asyncio
+
+    from tests.conftest import openai_provider
+
+    gw = await gateway({"providers": [openai_provider(fake_openai, models=("gpt-4o-mini",))]})
+    asks = [("/anthropic/v1/messages", {"max_tokens": 16, "messages": [{"role": "user", "content": "Hi"}]}),
+            ("/v1/responses", {"input": "Hi"}), ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})]
+    for path, body in asks:
+        for stream in (False, True):
+            async with gw.post(path, json={"model": "gpt-4o-mini", "stream": stream, **body}) as answer:
+                assert answer.status == 200, await answer.text()
+                await answer.read()
+    for _ in range(100):
+        records = await gw.records()
+        if len(records) == 6:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(r.endpoint for r in records) == ["chat", "chat", "messages", "messages", "responses", "responses"]
+    async with gw.get("/metrics") as scraped:
+        families = {f.name: f for f in text_string_to_metric_families(await scraped.text())}
+    for endpoint in ("messages", "responses", "chat"):
+        assert _value(families, "aigw_requests", "aigw_requests_total", endpoint=endpoint, status="200",
+                      model="gpt-4o-mini") == 2
+        assert _value(families, "aigw_time_to_first_token_seconds", "aigw_time_to_first_token_seconds_count",
+                      endpoint=endpoint) == 1

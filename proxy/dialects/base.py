@@ -5,7 +5,10 @@ caller's body into a chat request (`ChatRequest`, with the body kept in `request
 passthrough), and the chat answer, or the stream of chat chunks, back into its own wire. The
 chunks reach its `StreamTranslator` already decoded (`Chunk`, a view of the fields a
 translation reads), one at a time, through `DialectStream`, which sits where the relay expects
-the adapter's stream parser.
+the adapter's stream parser. `DialectStream` frames and decodes every event of the chat SSE the
+adapter's parser relays, whatever that parser decodes for itself: OpenAI's wire relays whole
+reads and decodes only the finish, usage and error events it needs, so plain chat streams pay
+nothing per event and a translated stream still gets each chunk.
 """
 
 from __future__ import annotations

@@ -120,7 +120,9 @@ class PassthroughParser:
     Its Python work is per read, not per event: the framer cuts the read at its last complete
     event, data lines are counted with one `bytes.count`, and the events that matter (a finish
     reason, usage, an error: a key whose value is not null) are found with `bytes.find` and only
-    they are decoded. The read goes back whole unless the usage chunk is cut out of it.
+    they are decoded. The read goes back whole unless the usage chunk is cut out of it. A
+    translated dialect request (proxy.dialects) gets this parser too: the dialect's stream
+    decodes each event of what it relays, so no per-event decoding is added here.
     """
 
     __slots__ = ("_framer", "_keys", "_drop_usage", "_drop_lf", "usage", "model", "events", "content_events",

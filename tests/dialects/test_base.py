@@ -141,3 +141,52 @@ def test_answer_and_adopt_stream_translate_only_for_routes_that_do_not_speak_the
         adopt_stream(opened, request, _Dialect(), Context(), "id-1")
         assert isinstance(opened.parser, DialectStream) and opened.first == expected
         assert opened.parser.headers == {"request-id": "id-1"}
+
+
+class _Tap:
+    """A dialect's real translator, with the chunks it is fed written down."""
+
+    def __init__(self, translator) -> None:
+        self.translator, self.chunks = translator, []
+
+    def feed(self, chunk) -> bytes:
+        self.chunks.append(chunk)
+        return self.translator.feed(chunk)
+
+    def close(self, error) -> bytes:
+        return self.translator.close(error)
+
+
+_CALL = {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                         "function": {"name": "get_weather", "arguments": '{"city":'}}]}
+_MORE = {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}
+
+
+@pytest.mark.parametrize("dialect", ["messages", "responses"])
+def test_a_translated_stream_over_the_openai_adapters_per_read_parser_gets_every_chunk_decoded(dialect):
+    """The OpenAI-wire stream parser works per read (it decodes only a read's last finish, usage
+    or error event); a translated dialect still needs every chunk decoded, which DialectStream
+    does from the chat bytes the parser relays. The same chunks, one event per read with LF or
+    the whole stream in one read with CRLF."""
+    from proxy import providers
+    from proxy.dialects import messages, responses
+
+    module = {"messages": messages, "responses": responses}[dialect]
+    body = {"model": "m", "stream": True, **({"max_tokens": 64, "messages": [{"role": "user", "content": "Hi"}]}
+                                              if dialect == "messages" else {"input": "Hi"})}
+    events = stream_events("m", Behaviour(deltas=[{"content": "Sun"}, {"content": "ny"}, _CALL, _MORE],
+                                          finish="tool_calls"), include_usage=True)
+    adapter = providers.adapter("OPENAI_COMPATIBLE")  # OpenAI's wire, speaking neither dialect: translated
+    seen, outs = [], []
+    for reads in (events, [b"".join(events).replace(b"\n", b"\r\n")]):
+        request, context = module.DIALECT.request(orjson.dumps(body), {})
+        assert request.native is not None and not providers.base.speaks(adapter.caps, request)
+        parser = adapter.stream_parser(request)
+        tap = _Tap(module.DIALECT.stream(context))
+        stream = DialectStream(parser, tap, False, {})
+        outs.append(b"".join(stream.feed(read) for read in reads) + stream.close())
+        seen.append(tap.chunks)
+        assert stream.ended and stream.done and stream.usage.completion_tokens == 10
+    assert len(seen[0]) == len(events) - 1 and seen[0] == seen[1]  # every chat chunk but [DONE], decoded
+    for out in outs:
+        assert b"Sun" in out and b"ny" in out and b"get_weather" in out and b'\\"Paris\\"' in out
