@@ -8,14 +8,28 @@ from aiohttp import web
 from proxy import limits, server
 from proxy.config import Config
 from proxy.errors import InvalidRequest, NotFound, PayloadTooLarge, ProxyError
+from proxy.exchange import new_id
 from proxy.gateway import GATEWAY, Gateway
-from proxy.routes import admin, budget, catalog, chat, health, models, openapi, ui, usage
+from proxy.routes import admin, budget, catalog, chat, health, messages, models, openapi, responses, ui, usage
 from proxy.telemetry import journal
 
 log = structlog.get_logger("proxy.app")
 
 _PREFIXES = ("/openai/v1", "/openai", "/v1", "")
-_DATA_PLANE = (chat.chat, chat.embeddings)
+_DATA_PLANE = (chat.chat, chat.embeddings, messages.create, responses.create)
+_MESSAGES_PATHS = ("/v1/messages", "/v1/messages/count_tokens")
+
+
+def dialect_of(path: str):
+    """The inbound dialect whose error shape a path's answers take (None: OpenAI's)."""
+    if path.startswith("/anthropic/") or path in _MESSAGES_PATHS:
+        return messages.DIALECT
+    return None
+
+
+def _error(error: ProxyError, path: str) -> web.Response:
+    dialect = dialect_of(path)
+    return chat.error_response(error, None if dialect is None else new_id(), dialect)
 
 
 def _status_error(exc: web.HTTPException) -> ProxyError:
@@ -34,21 +48,24 @@ async def errors(http_request: web.Request, handler):
     refused = server.framing_error(http_request)  # framing the HTTP parser let through (R24)
     if refused is not None and not (isinstance(refused, PayloadTooLarge) and http_request.match_info.handler
                                     in _DATA_PLANE):  # those answer a 413 themselves, with a usage record
-        return server.closing(refused)
+        if dialect_of(http_request.path) is None:
+            return server.closing(refused)
+        refused.closes = True  # as `server.closing`: nothing pipelined behind it is read
+        return _error(refused, http_request.path)
     try:
         return await handler(http_request)
     except ProxyError as error:
-        return chat.error_response(error)
+        return _error(error, http_request.path)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = chat.error_response(_status_error(exc))
+        response = _error(_status_error(exc), http_request.path)
         if "Allow" in exc.headers:  # a 405 lists the methods the path does serve (RFC 9110)
             response.headers["Allow"] = exc.headers["Allow"]
         return response
     except Exception:
         log.exception("unhandled", path=http_request.path)
-        return chat.error_response(ProxyError("internal error"))
+        return _error(ProxyError("internal error"), http_request.path)
 
 
 def add_routes(app: web.Application) -> None:
@@ -56,6 +73,12 @@ def add_routes(app: web.Application) -> None:
         app.router.add_post(f"{prefix}/chat/completions", chat.chat)
         app.router.add_post(f"{prefix}/embeddings", chat.embeddings)
         app.router.add_get(f"{prefix}/models", models.list_models)
+    for prefix in ("/anthropic/v1", "/v1"):  # the Messages API (Anthropic's SDK and Claude Code)
+        app.router.add_post(f"{prefix}/messages", messages.create)
+        app.router.add_post(f"{prefix}/messages/count_tokens", messages.count_tokens)
+    app.router.add_get("/anthropic/v1/models", messages.models)
+    for prefix in ("/openai/v1", "/v1", ""):  # the Responses API (OpenAI's Agents SDK and Codex)
+        app.router.add_post(f"{prefix}/responses", responses.create)
     app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", health.metrics)

@@ -105,8 +105,10 @@ class ResponseCache:
         scope = f"{request.kind}\0{caller_id or ''}\0{request.model}\0".encode()  # the model routed to
         return hashlib.sha256(scope + canonical).hexdigest()
 
-    async def answer(self, http_request: web.Request, key: str, request, ex) -> web.StreamResponse | None:
-        """A hit answered from the cache, or None on a miss."""
+    async def answer(self, http_request: web.Request, key: str, request, ex,
+                     dialect=None) -> web.StreamResponse | None:
+        """A hit answered from the cache, or None on a miss; `dialect` (proxy.dialects.base.Replayed)
+        translates it for a caller of another API."""
         try:
             raw = await self.backend.get(key)
             entry = _decode(raw) if raw is not None else None
@@ -119,11 +121,15 @@ class ResponseCache:
         ex.usage, ex.model_served = entry.usage, entry.model
         ex.first_byte()
         headers = {"X-Request-Id": ex.id, "X-Cache": "hit"}
+        if dialect is not None:
+            headers.update(dialect.headers)
         if not request.stream:
-            return web.Response(body=entry.body, content_type="application/json", headers=headers)
+            body = entry.body if dialect is None else dialect.answer(entry.body)
+            return web.Response(body=body, content_type="application/json", headers=headers)
         out = web.StreamResponse(status=200, headers={**STREAM_HEADERS, **headers})
         await out.prepare(http_request)
-        await out.write(replay.to_chunks(entry.body, request.wants_usage))
+        events = replay.to_chunks(entry.body, request.wants_usage)
+        await out.write(events if dialect is None else dialect.stream(events))
         return out
 
     def tap(self, opened) -> Tap:

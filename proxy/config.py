@@ -223,6 +223,16 @@ class State(_Struct):
     heartbeat_seconds: Annotated[float, Meta(gt=0)] = 2.0  # replicas count each other alive by this beat
 
 
+class ResponsesDialect(_Struct):
+    # Hosted tools (web_search, file_search, …) a translation to chat cannot offer: a 400 naming
+    # the tool (`reject`), or left out, logged and tagged `dropped_tools:TYPE` (`drop`).
+    hosted_tools: Literal["reject", "drop"] = "reject"
+
+
+class Dialects(_Struct):
+    responses: ResponsesDialect = ResponsesDialect()
+
+
 class Config(_Struct):
     listen: Listen = Listen()
     data_dir: str = "~/.local/share/ai-enabler-proxy"
@@ -238,6 +248,7 @@ class Config(_Struct):
     catalog: CatalogConfig = CatalogConfig()  # hosted specs, quality scores, auto aliases
     cache: Cache = Cache()  # the response cache
     egress: Egress = Egress()  # forward proxy, NO_PROXY, CA and client certificate for outbound calls
+    dialects: Dialects = Dialects()  # the inbound APIs besides chat (proxy/dialects/)
     prices: dict[str, Price] = {}  # USD per 1M tokens, over the bundled table: "model" or "provider/model"
     store_url: str | None = None
     state: State = State()  # the shared store's outage policy

@@ -146,7 +146,7 @@ class Exchange:
             proxy_overhead_ms=round(max(latency - upstream, 0.0) * 1000, 3),
             cost_usd=cost or 0.0, savings_usd=savings, attempts=self.attempts,
             recovered=self.failures > 0 and self.status == "completed", cache_hit=self.cache_hit,
-            tags=self.tags, ts=self.wall)
+            tags=self.tags, ts=self.wall, endpoint=self.route)
 
     def spent(self) -> tuple[int, float]:
         """The tokens and USD this request costs its caller's limits (a cache hit is free)."""

@@ -107,7 +107,7 @@ _TRUE_USAGE = msgspec.Raw(b'{"include_usage":true}')
 class ChatRequest:
     """An OpenAI chat or embeddings request, decoded just enough to route and record it."""
 
-    __slots__ = ("kind", "fields", "model", "stream", "wants_usage", "tags")
+    __slots__ = ("kind", "fields", "model", "stream", "wants_usage", "tags", "native")
 
     def __init__(self, kind: str, fields: dict[str, msgspec.Raw], model: str, stream: bool,
                  wants_usage: bool, tags: list[str] | None) -> None:
@@ -117,6 +117,7 @@ class ChatRequest:
         self.stream = stream
         self.wants_usage = wants_usage
         self.tags = tags
+        self.native = None  # an inbound dialect's own request (providers.base.Native), for a passthrough
 
     def decode(self, name: str, type_, default=None):
         """Decode one field fully (for adapters that translate)."""

@@ -29,6 +29,13 @@ async def fake_openai(aiohttp_server) -> FakeOpenAI:
     return await FakeOpenAI().start(aiohttp_server)
 
 
+@pytest.fixture
+async def fake_anthropic(aiohttp_server):
+    from tests.fakes.anthropic import FakeAnthropic
+
+    return await FakeAnthropic().start(aiohttp_server)
+
+
 class Running:
     """A gateway being served: its URL, its parts, and a client session to call it."""
 

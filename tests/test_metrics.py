@@ -203,3 +203,33 @@ def test_a_dead_worker_that_counted_nothing_leaves_no_slab_behind(tmp_path):
         cpu = _value(families, "process_cpu_seconds", "process_cpu_seconds_total", worker="all")
         assert cpu >= _value(first, "process_cpu_seconds", "process_cpu_seconds_total", worker="all")
     assert set(other.group.views) == {counted, starting.name, pathlib.Path(live.slab.path).name}
+
+
+async def test_a_dialect_request_is_counted_and_recorded_under_its_own_endpoint(gateway, fake_openai):
+    """A Messages or Responses request runs the chat pipeline; its metrics' `endpoint` label and
+    its record's `endpoint` are the dialect's name, not `chat`."""
+    import asyncio
+
+    from tests.conftest import openai_provider
+
+    gw = await gateway({"providers": [openai_provider(fake_openai, models=("gpt-4o-mini",))]})
+    asks = [("/anthropic/v1/messages", {"max_tokens": 16, "messages": [{"role": "user", "content": "Hi"}]}),
+            ("/v1/responses", {"input": "Hi"}), ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})]
+    for path, body in asks:
+        for stream in (False, True):
+            async with gw.post(path, json={"model": "gpt-4o-mini", "stream": stream, **body}) as answer:
+                assert answer.status == 200, await answer.text()
+                await answer.read()
+    for _ in range(100):
+        records = await gw.records()
+        if len(records) == 6:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(r.endpoint for r in records) == ["chat", "chat", "messages", "messages", "responses", "responses"]
+    async with gw.get("/metrics") as scraped:
+        families = {f.name: f for f in text_string_to_metric_families(await scraped.text())}
+    for endpoint in ("messages", "responses", "chat"):
+        assert _value(families, "aigw_requests", "aigw_requests_total", endpoint=endpoint, status="200",
+                      model="gpt-4o-mini") == 2
+        assert _value(families, "aigw_time_to_first_token_seconds", "aigw_time_to_first_token_seconds_count",
+                      endpoint=endpoint) == 1

@@ -10,6 +10,9 @@ Answer: text and tool_use blocks → content and tool calls; stop reasons → fi
 with prompt caching: prompt = input + cache read + cache creation, cached = cache read.
 Stream: message_start … message_stop → `chat.completion.chunk` events with one id; the finish
 chunk at message_delta; the usage chunk (when asked for) and `[DONE]` at message_stop.
+Passthrough: a caller speaking Messages itself (the `messages` dialect, proxy/dialects/) is
+sent as it came, model swapped and its `anthropic-version`/`anthropic-beta` kept; the answer
+and the events go back untouched, usage read off them (`NativeParser`).
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ import msgspec
 
 from proxy.errors import InvalidRequest
 from proxy.providers import base, chat
-from proxy.providers.base import Capabilities, Parsed, Target, UpstreamFailure, UpstreamRequest, Usage
+from proxy.providers.base import Capabilities, Parsed, Target, UpstreamFailure, UpstreamRequest, Usage, speaks
 from proxy.providers.chat import ChatParams, ImagePart, Message, NamedChoice, ResponseFormat
+from proxy.streaming.sse import Decoder
 
 VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -236,6 +240,15 @@ def from_anthropic_response(message: _Message, json_mode: bool) -> dict:
     return chat.choice(0, "".join(text), calls, finish)
 
 
+def count_into(tally: _Usage, usage: _Usage | None) -> None:
+    """Stream usage fields are cumulative: the latest value of each wins."""
+    if usage is not None:
+        for field in usage.__struct_fields__:
+            value = getattr(usage, field)
+            if value is not None:
+                setattr(tally, field, value)
+
+
 def failure_of(status: int, error: _Error | None, retry_after: float | None = None) -> UpstreamFailure:
     error = error or _Error(message=f"the provider answered HTTP {status}")
     kind = _KINDS.get(error.type) or ("overloaded" if status == _OVERLOADED else base.kind_of_status(status))
@@ -260,12 +273,7 @@ class StreamParser(chat.TranslatingParser):
         return handler(self, view) if handler is not None else b""
 
     def _count(self, usage: _Usage | None) -> None:
-        """Usage fields are cumulative: the latest value of each wins."""
-        if usage is not None:
-            for field in usage.__struct_fields__:
-                value = getattr(usage, field)
-                if value is not None:
-                    setattr(self._tally, field, value)
+        count_into(self._tally, usage)
 
     def _message_start(self, event: _Event) -> bytes:
         message = event.message or _Message()
@@ -326,6 +334,57 @@ _HANDLERS = {"message_start": StreamParser._message_start, "content_block_start"
              "message_stop": StreamParser._message_stop, "error": StreamParser._error}
 
 
+class NativeParser:
+    """Messages events relayed as they came (the caller speaks Messages); usage, the stop reason
+    and errors read off them. Text and JSON deltas are counted by a byte scan, not decoded."""
+
+    __slots__ = ("_sse", "_tally", "usage", "model", "events", "content_events", "done", "finished", "error")
+
+    def __init__(self) -> None:
+        self._sse = Decoder()
+        self._tally = _Usage()
+        self.usage: Usage | None = None
+        self.model: str | None = None
+        self.events = self.content_events = 0
+        self.done = self.finished = False
+        self.error: UpstreamFailure | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        blocks = self._sse.feed(chunk)
+        for block in blocks:
+            if block.data is not None:
+                self.events += 1
+                if block.event == b"content_block_delta":
+                    self.content_events += 1
+                else:
+                    self._read(block.data)
+        return blocks[0].raw if len(blocks) == 1 else b"".join(block.raw for block in blocks)
+
+    def _read(self, data: bytes) -> None:
+        try:
+            view = StreamParser.events_decoder.decode(data)
+        except (msgspec.DecodeError, RecursionError):
+            return
+        if view.type == "message_start" and view.message is not None:
+            self.model = view.message.model
+            count_into(self._tally, view.message.usage)
+        elif view.type == "message_delta":
+            count_into(self._tally, view.usage)
+            self.usage = usage_of(self._tally)
+            self.finished = self.finished or bool(view.delta and view.delta.stop_reason)
+        elif view.type == "message_stop":
+            self.done = True
+            self.usage = usage_of(self._tally)
+        elif view.type == "error":
+            error = view.error or _Error()
+            self.error = failure_of(ERROR_STATUS.get(error.type, 500), error)
+        elif view.type == "content_block_delta":  # an event without its `event:` line
+            self.content_events += 1
+
+    def close(self) -> bytes:
+        return b""
+
+
 def _json_mode(request) -> bool:
     fmt = request.decode("response_format", ResponseFormat)
     return fmt is not None and fmt.type in chat.JSON_FORMATS
@@ -333,12 +392,16 @@ def _json_mode(request) -> bool:
 
 class Adapter:
     """Anthropic's own API; `body`, `headers` and `url` are what a host of the same wire changes
-    (proxy.providers.vertex_anthropic)."""
+    (proxy.providers.vertex_anthropic). A caller speaking Messages (`messages` in `caps.dialects`)
+    goes through the same hooks, its own body in place of the translated one."""
 
     def __init__(self, caps: Capabilities | None = None) -> None:
-        self.caps = caps or Capabilities(default_url="https://api.anthropic.com/v1", passthrough=False)
+        self.caps = caps or Capabilities(default_url="https://api.anthropic.com/v1", passthrough=False,
+                                         dialects=frozenset({"messages"}))
 
     def body(self, request) -> dict:
+        if speaks(self.caps, request):  # the caller's body as it came, model swapped
+            return {**request.native.fields, "model": request.model}
         return to_anthropic_request(chat.read_params(request, multiple_choices=False), request.model, request.stream)
 
     def headers(self, target: Target) -> dict[str, str]:
@@ -351,25 +414,35 @@ class Adapter:
         url = (target.url or self.caps.default_url or "").rstrip("/")
         if url.count("/") == 2:  # a bare host: the API lives under /v1
             url += "/v1"
+        if speaks(self.caps, request) and request.native.operation:  # a sub-endpoint: count_tokens
+            return url + "/messages/" + request.native.operation
         return url + "/messages"
 
     def build_request(self, target: Target, request) -> UpstreamRequest:
-        if request.kind != "chat":
+        native = speaks(self.caps, request)
+        if not native and request.kind != "chat":
             raise InvalidRequest("this provider serves chat completions only", code="unsupported_endpoint")
         body = msgspec.json.encode(self.body(request))
         headers = self.headers(target)
+        if native:  # the caller's anthropic-version/-beta win over the gateway's defaults
+            headers.update(request.native.headers)
         if request.stream:
             headers["Accept"] = "text/event-stream"
         return UpstreamRequest("POST", self.url(target, request), headers, body, request.stream)
 
     def parse_response(self, request, body: bytes) -> Parsed:
         message = _message.decode(body)
+        if speaks(self.caps, request):  # relayed as it came; `count_tokens` answers are not usage
+            usage = usage_of(message.usage) if message.usage is not None and not request.native.operation else None
+            return Parsed(body=body, usage=usage, model=message.model)
         usage = usage_of(message.usage) if message.usage is not None else None
         answer = from_anthropic_response(message, _json_mode(request))
         body = chat.completion(message.id or chat.new_id(), message.model or request.model, [answer], usage)
         return Parsed(body=body, usage=usage, model=message.model)
 
-    def stream_parser(self, request) -> StreamParser:
+    def stream_parser(self, request) -> StreamParser | NativeParser:
+        if speaks(self.caps, request):
+            return NativeParser()
         return StreamParser(request.model, request.wants_usage, _json_mode(request))
 
     def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamFailure:

@@ -8,6 +8,10 @@ session, retry, log or emit telemetry; `proxy.upstream` owns the I/O. Surface:
     stream_parser(request) -> StreamParser          (one per request)
     parse_error(status, headers, body) -> UpstreamFailure
     serve(upstream_request) -> response             (in-process upstreams only: MOCK)
+
+Inbound dialects (proxy/dialects/) reach providers through the same surface: a request whose
+`native` names a dialect the adapter declares in `Capabilities.dialects` is passed through in
+that dialect (see `speaks`); every other request is a chat request.
 """
 
 from __future__ import annotations
@@ -36,6 +40,25 @@ class Capabilities(msgspec.Struct, frozen=True):
     extra: str | None = None
     keyless_extra: str | None = None
     needs_region: bool = False
+    # Inbound dialects (proxy/dialects/) this provider speaks natively: such a request is passed
+    # through in its own wire (model swapped), its answer and stream relayed as they come.
+    dialects: frozenset[str] = frozenset()
+    reasoning: bool = False  # takes chat's `reasoning_effort` (a dialect drops it for the others)
+
+
+class Native(msgspec.Struct):
+    """A caller's request in an inbound dialect, kept for a passthrough to a provider speaking it."""
+
+    dialect: str  # matched against `Capabilities.dialects`
+    fields: dict[str, msgspec.Raw]  # the caller's body, top-level fields untouched
+    headers: dict[str, str] = {}  # the caller's headers the provider's own wire wants (a version)
+    operation: str = ""  # a sub-endpoint of the dialect ("count_tokens"); "" for the main one
+
+
+def speaks(caps: Capabilities, request) -> bool:
+    """This request goes to this provider in its own dialect, untranslated."""
+    native = request.native
+    return native is not None and native.dialect in caps.dialects
 
 
 class Target(msgspec.Struct, frozen=True):

@@ -4,6 +4,9 @@ Bodies and SSE bytes pass through untouched. The stream parser works per upstrea
 per event: a read goes on whole (cut at its last complete event), its data lines are counted
 with one `bytes.count`, and only the events that a byte search finds carrying usage, a finish
 reason or an error are decoded; plain content chunks are counted, never decoded.
+A caller speaking the Responses API (the `responses` dialect) is passed through to `…/responses`
+when the adapter declares it (OpenAI and Azure, not the OpenAI-wire family, whose servers may not
+have that endpoint): see `openai_responses`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from collections.abc import Mapping
 
 import msgspec
 
+from proxy.providers import openai_responses
 from proxy.providers.base import (
     Capabilities,
     Parsed,
@@ -22,6 +26,7 @@ from proxy.providers.base import (
     Usage,
     kind_of_status,
     retry_after_seconds,
+    speaks,
 )
 from proxy.streaming.sse import Framer
 
@@ -115,7 +120,9 @@ class PassthroughParser:
     Its Python work is per read, not per event: the framer cuts the read at its last complete
     event, data lines are counted with one `bytes.count`, and the events that matter (a finish
     reason, usage, an error: a key whose value is not null) are found with `bytes.find` and only
-    they are decoded. The read goes back whole unless the usage chunk is cut out of it.
+    they are decoded. The read goes back whole unless the usage chunk is cut out of it. A
+    translated dialect request (proxy.dialects) gets this parser too: the dialect's stream
+    decodes each event of what it relays, so no per-event decoding is added here.
     """
 
     __slots__ = ("_framer", "_keys", "_drop_usage", "_drop_lf", "usage", "model", "events", "content_events",
@@ -290,7 +297,8 @@ class Adapter:
 
     def __init__(self, caps: Capabilities | None = None, *, stream_usage_option: bool = True,
                  default_path: str = "") -> None:
-        self.caps = caps or Capabilities(default_url="https://api.openai.com/v1", embeddings=True)
+        self.caps = caps or Capabilities(default_url="https://api.openai.com/v1", embeddings=True, reasoning=True,
+                                         dialects=frozenset({"responses"}))
         self.stream_usage_option = stream_usage_option
         self.default_path = default_path  # appended to a bare host URL (e.g. "/v1")
 
@@ -307,18 +315,29 @@ class Adapter:
         path = self.embeddings_path if request.kind == "embeddings" else self.path
         return self.base_url(target) + path
 
+    def responses_url(self, target: Target) -> str:
+        return self.base_url(target) + "/responses"
+
     def build_request(self, target: Target, request) -> UpstreamRequest:
         headers = {**target.headers, "Content-Type": "application/json", **self.auth_headers(target)}
         if request.stream:
             headers["Accept"] = "text/event-stream"
+        if speaks(self.caps, request):  # the caller's Responses body as it came, model swapped
+            body = msgspec.json.encode({**request.native.fields, "model": request.model})
+            return UpstreamRequest("POST", self.responses_url(target), headers, body, request.stream)
         body = request.openai_body(request.model, ask_usage=self.stream_usage_option)
         return UpstreamRequest("POST", self.url(target, request), headers, body, request.stream)
 
     def parse_response(self, request, body: bytes) -> Parsed:
+        if request is not None and speaks(self.caps, request):
+            usage, model = openai_responses.parse(body)
+            return Parsed(body=body, usage=usage, model=model)
         view = _response.decode(body)
         return Parsed(body=body, usage=view.usage.usage() if view.usage else None, model=view.model)
 
-    def stream_parser(self, request) -> PassthroughParser:
+    def stream_parser(self, request) -> PassthroughParser | openai_responses.NativeParser:
+        if speaks(self.caps, request):
+            return openai_responses.NativeParser()
         return PassthroughParser(drop_usage_chunk=not request.wants_usage)
 
     def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamFailure:

@@ -1,4 +1,8 @@
-"""`chat/completions` and `embeddings`: authenticate, decode, route, relay, record."""
+"""`chat/completions` and `embeddings`: authenticate, decode, route, relay, record.
+
+The same pipeline serves the inbound dialects (proxy.dialects): `serve(http_request, "chat",
+dialect)` decodes the body with the dialect, answers and fails in its wire.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import asyncio
 
 from aiohttp import web
 
-from proxy import autoroute
+from proxy import autoroute, dialects
 from proxy import request as decoding
 from proxy import tags as tagging
 from proxy.errors import PayloadTooLarge, ProxyError
@@ -54,32 +58,35 @@ async def read_body(http_request: web.Request, limit: int, bodies: BodyBuffer) -
             bodies.release(size)
 
 
-def error_response(error: ProxyError, request_id: str | None = None) -> web.Response:
+def error_response(error: ProxyError, request_id: str | None = None, dialect=None) -> web.Response:
     headers = error.headers()
+    body = error.to_json() if dialect is None else dialect.error_body(error)
     if request_id:
         headers["X-Request-Id"] = request_id
+        if dialect is not None:
+            headers[dialect.id_header] = request_id
     kind = Closing if error.closes else web.Response  # the rest of the body is not read: close
-    return kind(status=error.status, body=error.to_json(), content_type=_JSON, headers=headers)
+    return kind(status=error.status, body=body, content_type=_JSON, headers=headers)
 
 
 async def chat(http_request: web.Request) -> web.StreamResponse:
-    return await _serve(http_request, "chat")
+    return await serve(http_request, "chat")
 
 
 async def embeddings(http_request: web.Request) -> web.StreamResponse:
-    return await _serve(http_request, "embeddings")
+    return await serve(http_request, "embeddings")
 
 
-async def _serve(http_request: web.Request, kind: str) -> web.StreamResponse:
+async def serve(http_request: web.Request, kind: str, dialect=None) -> web.StreamResponse:
     gw: Gateway = http_request.app[GATEWAY]
-    ex = Exchange(gw, kind)
+    ex = Exchange(gw, kind if dialect is None else dialect.name)
     metrics = gw.metrics
     metrics.in_flight += 1
     try:
-        return await _exchange(http_request, gw, ex, kind)
+        return await _exchange(http_request, gw, ex, kind, dialect)
     except ProxyError as error:
         ex.fail(error)
-        return error_response(error, ex.id)
+        return error_response(error, ex.id, dialect)
     except asyncio.CancelledError:
         ex.status = "client_aborted"
         ex.http_status = 499
@@ -92,28 +99,32 @@ async def _serve(http_request: web.Request, kind: str) -> web.StreamResponse:
         asyncio.get_running_loop().call_soon(ex.finish)
 
 
-async def _exchange(http_request: web.Request, gw: Gateway, ex: Exchange, kind: str) -> web.StreamResponse:
+async def _exchange(http_request: web.Request, gw: Gateway, ex: Exchange, kind: str, dialect) -> web.StreamResponse:
     admission = http_request.app[ADMISSION]
     admission.admit(http_request.content_length)  # in-flight, memory: fast 503s
     caller = await gw.auth.authenticate(http_request.headers, http_request.get(journal.RESOLVED))
     ex.caller_id = caller.id
     body = await read_body(http_request, gw.cfg.limits.max_body_bytes, admission.bodies)
-    request = decoding.parse(body, kind)
-    ex.model_requested = request.model
-    ex.stream = request.stream
-    ex.tags = tagging.merge(request.tags, http_request.headers)
-    ex.prompt_estimate = estimate_tokens(len(body))
+    request, translation = _decode(http_request, body, kind, dialect, ex)
     if (rule := gw.quota.rule(caller)) is not None:  # per-key RPM, TPM, budget: 429 when reached
         await gw.quota.admit(caller.id, rule, ex)
     autoroute.apply(gw, request, caller, http_request.headers, ex)  # `auto`: the model to route
     cache_key = gw.cache.key(http_request.headers, request, caller.id)  # None unless asked for
-    if cache_key is not None and (hit := await gw.cache.answer(http_request, cache_key, request, ex)):
+    if cache_key is not None and (hit := await gw.cache.answer(http_request, cache_key, request, ex,
+                                                               dialects.replayed(dialect, translation, ex.id))):
         return hit
     routes = gw.router.routes(request.model, caller.models, request.kind)
+    if dialect is not None:
+        routes = dialects.fit(request, translation, routes)
     opened = await dispatch(gw.upstream, routes, request, ex)
     ex.model_served = opened.route.model
+    if dialect is not None and dialects.passthrough(request, opened.route):
+        cache_key = None  # the cache keeps chat answers; this one is in the dialect's own wire
     if request.stream:
-        return await _stream(http_request, gw, ex, opened, cache_key)
+        tap = gw.cache.tap(opened) if cache_key is not None else None  # chat events, before any translation
+        if dialect is not None:
+            dialects.adopt_stream(opened, request, dialect, translation, ex.id)
+        return await _stream(http_request, gw, ex, opened, cache_key, tap)
     ex.release()
     parsed = opened.parsed
     ex.usage = parsed.usage
@@ -126,14 +137,32 @@ async def _exchange(http_request: web.Request, gw: Gateway, ex: Exchange, kind: 
     if cache_key is not None:
         gw.cache.keep(cache_key, parsed.body, ex)
         headers["X-Cache"] = "miss"
-    return web.Response(body=parsed.body, content_type=_JSON, headers=headers)
+    if dialect is None:
+        return web.Response(body=parsed.body, content_type=_JSON, headers=headers)
+    headers[dialect.id_header] = ex.id
+    return web.Response(body=dialects.answer(opened, request, dialect, translation), content_type=_JSON,
+                        headers=headers)
 
 
-async def _stream(http_request: web.Request, gw: Gateway, ex: Exchange, opened, cache_key: str | None):
+def _decode(http_request: web.Request, body: bytes, kind: str, dialect, ex: Exchange):
+    """(the chat request, None) or, for another API's wire, (its chat request, what its answer needs)."""
+    ex.prompt_estimate = estimate_tokens(len(body))
+    if dialect is None:
+        request, translation = decoding.parse(body, kind), None
+    else:
+        request, translation = dialect.request(body, http_request.headers)
+        translation.prompt_estimate = ex.prompt_estimate
+    ex.model_requested = request.model
+    ex.stream = request.stream
+    ex.tags = tagging.merge(request.tags, http_request.headers)
+    return request, translation
+
+
+async def _stream(http_request: web.Request, gw: Gateway, ex: Exchange, opened, cache_key: str | None, tap):
     provider = opened.route.provider
     idle = (provider.item.timeouts and provider.item.timeouts.idle) or gw.cfg.timeouts.idle
-    tap = gw.cache.tap(opened) if cache_key is not None else None
-    out = await relay(http_request, opened, ex, idle, gw.cfg.timeouts.max_stream)
+    dialect = opened.parser if isinstance(opened.parser, dialects.DialectStream) else None
+    out = await relay(http_request, opened, ex, idle, gw.cfg.timeouts.max_stream, dialect)
     if ex.rule is not None:
         await gw.quota.settle(ex)
     if tap is not None:

@@ -6,11 +6,14 @@ import msgspec
 from aiohttp import web
 
 from proxy.gateway import GATEWAY
+from proxy.routes import messages
 
 _CREATED = 1_700_000_000  # providers do not tell; a fixed time keeps the list stable
 
 
 async def list_models(http_request: web.Request) -> web.Response:
+    if messages.wants_list(http_request.headers):  # `/v1/models` is the Messages API's too
+        return await messages.models(http_request)
     gw = http_request.app[GATEWAY]
     caller = await gw.auth.reader(http_request.headers)
     data = []

@@ -30,8 +30,14 @@ def error_event(error: ProxyError) -> bytes:
     return b"data: " + error.to_json() + b"\n\n"
 
 
-async def relay(http_request: web.Request, opened: Opened, ex, idle: float, max_stream: float) -> web.StreamResponse:
-    out = web.StreamResponse(status=200, headers={**HEADERS, "X-Request-Id": ex.id})
+async def relay(http_request: web.Request, opened: Opened, ex, idle: float, max_stream: float,
+                dialect=None) -> web.StreamResponse:
+    """`dialect`: an inbound dialect's stream (proxy.dialects.DialectStream), which adds its
+    headers and frames its own error event."""
+    headers = {**HEADERS, "X-Request-Id": ex.id} if dialect is None else {**HEADERS, "X-Request-Id": ex.id,
+                                                                          **dialect.headers}
+    frame = error_event if dialect is None else dialect.error_frame
+    out = web.StreamResponse(status=200, headers=headers)
     parser, upstream = opened.parser, opened.response
     ending: ProxyError | None = None
     deadline = asyncio.get_running_loop().time() + max_stream
@@ -76,7 +82,7 @@ async def relay(http_request: web.Request, opened: Opened, ex, idle: float, max_
         _take_usage(ex, parser)
     if ending is not None:
         ex.error_type = ending.code
-        await _try_write(out, error_event(ending), idle)
+        await _try_write(out, frame(ending), idle)
     if ex.error_type == "client_stalled":
         http_request.transport.abort()  # a reset: nothing more can reach a client that stopped reading
     return out

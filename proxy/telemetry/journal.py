@@ -26,7 +26,7 @@ from proxy import tags as tagging
 from proxy.errors import ProxyError, Unavailable
 from proxy.telemetry.record import UsageRecord, stamp
 
-_RECORDED = ("/chat/completions", "/embeddings")
+_RECORDED = ("/chat/completions", "/embeddings", "/messages", "/responses")
 _RETRY_AFTER_S = 5
 
 
@@ -65,7 +65,10 @@ def begin_info(http_request: web.Request, auth) -> Begin:
     tags = ",".join(v for name in tagging.HEADERS if (v := headers.get(name))) or None
     found = http_request[RESOLVED] = auth.resolve(headers)
     caller = None if found is None or isinstance(found, str) else found.id
-    route = "embeddings" if http_request.path.endswith("/embeddings") else "chat"
+    path = http_request.path
+    route = "embeddings" if path.endswith("/embeddings") else "messages" if path.endswith("/messages") else "chat"
+    if path.endswith("/responses"):
+        route = "responses"
     return Begin(ts=time.time(), route=route, caller=caller, tags=tags)
 
 
@@ -80,7 +83,7 @@ def aborted(slot: str, body: bytes, cluster_id: str | None) -> UsageRecord:
         id=slot, time=stamp(begin.ts), cluster_id=cluster_id,
         api_key_id=begin.caller, provider=None, provider_type=None, provider_key_last4=None,
         model_requested="", model_served=None, stream=False, status="aborted_unknown",
-        error_type="gateway_restarted", tags=tags, ts=begin.ts)
+        error_type="gateway_restarted", tags=tags, ts=begin.ts, endpoint=begin.route)
 
 
 def middleware(gw):

@@ -37,6 +37,7 @@ class UsageRecord(msgspec.Struct, rename="camel", omit_defaults=False):
     cache_hit: bool = False
     tags: list[str] = []
     ts: float = 0.0  # Unix seconds of `time`, for stores and windows
+    endpoint: str = "chat"  # the API the caller spoke: chat | embeddings | responses | messages
 
 encode = msgspec.json.Encoder().encode
 decode = msgspec.json.Decoder(UsageRecord).decode

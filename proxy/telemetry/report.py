@@ -3,10 +3,11 @@
     groupBy  model    the model served (the one requested when none was served)
              provider the provider's name
              apiKey   the caller key's id
+             endpoint the API the caller spoke (chat, embeddings, responses, messages)
              tag      each tag of a record (a record with two tags is in two groups; untagged
                       records are only in the totals)
              tag:KEY  the values of the tags named KEY (`tag:team` → `a`, `b`, …)
-    filter   comma-separated FIELD=VALUE terms on model, provider, apiKey, tag, status; terms on
+    filter   comma-separated FIELD=VALUE terms on model, provider, apiKey, endpoint, tag, status; terms on
              one field are OR-ed, fields AND-ed: `model=gpt-4o,tag=team:a,tag=team:b`
     from/to  RFC 3339 (`2025-01-31T08:00:00Z`), a date (`2025-01-31`, UTC), Unix seconds, `now`,
              or an age (`90m`, `24h`, `7d`: that long ago). The window is [from, to); defaults:
@@ -26,9 +27,10 @@ import msgspec
 
 from proxy.errors import InvalidRequest
 
-GROUPS = ("model", "provider", "apiKey", "tag")
-_FILTER_COLUMNS = {"model": "model", "provider": "provider", "apiKey": "api_key_id", "status": "status"}
-_GROUP_COLUMNS = {"model": "model", "provider": "provider", "apiKey": "api_key_id"}
+GROUPS = ("model", "provider", "apiKey", "endpoint", "tag")
+_FILTER_COLUMNS = {"model": "model", "provider": "provider", "apiKey": "api_key_id", "status": "status",
+                   "endpoint": "endpoint"}
+_GROUP_COLUMNS = {"model": "model", "provider": "provider", "apiKey": "api_key_id", "endpoint": "endpoint"}
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _AGG = ("COUNT(*), COALESCE(SUM(status NOT IN ('completed', 'client_aborted')), 0), "
@@ -73,7 +75,7 @@ def parse_filter(text: str | None) -> dict[str, list[str]]:
         field, value = field.strip(), value.strip()
         if not sep or not value or (field not in _FILTER_COLUMNS and field != "tag"):
             raise InvalidRequest(f"filter: {term.strip()!r} is not FIELD=VALUE with FIELD one of "
-                                 "model, provider, apiKey, tag, status", param="filter")
+                                 "model, provider, apiKey, endpoint, tag, status", param="filter")
         filters.setdefault(field, []).append(value)
     return filters
 
@@ -88,7 +90,7 @@ def parse(start: str | None, end: str | None, group_by: str | None, filter_: str
         raise InvalidRequest("from: must be before to", param="from")
     group = group_by or "model"
     if group not in GROUPS and not (group.startswith("tag:") and len(group) > 4):
-        raise InvalidRequest(f"groupBy: {group!r} is not one of model, provider, apiKey, tag, tag:KEY",
+        raise InvalidRequest(f"groupBy: {group!r} is not one of model, provider, apiKey, endpoint, tag, tag:KEY",
                              param="groupBy")
     return Query(start_ts, end_ts, group, parse_filter(filter_))
 
@@ -100,6 +102,9 @@ def _where(query: Query) -> tuple[str, list]:
         marks = ", ".join("?" * len(values))
         if field == "tag":
             parts.append(f"rid IN (SELECT rid FROM usage_tags WHERE tag IN ({marks}) AND ts >= ? AND ts < ?)")
+            params += [*values, query.start, query.end]
+        elif field == "endpoint":  # not a column of `usage_tags`: matched by the record's rid
+            parts.append(f"rid IN (SELECT rid FROM usage WHERE endpoint IN ({marks}) AND ts >= ? AND ts < ?)")
             params += [*values, query.start, query.end]
         else:
             parts.append(f"{_FILTER_COLUMNS[field]} IN ({marks})")

@@ -26,13 +26,14 @@ log = structlog.get_logger("proxy.telemetry")
 FIELDS = UsageRecord.__struct_fields__
 _BOOLS = ("stream", "tokens_estimated", "recovered", "cache_hit")
 FIGURES = "status, prompt_tokens, completion_tokens, cost_usd, savings_usd, latency_ms, ttft_ms"
-GROUP_COLUMNS = {"model": "model", "provider": "provider", "apiKey": "api_key_id"}
+GROUP_COLUMNS = {"model": "model", "provider": "provider", "apiKey": "api_key_id", "endpoint": "endpoint"}
 
 _TYPES = {"stream": "INTEGER", "tokens_estimated": "INTEGER", "recovered": "INTEGER", "cache_hit": "INTEGER",
           "prompt_tokens": "INTEGER", "completion_tokens": "INTEGER", "cached_tokens": "INTEGER",
           "reasoning_tokens": "INTEGER", "total_tokens": "INTEGER", "attempts": "INTEGER",
           "latency_ms": "REAL", "ttft_ms": "REAL", "proxy_overhead_ms": "REAL", "cost_usd": "REAL",
           "savings_usd": "REAL", "ts": "REAL NOT NULL", "id": "TEXT NOT NULL UNIQUE"}
+_DEFAULTS = {"endpoint": "'chat'"}  # the value rows written before the column existed get
 _COLUMNS = ", ".join(f"{name} {_TYPES.get(name, 'TEXT')}" for name in FIELDS)
 _INDEXES = "\n".join(f"CREATE INDEX IF NOT EXISTS usage_by_{group} ON usage ({column}, ts, {FIGURES});"
                      for group, column in GROUP_COLUMNS.items())
@@ -51,7 +52,7 @@ END;
 CREATE TRIGGER IF NOT EXISTS usage_tags_remove AFTER DELETE ON usage WHEN OLD.tags <> '[]' BEGIN
   DELETE FROM usage_tags WHERE tag IN (SELECT value FROM json_each(OLD.tags)) AND ts = OLD.ts AND rid = OLD.rid;
 END;
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;
 """
 _INSERT = f"INSERT OR IGNORE INTO usage ({', '.join(FIELDS)}, model) VALUES ({', '.join('?' * (len(FIELDS) + 1))})"
 _PRUNE = "DELETE FROM usage WHERE rid IN (SELECT rid FROM usage WHERE ts < ? LIMIT 5000)"
@@ -77,9 +78,29 @@ def connect(path: str) -> sqlite3.Connection:
     db.execute("PRAGMA busy_timeout = 10000")  # workers of one gateway share the file
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = NORMAL")
-    if db.execute("PRAGMA user_version").fetchone()[0] < 2:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version < 2:
         _migrate(db)
+    elif version < 3:
+        _add_columns(db)
     return db
+
+
+def _add_columns(db: sqlite3.Connection) -> None:
+    """Version 3 added `endpoint`: new record fields become columns of an existing table. Under
+    one write lock, so workers opening the same file at once add each column once."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        have = {r[1] for r in db.execute("PRAGMA table_info(usage)")}
+        for name in FIELDS:
+            if name not in have:
+                default = f" DEFAULT {_DEFAULTS[name]}" if name in _DEFAULTS else ""
+                db.execute(f"ALTER TABLE usage ADD COLUMN {name} {_TYPES.get(name, 'TEXT')}{default}")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.executescript(SCHEMA)  # the indexes the new columns lead
 
 
 def _migrate(db: sqlite3.Connection) -> None:

@@ -12,7 +12,7 @@ const PRESETS = { hour: ["1h", 3600, "1m"], day: ["24h", 86400, "30m"], week: ["
                   month: ["30d", 2592000, "1d"] };
 const INTERVALS = [[60, "1m"], [300, "5m"], [900, "15m"], [1800, "30m"], [3600, "1h"], [10800, "3h"],
                    [21600, "6h"], [43200, "12h"], [86400, "1d"], [604800, "7d"]];
-const GROUP_NAMES = { model: "model", provider: "provider", apiKey: "API key", tag: "tag" };
+const GROUP_NAMES = { model: "model", provider: "provider", apiKey: "API key", endpoint: "API", tag: "tag" };
 const COLUMNS = [["key", null], ["requests", "Requests", fmt.count], ["errors", "Errors", fmt.count],
                  ["inputTokens", "Input tokens", fmt.count], ["outputTokens", "Output tokens", fmt.count],
                  ["costUsd", "Cost", fmt.usd], ["savingsUsd", "Savings", fmt.usd],

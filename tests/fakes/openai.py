@@ -35,6 +35,9 @@ class Behaviour:
     cut_after: int | None = None  # stream: stop after this many content chunks
     keepalive: float | None = None  # stream: send `: keep-alive` every so often while stalled
     body: bytes | None = None  # raw body override (non-JSON answers)
+    message: dict | None = None  # non-stream: the choice's message instead of `content` (tool calls)
+    deltas: list[dict] | None = None  # stream: the choice's deltas instead of `content` (tool call pieces)
+    finish: str = "stop"
 
 
 @dataclasses.dataclass
@@ -143,9 +146,9 @@ def completion(model: str, b: Behaviour) -> dict:
     return {
         "id": "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT", "object": "chat.completion",
         "created": 1741569952, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(b.content),
-                                             "refusal": None, "annotations": []},
-                     "logprobs": None, "finish_reason": "stop"}],
+        "choices": [{"index": 0, "message": b.message or {"role": "assistant", "content": "".join(b.content),
+                                                          "refusal": None, "annotations": []},
+                     "logprobs": None, "finish_reason": b.finish}],
         "usage": b.usage, "service_tier": "default", "system_fingerprint": "fp_fc9f1d7035"}
 
 
@@ -159,11 +162,11 @@ def stream_events(model: str, b: Behaviour, include_usage: bool) -> list[bytes]:
 
     events = [sse({**base, **usage_field, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                                       "logprobs": None, "finish_reason": None}]})]
-    for piece in b.content:
-        events.append(sse({**base, **usage_field, "choices": [{"index": 0, "delta": {"content": piece},
+    for delta in b.deltas if b.deltas is not None else [{"content": piece} for piece in b.content]:
+        events.append(sse({**base, **usage_field, "choices": [{"index": 0, "delta": delta,
                                                               "logprobs": None, "finish_reason": None}]}))
     events.append(sse({**base, **usage_field, "choices": [{"index": 0, "delta": {}, "logprobs": None,
-                                                          "finish_reason": "stop"}]}))
+                                                          "finish_reason": b.finish}]}))
     if include_usage:
         events.append(sse({**base, "choices": [], "usage": b.usage}))
     events.append(b"data: [DONE]\n\n")

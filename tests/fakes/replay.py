@@ -108,6 +108,7 @@ class Replay:
         self.seed = 0
         self.mismatches: list[str] = []
         self.calls = 0
+        self.check = True  # compare each request with the cassette's (off: the caller spoke another dialect)
         self.app = web.Application()
         self.app.router.add_route("*", "/{tail:.*}", self._serve)
         self.root = ""
@@ -139,7 +140,8 @@ class Replay:
     async def _serve(self, request: web.Request) -> web.StreamResponse:
         self.calls += 1
         body = await request.read()
-        found = differences(self.cassette["upstream"], request.method, request.raw_path, request.headers, body)
+        found = differences(self.cassette["upstream"], request.method, request.raw_path, request.headers, body) \
+            if self.check else []
         if found:
             self.mismatches += found
             return web.Response(status=418, text="\n".join(found))

@@ -221,3 +221,62 @@ def test_unknown_events_and_deltas_are_counted_and_skipped():
                                 "delta": {"type": "thinking_delta", "thinking": "hmm"}})
                       + b"event: ping\ndata: not json\n\n")
     assert out == b"" and parser.events == 3 and parser.invalid == 1 and parser.content_events == 0
+
+
+# -- passthrough: a caller speaking the Messages API itself ------------------------------------
+def native_request(body: dict, headers: dict | None = None, operation: str = ""):
+    from proxy.providers.base import Native
+
+    request = parse(orjson.dumps({"model": body["model"], "messages": [USER], "stream": bool(body.get("stream"))}))
+    request.native = Native("messages", msgspec.json.decode(orjson.dumps(body), type=dict[str, msgspec.Raw]),
+                            headers or {}, operation)
+    return request
+
+
+def test_a_messages_caller_is_sent_as_it_came_with_the_served_model_and_its_version_headers():
+    body = {"model": "alias", "max_tokens": 9, "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "Hi", "cache_control": {"type": "ephemeral"}}]}], "top_k": 4, "stream": True}
+    request = native_request(body, {"anthropic-version": "2023-06-01", "anthropic-beta": "a,b"})
+    request.model = "claude-served"
+    upstream = ADAPTER.build_request(TARGET, request)
+    assert upstream.url == "https://api.anthropic.com/v1/messages" and upstream.stream
+    assert orjson.loads(upstream.body) == {**body, "model": "claude-served"}
+    assert upstream.headers["anthropic-beta"] == "a,b" and upstream.headers["x-api-key"] == TARGET.api_key
+    counting = native_request({"model": "m", "messages": [USER]}, operation="count_tokens")
+    assert ADAPTER.build_request(TARGET, counting).url == "https://api.anthropic.com/v1/messages/count_tokens"
+
+
+def test_a_messages_answer_is_relayed_untouched_with_its_usage_read():
+    body = (b'{"id":"msg_1","type":"message","role":"assistant","model":"claude-x","content":[{"type":"text",'
+            b'"text":"Hi"}],"stop_reason":"end_turn","usage":{"input_tokens":10,"cache_read_input_tokens":4,'
+            b'"cache_creation_input_tokens":2,"output_tokens":3}}')
+    parsed = ADAPTER.parse_response(native_request({"model": "m", "max_tokens": 1, "messages": [USER]}), body)
+    assert parsed.body is body and parsed.model == "claude-x"
+    assert (parsed.usage.prompt_tokens, parsed.usage.cached_tokens, parsed.usage.completion_tokens) == (16, 4, 3)
+    counted = ADAPTER.parse_response(native_request({"model": "m", "messages": [USER]}, operation="count_tokens"),
+                                     b'{"input_tokens":42}')
+    assert counted.body == b'{"input_tokens":42}' and counted.usage is None  # a count is not usage
+
+
+@pytest.mark.parametrize("cassette", [c for c in STREAMS if c["response"]["status"] == 200 and "error" not in c["name"]],
+                         ids=lambda c: c["name"])
+def test_messages_events_are_relayed_untouched_at_any_read_boundary_with_usage_and_the_end_read(cassette):
+    from tests.fakes.replay import rechunk
+
+    raw = body_bytes(cassette)
+    translated = ADAPTER.stream_parser(chat_request(cassette))
+    translated.feed(raw)
+    for seed in range(3):
+        parser = ADAPTER.stream_parser(native_request({"model": "m", "max_tokens": 1, "messages": [USER],
+                                                       "stream": True}))
+        out = b"".join(parser.feed(piece) for piece in rechunk(raw, seed)) + parser.close()
+        assert out == raw
+        assert parser.done and parser.finished and parser.usage == translated.usage
+        assert parser.model == translated.model and parser.error is None and parser.content_events > 0
+
+
+def test_a_messages_error_event_is_the_native_parsers_error():
+    parser = ADAPTER.stream_parser(native_request({"model": "m", "max_tokens": 1, "messages": [USER], "stream": True}))
+    frame = b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n'
+    assert parser.feed(frame) == frame
+    assert parser.error.status == 529 and parser.error.kind == "overloaded" and parser.events == 1

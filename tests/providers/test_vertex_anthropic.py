@@ -108,3 +108,25 @@ async def test_claude_gemini_and_embeddings_on_vertex_share_one_token_and_pass_a
         assert await _ask_all(client) == expected
     assert google.token_calls == 3 and len(set(google.seen)) == 3
     assert all("model" not in body for body in google.bodies)
+
+
+def test_a_messages_caller_is_translated_not_passed_through():
+    """VERTEXAIANTHROPIC does not declare the `messages` dialect: a Messages caller's body is
+    translated like a chat request's (fields a translation drops stay out), never its own body
+    with Anthropic's caller headers, and its stream is read by the translating parser."""
+    from proxy.dialects.messages import DIALECT
+    from proxy.providers.anthropic import StreamParser
+
+    body = {"model": CLAUDE, "max_tokens": 9, "top_k": 4, "stream": True,
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi",
+                                                         "cache_control": {"type": "ephemeral"}}]}]}
+    request, _ = DIALECT.request(orjson.dumps(body), {"anthropic-version": "2023-06-01", "anthropic-beta": "b"})
+    assert "messages" not in ADAPTER.caps.dialects
+    built = ADAPTER.build_request(Target("v", URL, TOKEN), request)
+    sent = orjson.loads(built.body)
+    assert built.url == f"{URL}/publishers/anthropic/models/{CLAUDE}:streamRawPredict"
+    assert "top_k" not in sent and "model" not in sent and sent["anthropic_version"] == "vertex-2023-10-16"
+    assert sent["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]  # no cache_control
+    assert sent["max_tokens"] == 9
+    assert "anthropic-beta" not in built.headers and "anthropic-version" not in built.headers
+    assert isinstance(ADAPTER.stream_parser(request), StreamParser)

@@ -42,6 +42,9 @@ def test_the_begin_knows_the_caller_the_route_and_the_header_tags():
     assert (info.route, info.caller, info.tags) == ("embeddings", "team-a", "a:b,c:d")
     Request.headers = {"Authorization": "Bearer wrong"}
     assert journal.begin_info(Request(), Authenticator(cfg)).caller is None
+    for path in ("/openai/v1/responses", "/v1/responses", "/responses"):  # the Responses API's routes
+        Request.path = path
+        assert journal.begin_info(Request(), Authenticator(cfg)).route == "responses"
 
 
 def _scan(gw) -> Recovery:
@@ -92,3 +95,15 @@ async def test_reject_turns_data_plane_requests_away_with_retry_after(gateway):
     gw.gw.batcher.spool.bytes = 0
     async with gw.post("/v1/chat/completions", json=BODY) as r:
         assert r.status == 200
+
+
+async def test_a_messages_request_is_journalled_under_its_endpoint(gateway):
+    gw = await gateway({"providers": [MOCK]})
+    async with gw.post("/anthropic/v1/messages", json={"max_tokens": 5, **BODY}) as r:
+        assert r.status == 200
+    async with gw.post("/v1/messages/count_tokens", json=BODY) as r:  # never billed: not journalled
+        assert r.status == 200
+    records = await gw.records()
+    assert [rec.endpoint for rec in records] == ["messages"] and _scan(gw).open_begins() == {}
+    body = msgspec.json.encode(journal.Begin(ts=1.0, route="messages"))
+    assert journal.aborted("a" * 24, body, None).endpoint == "messages"  # a crash keeps the endpoint too

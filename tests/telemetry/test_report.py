@@ -215,3 +215,18 @@ async def test_the_report_command_reads_the_store_in_data_dir(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "proxy", "report"], capture_output=True, text=True, timeout=30,
                              env={**env, "DATA_DIR": str(tmp_path / "none")})
     assert missing.returncode == 1 and "no usage store" in missing.stderr
+
+
+async def test_grouped_and_filtered_by_endpoint_also_within_tags(tmp_path):
+    store = UsageStore(str(tmp_path / "u.db"))
+    await store.send([record(1, ts=NOW - 60, endpoint="messages", prompt_tokens=5, tags=["team:a"]),
+                      record(2, ts=NOW - 50, endpoint="messages", prompt_tokens=7, tags=["team:b"]),
+                      record(3, ts=NOW - 40, endpoint="chat", prompt_tokens=11, tags=["team:a"]),
+                      record(4, ts=NOW - 30, endpoint="embeddings", prompt_tokens=13, tags=[])])
+    by_endpoint = await store.query(report.run, report.parse("1h", None, "endpoint", None, now=NOW))
+    assert {g["key"]: (g["requests"], g["inputTokens"]) for g in by_endpoint["groups"]} == {
+        "messages": (2, 12), "chat": (1, 11), "embeddings": (1, 13)}
+    tags = await store.query(report.run, report.parse("1h", None, "tag", "endpoint=messages", now=NOW))
+    assert {g["key"]: g["inputTokens"] for g in tags["groups"]} == {"team:a": 5, "team:b": 7}
+    assert tags["totals"]["requests"] == 2
+    store.close()

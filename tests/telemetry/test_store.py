@@ -49,5 +49,25 @@ def test_a_store_of_the_first_schema_is_migrated(tmp_path):
     db.close()
     store = UsageStore(path)
     assert [r.id for r in store._records(0)] == ["rec-00000001"]
-    assert store._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == 3  # version 3 added `endpoint`
     store.close()
+
+
+def test_a_version_2_store_gets_the_endpoint_column_and_its_rows_read_as_chat(tmp_path):
+    path = str(tmp_path / "u.db")
+    store = UsageStore(path)
+    store._write([record(1)])
+    store.close()
+    db = sqlite3.connect(path)  # the store as version 2 left it: no `endpoint` column, no index on it
+    db.execute("DROP INDEX usage_by_endpoint")
+    db.execute("ALTER TABLE usage DROP COLUMN endpoint")
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    store = UsageStore(path)
+    store._write([record(2, endpoint="messages")])
+    assert [(r.id, r.endpoint) for r in store._records(0)] == [("rec-00000001", "chat"), ("rec-00000002", "messages")]
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert store._db.execute("SELECT name FROM sqlite_master WHERE name = 'usage_by_endpoint'").fetchone()
+    store.close()
+    UsageStore(path).close()  # opening it again changes nothing
