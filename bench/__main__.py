@@ -52,7 +52,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-streams", type=int, help="idle streams held open for memory (default 10000; --quick 2000)")
     p.add_argument("--stall-ms", type=float, default=1000.0, help="a gap between chunks longer than this is a stall")
     p.add_argument("--repeat", type=int, default=1, metavar="N",
-                   help="rounds of c1, c32, c256, s32 and delayed, targets interleaved; figures are medians "
+                   help="rounds of c1, c32, c256, s32, b32, the dialect scenarios and delayed, targets interleaved; "
+                        "figures are medians "
                         "(3 or 5 on a noisy machine)")
     p.add_argument("--python-driver", action="store_true", help="use the Python driver even when wrk is installed")
     p.add_argument("--flamegraph", action="store_true", help="py-spy flame graph of the gateway under c32 load")
@@ -99,6 +100,9 @@ def _output(result: dict, record: bool) -> None:
     print(report.render_text(rows))
     for warning in result.get("warnings", []):
         print(f"warning: {warning}")
+    skipped = report.skipped_text(result)
+    if skipped:
+        print(f"\n{skipped}")
     hour = report.hour_text(result)
     if hour:
         print(f"\n{hour}")

@@ -10,6 +10,7 @@ import asyncio
 import time
 
 from bench.client import Conn, Endpoint, Sink, exchange
+from bench.dialects import CHAT, Wire, count_events
 
 _clock = time.perf_counter
 
@@ -96,12 +97,13 @@ class _Totals:
 
 
 class StreamSink(Sink):
-    """Counts SSE events as bytes arrive (no decoding), the first byte's time and long gaps."""
+    """Counts a wire's content events as bytes arrive (no decoding), the first byte's time and long gaps."""
 
-    __slots__ = ("totals", "t0", "first", "last", "status", "events", "done", "tail")
+    __slots__ = ("totals", "t0", "first", "last", "status", "events", "done", "tail", "wire")
 
-    def __init__(self, totals: _Totals, t0: float) -> None:
+    def __init__(self, totals: _Totals, t0: float, wire: Wire = CHAT) -> None:
         self.totals = totals
+        self.wire = wire
         self.t0 = t0
         self.first: float | None = None
         self.last = t0
@@ -126,22 +128,20 @@ class StreamSink(Sink):
             if gap > totals.stall_s:
                 totals.stalls += 1
         self.last = now
-        joined = self.tail + data
-        count = joined.count(b"data: ")  # the 5-byte tail never holds a whole "data: "
-        if not self.done and b"[DONE]" in joined:
+        count, done, self.tail = count_events(self.wire, self.tail, data)
+        if done:
             self.done = True
-            count -= 1
         self.events += count
         totals.events += count
         if now <= totals.deadline:
             totals.window_events += count
-        self.tail = joined[-5:]
 
 
 async def streams(url: str, raw: bytes, concurrency: int, duration: float, *, stall_s: float = 1.0,
-                  ramp: float = 0.0, grace: float = 15.0, expect_events: int = 100) -> dict:
+                  ramp: float = 0.0, grace: float = 15.0, expect_events: int = 100, wire: Wire = CHAT) -> dict:
     """Closed-loop SSE streams: `concurrency` at once, each started again when it ends.
 
+    A stream is complete with status 200, the wire's end seen and `expect_events` content events.
     With `ramp`, the workers start evenly spread over that many seconds rather than all at once.
     """
     endpoint = Endpoint(url)
@@ -153,7 +153,7 @@ async def streams(url: str, raw: bytes, concurrency: int, duration: float, *, st
             await asyncio.sleep(delay)
         conn: Conn | None = None
         while _clock() < totals.deadline:
-            sink = StreamSink(totals, _clock())
+            sink = StreamSink(totals, _clock(), wire)
             totals.streams += 1
             try:
                 conn = await exchange(conn, endpoint, raw, sink)

@@ -1,10 +1,12 @@
--- wrk script: POST the bench's chat body with its headers; print a one-line JSON summary.
--- The body and key come from the environment (set by `python -m bench`).
+-- wrk script: POST the bench's body with its headers; print a one-line JSON summary.
+-- The body and the headers ("Name: value" lines) come from the environment (set by `python -m bench`).
 wrk.method = "POST"
 wrk.body = os.getenv("BENCH_BODY")
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer " .. (os.getenv("BENCH_KEY") or "none")
-wrk.headers["X-Tags"] = os.getenv("BENCH_TAGS") or "team:bench"
+for line in (os.getenv("BENCH_HEADERS") or ""):gmatch("[^\n]+") do
+  local name, value = line:match("^([^:]+):%s*(.*)$")
+  if name then wrk.headers[name] = value end
+end
 
 function done(summary, latency, requests)
   local e = summary.errors

@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 from bench import wrk
+from bench.dialects import DIALECT_SCENARIOS
 
 BASELINES = ("direct", "passthrough")
 NOTES = "## Notes"  # RESULTS.md from this heading on is written by hand and kept by --record
@@ -51,7 +52,59 @@ def derive(result: dict) -> None:
                             ("s1000", "chunks_per_s")):
                 ratios[f"{sc}_{key}_vs_{base}"] = _div(g(sc, key), g(sc, key, base))
         target["ratios"] = ratios
+        target["derived"].update(vs_chat(result, name))
         target["hour"] = hour(result, name)
+
+
+def _per_cpu(chat: str) -> str:
+    return "req_per_cpu_s" if chat == "c32" else "chunks_per_cpu_s"
+
+
+def vs_chat(result: dict, name: str) -> dict:
+    """Each dialect scenario's rate per server CPU-s over its chat twin's on the same target, same run."""
+    return {f"{sc}_{_per_cpu(chat)}_vs_{chat}": _div(_get(result, name, sc, _per_cpu(chat)),
+                                                     _get(result, name, chat, _per_cpu(chat)))
+            for sc, (_, chat) in DIALECT_SCENARIOS.items()}
+
+
+def _dialect(result: dict, name: str, scenario: str, key: str, derived: str | None = None):
+    """A dialect scenario's figure, or "skipped" on a target that does not speak the dialects."""
+    if _get(result, name, scenario, "skipped"):
+        return "skipped"
+    return _d(result, name, derived) if derived else _get(result, name, scenario, key)
+
+
+def dialect_rows() -> list[tuple]:
+    """Rows for the Responses and Messages scenarios; the non-stream ones carry the 0.8x-chat floor."""
+    rows = []
+    for sc, (wire, chat) in DIALECT_SCENARIOS.items():
+        key = _per_cpu(chat)
+        what = "requests" if chat == "c32" else "chunks"
+        ratio = f"{sc}_{key}_vs_{chat}"
+        if chat == "c32":
+            rows.append((f"{sc} RPS ({wire.name})", lambda r, n, sc=sc: _dialect(r, n, sc, "rps"), "{:,.0f}", None))
+        rows += [
+            (f"{sc} {what} per server CPU-s ({wire.name})", lambda r, n, sc=sc, k=key: _dialect(r, n, sc, k),
+             "{:,.0f}", None),
+            (f"{sc} {what} per server CPU-s / {chat}'s", lambda r, n, sc=sc, d=ratio: _dialect(r, n, sc, "", d),
+             "{:.2f}", (">=", 0.8, "value") if chat == "c32" else None),
+            (f"{sc} errors", lambda r, n, sc=sc: _dialect(r, n, sc, "errors"), "{:,}", None)]
+    return rows
+
+
+def skipped_text(result: dict) -> str | None:
+    """Which scenarios ran on some targets only, and why: said under the table."""
+    skipped: dict[str, dict[str, None]] = {}  # reason -> scenarios, and targets, in order
+    for name, target in result["targets"].items():
+        for sc, figures in target["scenarios"].items():
+            if isinstance(figures, dict) and figures.get("skipped"):
+                skipped.setdefault(figures["skipped"], {}).update({sc: None, f"@{name}": None})
+    parts = []
+    for why, where in skipped.items():
+        scenarios = [w for w in where if not w.startswith("@")]
+        targets = [w[1:] for w in where if w.startswith("@")]
+        parts.append(f"{', '.join(scenarios)} on {', '.join(targets)}: each {why}")
+    return "Skipped: " + "; ".join(parts) + "." if parts else None
 
 
 # The realistic mix an hour of traffic is priced at: 100 requests a second, 70 % of them streamed,
@@ -118,6 +171,7 @@ ROWS = [
     ("b32 server CPU use (cores)", lambda r, n: _get(r, n, "b32", "server_cpu_util"), "{:.2f}", None),
     ("b32 errors / stalls", lambda r, n: _pair(_get(r, n, "b32", "errors"), _get(r, n, "b32", "stalls"), "{:,}"),
      "{}", None),
+    *dialect_rows(),
     ("s1000 chunks/s (paced)", lambda r, n: _get(r, n, "s1000", "chunks_per_s"), "{:,.0f}", None),
     ("s1000 TTFB p50 / p99 ms",
      lambda r, n: _pair(_get(r, n, "s1000", "ttfb_p50_ms"), _get(r, n, "s1000", "ttfb_p99_ms")), "{}", None),
@@ -337,9 +391,9 @@ def results_md(result: dict, rows: list[list[str]]) -> str:
     lines += [f"- Warning: {w}" for w in result.get("warnings", [])]
     if result.get("warnings"):
         lines.append("")
-    hour = hour_text(result)
-    if hour:
-        lines += [hour, ""]
+    for text in (skipped_text(result), hour_text(result)):
+        if text:
+            lines += [text, ""]
     if result.get("parse"):
         lines += ["Stream parsing alone (`python -m bench.relay_cost`: each wire's stream parser fed canned reads "
                   "in the bench's process; a whole stream in one read, or one event per read):", "",

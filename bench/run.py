@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import os
 import pathlib
 import shutil
@@ -23,11 +22,13 @@ import time
 from dataclasses import dataclass
 
 from bench import drivers, relay_cost, report, wrk
+from bench.dialects import CHAT, CONTENT_EVENTS, DIALECT_SCENARIOS, SKIP_REASON, SPEAKS_DIALECTS, Wire
 from bench.procs import LOAD_CPU, SERVER_CPU, cpu_busy, pinned, pinning
 from bench.targets import Target, start_gateway, start_mock, start_passthrough
 
-SCENARIOS = ("c1", "c32", "c256", "s32", "b32", "s1000", "delayed", "idle", "parse")
-REPEATED = ("c1", "c32", "c256", "s32", "b32", "delayed")  # what `repeat` applies to (not s1000, idle)
+SCENARIOS = ("c1", "c32", "c256", "s32", "b32", *DIALECT_SCENARIOS, "s1000", "delayed", "idle", "parse")
+# what `repeat` applies to (not s1000, idle)
+REPEATED = ("c1", "c32", "c256", "s32", "b32", *DIALECT_SCENARIOS, "delayed")
 LOAD = SCENARIOS[:-1]  # run against each target; `parse` runs in this process, once
 _SUMMED = frozenset({"requests", "errors", "events", "streams", "completed", "timeouts", "stalls", "server_cpu_s"})
 BUILTIN = ("direct", "passthrough", "gateway")
@@ -67,34 +68,27 @@ class Settings:
         return [MODEL, self.delayed_model, self.paced_model, IDLE_MODEL, BURST_MODEL]
 
 
-def body(model: str, stream: bool) -> bytes:
-    return json.dumps({"model": model, "stream": stream, "temperature": 0.2, "max_tokens": 128, "messages": [
-        {"role": "system", "content": "You are a concise assistant."},
-        {"role": "user", "content": "Say hello to the benchmark in one short sentence."}]},
-        separators=(",", ":")).encode()
-
-
-def request(target: Target, model: str, stream: bool) -> bytes:
-    from bench.client import Endpoint
-
-    headers = {"Authorization": f"Bearer {target.key}", "X-Tags": "team:bench"}
-    return Endpoint(target.url).request(body(model, stream), headers)
+def request(target: Target, model: str, stream: bool, wire: Wire = CHAT) -> bytes:
+    return wire.request(target.base, target.key, model, stream)
 
 
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-async def _nonstream(target: Target, concurrency: int, cfg: Settings) -> dict:
+async def _nonstream(target: Target, concurrency: int, cfg: Settings, wire: Wire = CHAT) -> dict:
+    url = wire.path(target.base)
     if cfg.use_wrk and wrk.available():
-        return await asyncio.to_thread(wrk.run, target.url, body(MODEL, False), target.key, concurrency,
+        return await asyncio.to_thread(wrk.run, url, wire.body(MODEL, False), wire.headers(target.key), concurrency,
                                        cfg.duration)
-    return await drivers.requests(target.url, request(target, MODEL, False), concurrency, cfg.duration)
+    return await drivers.requests(url, request(target, MODEL, False, wire), concurrency, cfg.duration)
 
 
-async def _streams(target: Target, concurrency: int, model: str, cfg: Settings, ramp: float = 0.0) -> dict:
-    return await drivers.streams(target.url, request(target, model, True), concurrency, cfg.duration,
-                                 stall_s=cfg.stall_ms / 1000, ramp=ramp)
+async def _streams(target: Target, concurrency: int, model: str, cfg: Settings, ramp: float = 0.0,
+                   wire: Wire = CHAT) -> dict:
+    expect = 100 if wire is CHAT else CONTENT_EVENTS
+    return await drivers.streams(wire.path(target.base), request(target, model, True, wire), concurrency,
+                                 cfg.duration, stall_s=cfg.stall_ms / 1000, ramp=ramp, expect_events=expect, wire=wire)
 
 
 async def _idle(target: Target, count: int, cfg: Settings) -> dict:
@@ -145,6 +139,12 @@ async def _scenario(name: str, target: Target, cfg: Settings, idle_count: int) -
         result = await _streams(target, 32, MODEL, cfg)
     elif name == "b32":
         result = await _streams(target, 32, BURST_MODEL, cfg)
+    elif name in DIALECT_SCENARIOS:
+        wire, chat = DIALECT_SCENARIOS[name]
+        if chat == "c32":
+            result = await _nonstream(target, 32, cfg, wire)
+        else:
+            result = await _streams(target, 32, BURST_MODEL if chat == "b32" else MODEL, cfg, wire=wire)
     elif name == "s1000":
         result = await _streams(target, 1000, cfg.paced_model, cfg, ramp=1.0)  # 1,000 new streams/s
     elif name == "delayed":
@@ -179,6 +179,11 @@ async def warm(target: Target, cfg: Settings) -> None:
         return
     await drivers.requests(target.url, request(target, MODEL, False), 8, cfg.warmup / 2)
     await drivers.streams(target.url, request(target, MODEL, True), 8, cfg.warmup / 2)
+    if target.name in SPEAKS_DIALECTS and any(s in DIALECT_SCENARIOS for s in cfg.scenarios):
+        for wire in dict.fromkeys(wire for wire, _ in DIALECT_SCENARIOS.values()):  # their modules imported, paths warm
+            await drivers.requests(wire.path(target.base), request(target, MODEL, False, wire), 4, cfg.warmup / 4)
+            await drivers.streams(wire.path(target.base), request(target, MODEL, True, wire), 4, cfg.warmup / 4,
+                                  expect_events=CONTENT_EVENTS, wire=wire)
 
 
 def flamegraph(target: Target, cfg: Settings) -> dict:
@@ -195,7 +200,7 @@ def flamegraph(target: Target, cfg: Settings) -> dict:
     load = None
     if proc.poll() is None:
         if cfg.use_wrk and wrk.available():
-            load = wrk.run(target.url, body(MODEL, False), target.key, 32, seconds)
+            load = wrk.run(target.url, CHAT.body(MODEL, False), CHAT.headers(target.key), 32, seconds)
         else:
             load = asyncio.run(drivers.requests(target.url, request(target, MODEL, False), 32, seconds))
     try:
@@ -239,6 +244,16 @@ def idle_cap(requested: int, nofile: int) -> tuple[int, str | None]:
     return cap, f"capped from {requested} to {cap}: RLIMIT_NOFILE is {nofile} and a proxy holds 2 fds per stream"
 
 
+def _speaking(name: str, targets: list[Target], results: dict) -> list[Target]:
+    """The targets a scenario runs on; the others get a note saying why it was skipped there."""
+    if name not in DIALECT_SCENARIOS:
+        return targets
+    for target in targets:
+        if target.name not in SPEAKS_DIALECTS:
+            results[target.name][name] = {"skipped": SKIP_REASON}
+    return [t for t in targets if t.name in SPEAKS_DIALECTS]
+
+
 async def _measure(targets: list[Target], cfg: Settings, idle_count: int, results: dict) -> None:
     for target in targets:
         target.rss_start_mb = target.rss()
@@ -247,14 +262,15 @@ async def _measure(targets: list[Target], cfg: Settings, idle_count: int, result
     for name in (s for s in cfg.scenarios if s in LOAD):
         rounds = cfg.repeat if name in REPEATED else 1
         runs: dict[str, list[dict]] = {target.name: [] for target in targets}
+        speaking = _speaking(name, targets, results)
         for number in range(rounds):
-            for target in targets if number % 2 == 0 else targets[::-1]:
+            for target in speaking if number % 2 == 0 else speaking[::-1]:
                 log(f"{name} -> {target.name}" + (f" (round {number + 1} of {rounds})" if rounds > 1 else ""))
                 runs[target.name].append(await scenario(name, target, cfg, idle_count))
                 if name == "c32" and cfg.flamegraph and target.name == "gateway" and number == 0:
                     results[target.name]["flamegraph"] = await asyncio.to_thread(flamegraph, target, cfg)
                 await asyncio.sleep(0.3)
-        for target in targets:
+        for target in speaking:
             results[target.name][name] = combine(runs[target.name])
     for target in targets:
         target.rss_end_mb = target.rss()

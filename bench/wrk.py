@@ -25,9 +25,10 @@ def version() -> str | None:
     return text[0] if text else None
 
 
-def run(url: str, body: bytes, key: str, concurrency: int, duration: float) -> dict:
+def run(url: str, body: bytes, headers: dict[str, str], concurrency: int, duration: float) -> dict:
     """One wrk run; the numbers come from post.lua's `done()` summary line."""
-    env = {**os.environ, "BENCH_BODY": body.decode(), "BENCH_KEY": key}
+    env = {**os.environ, "BENCH_BODY": body.decode(),
+           "BENCH_HEADERS": "\n".join(f"{name}: {value}" for name, value in headers.items())}
     seconds = max(int(round(duration)), 1)
     cmd = pinned(["wrk", "-t1", f"-c{concurrency}", f"-d{seconds}s", "--timeout", "10s",
                   "-s", str(SCRIPT), url], LOAD_CPU)
