@@ -134,6 +134,41 @@ class StreamTranslator(Protocol):
         """The end of the stream: its closing frames, or, given an error, the dialect's error frame."""
 
 
+class ChunkWalk:
+    """The walk over a chat chunk both translated streams share: the first chunk starts the
+    stream, usage is kept for the end, the first choice's delta is handed to `_take` and its
+    finish settles what waits. Subclasses write `_start`, `_take` and `_settle`."""
+
+    _started = False
+    _finish: str | None = None
+    _usage: ChatUsage | None = None
+
+    def feed(self, chunk: Chunk) -> bytes:
+        out = [] if self._started else [self._start(chunk)]
+        if chunk.usage is not None:
+            self._usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.index:
+                continue  # both dialects answer with one choice: chat's others (n > 1) have no place
+            delta = choice.delta
+            if delta is not None:
+                self._take(delta, out)
+            if choice.finish_reason:
+                self._finish = choice.finish_reason
+                out.append(self._settle())
+        return b"".join(out)
+
+    def _start(self, chunk: Chunk) -> bytes:
+        raise NotImplementedError
+
+    def _take(self, delta: Delta, out: list[bytes]) -> None:
+        """Append the frames one delta makes to `out`."""
+        raise NotImplementedError
+
+    def _settle(self) -> bytes:
+        raise NotImplementedError
+
+
 class Dialect(Protocol):
     name: str  # the record's `endpoint`, the metrics' route, and what adapters list in `Capabilities.dialects`
     id_header: str  # the response header carrying the request id the dialect's clients read

@@ -18,7 +18,7 @@ import os
 
 import orjson
 
-from proxy.dialects.base import ChatUsage, Chunk, ToolCallDelta
+from proxy.dialects.base import ChatUsage, Chunk, ChunkWalk, Delta, ToolCallDelta
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
           403: "permission_error", 404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
@@ -72,7 +72,7 @@ class _Call:
         self.pieces: list[str] = []
 
 
-class MessagesStream:
+class MessagesStream(ChunkWalk):
     """Per request: chat chunks in (`feed`), Messages frames out; `close` ends the stream."""
 
     def __init__(self, context) -> None:
@@ -82,31 +82,17 @@ class MessagesStream:
         self._open: str | _Call | None = None  # "text", "thinking", a tool call, or no block
         self._waiting: list[list] = []  # [kind or _Call, pieces]: blocks to write when the open one is done
         self._calls: dict[int, _Call] = {}
-        self._finish: str | None = None
-        self._usage: ChatUsage | None = None
 
     # -- in ------------------------------------------------------------------------------------
-    def feed(self, chunk: Chunk) -> bytes:
-        out = [] if self._started else [self._start(chunk)]
-        if chunk.usage is not None:
-            self._usage = chunk.usage
-        for choice in chunk.choices:
-            if choice.index:
-                continue  # Messages answers with one choice
-            delta = choice.delta
-            if delta is not None:
-                reasoning = delta.reasoning_content or delta.reasoning
-                if reasoning and self._context.thinking:
-                    out.append(self._piece("thinking", reasoning))
-                text = delta.content or delta.refusal
-                if text:
-                    out.append(self._piece("text", text))
-                for call in delta.tool_calls or ():
-                    out.append(self._tool(call))
-            if choice.finish_reason:
-                self._finish = choice.finish_reason
-                out.append(self._settle())
-        return b"".join(out)
+    def _take(self, delta: Delta, out: list[bytes]) -> None:
+        reasoning = delta.reasoning_content or delta.reasoning
+        if reasoning and self._context.thinking:
+            out.append(self._piece("thinking", reasoning))
+        text = delta.content or delta.refusal
+        if text:
+            out.append(self._piece("text", text))
+        for call in delta.tool_calls or ():
+            out.append(self._tool(call))
 
     def close(self, error) -> bytes:
         if error is not None:

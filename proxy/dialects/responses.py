@@ -4,11 +4,9 @@ Request → chat: `instructions` leads as a system message; `input` is a string 
 message) or items: messages (`developer` → system; text and image parts), `function_call` and
 `custom_tool_call` (assistant tool calls), their outputs (tool messages; images in a tool's output
 follow in a user message). `reasoning` items and item types this module does not know are
-dropped: a provider cannot use another's reasoning. Tools: `function` as chat functions; `custom`
-as a function of one string parameter `input` (its grammar, if any, told in the description);
-`namespace` tools flattened into functions named `NAMESPACE__NAME` (a namespace already ending
-in `__` is joined directly, as MCP names are). The answer maps each back: a custom tool's call is a
-`custom_tool_call`, a namespaced one a `function_call` with its `name` and `namespace`.
+dropped: a provider cannot use another's reasoning. Tools (`function`, `custom`, `namespace`) become
+chat functions, see `proxy.dialects.responses_tools`. The answer maps each back: a custom tool's
+call is a `custom_tool_call`, a namespaced one a `function_call` with its `name` and `namespace`.
 `tool_choice`, `parallel_tool_calls`, `max_output_tokens`, `temperature`, `top_p`,
 `reasoning.effort` (→ `reasoning_effort`, kept only for providers taking it, see `base.fit`) and
 `text.format` (→ `response_format`) are mapped; `store`, `include`, `truncation`, `service_tier`,
@@ -44,15 +42,12 @@ from proxy.dialects.responses_stream import (
     response_object,
     usage_json,
 )
+from proxy.dialects.responses_tools import NO_PARAMETERS, Tool, ToolChoice, flat_name, to_chat_tools, tool_choice
 from proxy.errors import InvalidRequest, ProxyError
 from proxy.providers.base import Native
 
 NAME = "responses"
 log = structlog.get_logger("proxy.dialects.responses")
-_CHAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what chat providers take as a function's name
-_CUSTOM_INPUT = msgspec.Raw(b'{"type":"object","properties":{"input":{"type":"string"}},'
-                            b'"required":["input"],"additionalProperties":false}')
-_NO_PARAMETERS = msgspec.Raw(b'{"type":"object","properties":{}}')
 _logged: set[str] = set()  # hosted tool types already logged as dropped (once per process)
 
 
@@ -75,28 +70,6 @@ class Item(msgspec.Struct):
     arguments: str | None = None
     input: str | None = None
     output: str | list[Part] | None = None
-
-
-class Grammar(msgspec.Struct):
-    type: str = "text"
-    syntax: str | None = None
-    definition: str | None = None
-
-
-class Tool(msgspec.Struct):
-    type: str
-    name: str = ""
-    description: str | None = None
-    parameters: msgspec.Raw = msgspec.Raw()
-    strict: bool | None = None
-    format: Grammar | None = None  # a custom tool's input format
-    tools: list[Tool] | None = None  # a namespace's
-
-
-class ToolChoice(msgspec.Struct):
-    type: str
-    name: str | None = None
-    mode: str | None = None
 
 
 class Format(msgspec.Struct):
@@ -205,14 +178,14 @@ def to_chat(body: Body, context: ResponsesContext) -> dict:
         chat["top_p"] = body.top_p
     if tools:
         chat["tools"] = tools
-        choice = _tool_choice(body.tool_choice, context)
+        choice = tool_choice(body.tool_choice, context)
         if choice is not None:
             chat["tool_choice"] = choice
         if body.parallel_tool_calls is not None:
             chat["parallel_tool_calls"] = body.parallel_tool_calls
     fmt = body.text and body.text.format
     if fmt is not None and fmt.type == "json_schema":
-        schema: dict = {"name": fmt.name, "schema": fmt.schema or _NO_PARAMETERS}
+        schema: dict = {"name": fmt.name, "schema": fmt.schema or NO_PARAMETERS}
         if fmt.description:
             schema["description"] = fmt.description
         if fmt.strict is not None:
@@ -327,59 +300,6 @@ def _call(item: Item, out: list[dict]) -> None:
             last["content"] = None
     else:
         out.append({"role": "assistant", "content": None, "tool_calls": [call]})
-
-
-def flat_name(namespace: str | None, name: str) -> str:
-    if not namespace:
-        return name
-    return namespace + name if namespace.endswith("__") else f"{namespace}__{name}"
-
-
-def to_chat_tools(tools, context: ResponsesContext, namespace: str | None = None, where: str = "tools") -> list:
-    out: list[dict] = []
-    for i, tool in enumerate(tools):
-        param = f"{where}[{i}]"
-        if tool.type == "namespace" and namespace is None:
-            out += to_chat_tools(tool.tools or (), context, tool.name, f"{param}.tools")
-        elif tool.type in ("function", "custom"):
-            name = flat_name(namespace, tool.name)
-            if not _CHAT_NAME.fullmatch(name) or name in context.names:
-                context.hosted(param, tool.type, f"the tool {name!r} (no chat function can carry its name)")
-                continue
-            context.names[name] = (namespace, tool.name, tool.type)
-            out.append(_function(name, tool))
-        else:
-            context.hosted(param, tool.type)
-    return out
-
-
-def _function(name: str, tool: Tool) -> dict:
-    function: dict = {"name": name}
-    description = tool.description or ""
-    if tool.type == "custom":
-        grammar = tool.format
-        if grammar is not None and grammar.type == "grammar" and grammar.definition:
-            description += (f"\n\nThe `input` string must follow this {grammar.syntax or ''} grammar:\n"
-                            f"{grammar.definition}")
-        function["parameters"] = _CUSTOM_INPUT
-    else:
-        function["parameters"] = tool.parameters or _NO_PARAMETERS
-        if tool.strict is not None:
-            function["strict"] = tool.strict
-    if description:
-        function["description"] = description
-    return {"type": "function", "function": function}
-
-
-def _tool_choice(choice: str | ToolChoice | None, context: ResponsesContext):
-    if choice is None or isinstance(choice, str):
-        return choice
-    if choice.type in ("function", "custom"):
-        return {"type": "function", "function": {"name": choice.name or ""}}
-    if choice.type == "allowed_tools":
-        return choice.mode or "auto"
-    context.hosted("tool_choice", choice.type)
-    return None
 
 
 # -- answer: chat → Responses ------------------------------------------------------------------

@@ -24,7 +24,7 @@ from __future__ import annotations
 import msgspec
 import orjson
 
-from proxy.dialects.base import ChatUsage, Chunk, ToolCallDelta
+from proxy.dialects.base import ChatUsage, Chunk, ChunkWalk, Delta, ToolCallDelta
 
 _encode = msgspec.json.encode  # the echoed parameters are msgspec.Raw: orjson cannot write them
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}  # chat finish → reason
@@ -124,7 +124,7 @@ class _Item:
         self.index = 0
 
 
-class ResponsesStream:
+class ResponsesStream(ChunkWalk):
     """Per request: chat chunks in (`feed`), Responses frames out; `close` ends the stream."""
 
     def __init__(self, context) -> None:
@@ -135,8 +135,6 @@ class ResponsesStream:
         self._open: _Item | None = None
         self._waiting: list[_Item] = []
         self._calls: dict[int, _Item] = {}
-        self._finish: str | None = None
-        self._usage: ChatUsage | None = None
 
     def _event(self, kind: str, members: dict) -> bytes:
         seq = self._seq
@@ -145,25 +143,13 @@ class ResponsesStream:
                          _encode({"type": kind, "sequence_number": seq, **members}), b"\n\n"))
 
     # -- in --------------------------------------------------------------------------------------
-    def feed(self, chunk: Chunk) -> bytes:
-        out = [] if self._started else [self._start(chunk)]
-        if chunk.usage is not None:
-            self._usage = chunk.usage
-        for choice in chunk.choices:
-            if choice.index:
-                continue  # a response has one answer
-            delta = choice.delta
-            if delta is not None:
-                if delta.content:
-                    out.append(self._text("output_text", delta.content))
-                if delta.refusal:
-                    out.append(self._text("refusal", delta.refusal))
-                for piece in delta.tool_calls or ():
-                    out.append(self._tool(piece))
-            if choice.finish_reason:
-                self._finish = choice.finish_reason
-                out.append(self._settle())
-        return b"".join(out)
+    def _take(self, delta: Delta, out: list[bytes]) -> None:
+        if delta.content:
+            out.append(self._text("output_text", delta.content))
+        if delta.refusal:
+            out.append(self._text("refusal", delta.refusal))
+        for piece in delta.tool_calls or ():
+            out.append(self._tool(piece))
 
     def close(self, error) -> bytes:
         out = [] if self._started else [self._start(Chunk())]

@@ -25,7 +25,6 @@ from proxy.errors import InvalidRequest
 from proxy.providers import base, chat
 from proxy.providers.base import Capabilities, Parsed, Target, UpstreamFailure, UpstreamRequest, Usage, speaks
 from proxy.providers.chat import ChatParams, ImagePart, Message, NamedChoice, ResponseFormat
-from proxy.streaming.sse import Decoder
 
 VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096
@@ -334,31 +333,17 @@ _HANDLERS = {"message_start": StreamParser._message_start, "content_block_start"
              "message_stop": StreamParser._message_stop, "error": StreamParser._error}
 
 
-class NativeParser:
+class NativeParser(base.RelayParser):
     """Messages events relayed as they came (the caller speaks Messages); usage, the stop reason
-    and errors read off them. Text and JSON deltas are counted by a byte scan, not decoded."""
+    and errors read off them. Text and JSON deltas are counted by their `event:` line, not decoded."""
 
-    __slots__ = ("_sse", "_tally", "usage", "model", "events", "content_events", "done", "finished", "error")
+    __slots__ = ("_tally",)
+    READ = frozenset({b"message_start", b"message_delta", b"message_stop", b"error"})
+    CONTENT = (b"content_block_delta",)
 
     def __init__(self) -> None:
-        self._sse = Decoder()
+        super().__init__()
         self._tally = _Usage()
-        self.usage: Usage | None = None
-        self.model: str | None = None
-        self.events = self.content_events = 0
-        self.done = self.finished = False
-        self.error: UpstreamFailure | None = None
-
-    def feed(self, chunk: bytes) -> bytes:
-        blocks = self._sse.feed(chunk)
-        for block in blocks:
-            if block.data is not None:
-                self.events += 1
-                if block.event == b"content_block_delta":
-                    self.content_events += 1
-                else:
-                    self._read(block.data)
-        return blocks[0].raw if len(blocks) == 1 else b"".join(block.raw for block in blocks)
 
     def _read(self, data: bytes) -> None:
         try:
@@ -380,9 +365,6 @@ class NativeParser:
             self.error = failure_of(ERROR_STATUS.get(error.type, 500), error)
         elif view.type == "content_block_delta":  # an event without its `event:` line
             self.content_events += 1
-
-    def close(self) -> bytes:
-        return b""
 
 
 def _json_mode(request) -> bool:

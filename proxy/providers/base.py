@@ -21,6 +21,8 @@ from typing import Protocol
 
 import msgspec
 
+from proxy.streaming.sse import Decoder
+
 
 class Capabilities(msgspec.Struct, frozen=True):
     """What a provider type can do, as data, so routing and relay never branch on names."""
@@ -125,6 +127,44 @@ class StreamParser(Protocol):
     def feed(self, chunk: bytes) -> bytes: ...
 
     def close(self) -> bytes: ...
+
+
+class RelayParser:
+    """A stream in the caller's own dialect, relayed as it came (a passthrough, see `speaks`),
+    with what the relay needs read off its events. Events named in `READ`, and any without an
+    `event:` line, are decoded by the subclass's `_read`; events whose name ends with one of
+    `CONTENT` count as output without being decoded, so the text deltas cost a byte compare."""
+
+    __slots__ = ("_sse", "usage", "model", "events", "content_events", "done", "finished", "error")
+    READ: frozenset[bytes] = frozenset()
+    CONTENT: tuple[bytes, ...] = ()
+
+    def __init__(self) -> None:
+        self._sse = Decoder()
+        self.usage: Usage | None = None
+        self.model: str | None = None
+        self.events = self.content_events = 0
+        self.done = self.finished = False
+        self.error: UpstreamFailure | None = None
+
+    def feed(self, chunk: bytes) -> bytes:
+        blocks = self._sse.feed(chunk)
+        for block in blocks:
+            if block.data is None:
+                continue
+            self.events += 1
+            kind = block.event
+            if kind is None or kind in self.READ:  # no `event:` line: the data says what it is
+                self._read(block.data)
+            elif kind.endswith(self.CONTENT):
+                self.content_events += 1
+        return blocks[0].raw if len(blocks) == 1 else b"".join(block.raw for block in blocks)
+
+    def _read(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def close(self) -> bytes:
+        return b""
 
 
 class Adapter(Protocol):

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import msgspec
 
-from proxy.providers.base import UpstreamFailure, Usage, kind_of_status
-from proxy.streaming.sse import Decoder
+from proxy.providers.base import RelayParser, UpstreamFailure, Usage, kind_of_status
 
 
 class _InputDetails(msgspec.Struct):
@@ -73,31 +72,12 @@ def _failure(code: str | None, message: str | None) -> UpstreamFailure:
                            kind=kind_of_status(status), code=code)
 
 
-class NativeParser:
+class NativeParser(RelayParser):
     """Responses events relayed as they came; usage, model, the end and failures read off them."""
 
-    __slots__ = ("_sse", "usage", "model", "events", "content_events", "done", "finished", "error")
-
-    def __init__(self) -> None:
-        self._sse = Decoder()
-        self.usage: Usage | None = None
-        self.model: str | None = None
-        self.events = self.content_events = 0
-        self.done = self.finished = False
-        self.error: UpstreamFailure | None = None
-
-    def feed(self, chunk: bytes) -> bytes:
-        blocks = self._sse.feed(chunk)
-        for block in blocks:
-            if block.data is None:
-                continue
-            self.events += 1
-            kind = block.event
-            if kind is None or kind in _READ:  # no `event:` line: the data says what it is
-                self._read(block.data)
-            elif kind.endswith(b".delta"):
-                self.content_events += 1
-        return blocks[0].raw if len(blocks) == 1 else b"".join(block.raw for block in blocks)
+    __slots__ = ()
+    READ = _READ
+    CONTENT = (b".delta",)
 
     def _read(self, data: bytes) -> None:
         try:
@@ -118,6 +98,3 @@ class NativeParser:
             if view.type == "response.failed":
                 failed = (response and response.error) or _Error()
                 self.error = _failure(failed.code, failed.message)
-
-    def close(self) -> bytes:
-        return b""

@@ -9,31 +9,21 @@ CLAUDE_CODE_BIN to use another. Without it these tests skip.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pathlib
-import shutil
 
 import orjson
 import pytest
 from aiohttp import web
 
 from proxy.auth import digest
+from tests.clis import find_cli, run_cli
 from tests.procs import GatewayProcess
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
 KEY = "claude-code-cli-key-0001"
 
 
-def _binary() -> str | None:
-    for candidate in (os.environ.get("CLAUDE_CODE_BIN"), str(ROOT / ".venv/claude-code/node_modules/.bin/claude"),
-                      shutil.which("claude")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
-CLAUDE = _binary()
+CLAUDE = find_cli("CLAUDE_CODE_BIN", ".venv/claude-code/node_modules/.bin/claude", "claude")
 pytestmark = pytest.mark.skipif(CLAUDE is None, reason="the Claude Code CLI is not installed (.ci/run installs it "
                                                        "under .venv/claude-code; or set CLAUDE_CODE_BIN)")
 
@@ -46,15 +36,8 @@ async def run_claude(gateway_url: str, workdir: pathlib.Path, prompt: str, model
            "ANTHROPIC_DEFAULT_SONNET_MODEL": model, "ANTHROPIC_DEFAULT_OPUS_MODEL": model,
            "ANTHROPIC_DEFAULT_HAIKU_MODEL": model, "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
            "DISABLE_AUTOUPDATER": "1"}
-    proc = await asyncio.create_subprocess_exec(CLAUDE, "-p", prompt, "--output-format", "json",
-                                                "--allowedTools", "Read", cwd=str(workdir), env=env,
-                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
+    _, out, err = await run_cli([CLAUDE, "-p", prompt, "--output-format", "json", "--allowedTools", "Read"],
+                                workdir, env)
     assert out, err.decode(errors="replace")[-2000:]
     return orjson.loads(out.splitlines()[-1])
 

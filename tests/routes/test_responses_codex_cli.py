@@ -1,33 +1,25 @@
-"""The real Codex CLI (`@openai/codex`, installed by deploy/tools/get-codex.sh, which .ci/run runs)
-against the gateway: `codex exec` with a custom provider, `wire_api = "responses"`. It completes a
-turn on MOCK, and on a translated OpenAI-wire provider it runs the tool call the model asks for
-and sends its output back. Skipped, saying why, where the CLI is not installed: nothing is
-downloaded at test time."""
+"""The real Codex CLI (`@openai/codex`, installed by deploy/tools/get-codex.sh, which .ci/run
+runs; CODEX_BIN names another) against the gateway: `codex exec` with a custom provider,
+`wire_api = "responses"`. It completes a turn on MOCK, and on a translated OpenAI-wire provider
+it runs the tool call the model asks for and sends its output back. Skipped, saying why, where
+the CLI is not installed: nothing is downloaded at test time."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import pathlib
-import shutil
 
 import orjson
 import pytest
 
+from tests.clis import find_cli, run_cli
 from tests.conftest import openai_provider
 from tests.fakes.openai_responses import call, text
 from tests.routes.test_responses import ScriptedOpenAI, chat_turn
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-
-
-def codex_binary() -> str | None:
-    found = ROOT / ".venv" / "bin" / "codex"
-    return str(found) if found.exists() else shutil.which("codex")
-
-
+CODEX = find_cli("CODEX_BIN", ".venv/bin/codex", "codex")
 pytestmark = pytest.mark.skipif(
-    codex_binary() is None,
+    CODEX is None,
     reason="the Codex CLI is not installed: deploy/tools/get-codex.sh installs @openai/codex from npm (.ci/run does)")
 
 
@@ -50,17 +42,9 @@ env_key = "GATEWAY_KEY"
 wire_api = "responses"
 ''')
     env = {**os.environ, "CODEX_HOME": str(home), "GATEWAY_KEY": "caller-key", "HOME": str(home)}
-    proc = await asyncio.create_subprocess_exec(
-        codex_binary(), "exec", "--json", "--skip-git-repo-check", "--sandbox", "danger-full-access", prompt,
-        cwd=work, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE)
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode == 0, err.decode()[-2000:]
+    status, out, err = await run_cli([CODEX, "exec", "--json", "--skip-git-repo-check", "--sandbox",
+                                      "danger-full-access", prompt], work, env)
+    assert status == 0, err.decode()[-2000:]
     return [orjson.loads(line) for line in out.splitlines() if line.startswith(b"{")]
 
 
