@@ -123,6 +123,7 @@ class ModelInfo(_Struct):
     modalities: tuple[Modality, ...] = ("text",)
     quality: Quality | None = None
     providers: tuple[str, ...] = ()  # provider types that serve it under this name
+    reasoning: bool = False  # takes `reasoning_effort` (other models answer a request carrying it with a 400)
 
 
 class AutoModel(_Struct):
@@ -175,6 +176,12 @@ def hosted_bundle() -> _HostedBundle:
 def models_bundle() -> _ModelsBundle:
     """The bundled model metadata (immutable; read once)."""
     return msgspec.json.decode(_data("models.json"), type=_ModelsBundle)
+
+
+def reasoning_model(model: str) -> bool:
+    """The bundled catalog marks `model` as one that takes `reasoning_effort`."""
+    info = models_bundle().models.get(model)
+    return info is not None and info.reasoning
 
 
 def _resolve(spec: HostedModel, hardware: dict[str, Hardware]) -> dict:

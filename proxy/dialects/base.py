@@ -18,6 +18,7 @@ from typing import Protocol
 
 import msgspec
 
+from proxy import catalog
 from proxy.errors import InvalidRequest, ProxyError, UpstreamError
 from proxy.providers.base import speaks
 from proxy.streaming.sse import Decoder
@@ -205,10 +206,17 @@ def fit(request, context: Context, routes: list) -> list:
         routes = [route for route in routes if speaks(route.provider.adapter.caps, request)]
         if not routes:
             raise context.refusal
-    if context.reasoning and not all(route.provider.adapter.caps.reasoning or speaks(route.provider.adapter.caps,
-                                                                                     request) for route in routes):
+    if context.reasoning and not all(_takes_effort(route, request) for route in routes):
         request.fields.pop("reasoning_effort", None)
     return routes
+
+
+def _takes_effort(route, request) -> bool:
+    """The route's provider takes `reasoning_effort` for its model: a provider declaring it, for a
+    model the catalog marks as reasoning (gpt-4o and its kind refuse the field with a 400), or one
+    that is passed the caller's own request."""
+    caps = route.provider.adapter.caps
+    return speaks(caps, request) or (caps.reasoning and catalog.reasoning_model(route.model))
 
 
 def passthrough(request, route) -> bool:

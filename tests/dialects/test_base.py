@@ -80,7 +80,8 @@ class _Provider:
 
 
 class _Route:
-    def __init__(self, **caps) -> None:
+    def __init__(self, model: str = "o3-mini", **caps) -> None:
+        self.model = model
         self.provider = _Provider(**caps)
 
 
@@ -103,7 +104,11 @@ def test_fit_keeps_only_native_routes_for_a_refused_translation_or_raises_it():
 
 @pytest.mark.parametrize(("routes", "kept"), [
     ([{"reasoning": True}], True), ([{"dialects": frozenset({"messages"})}], True),
-    ([{"reasoning": True}, {}], False)])
+    ([{"reasoning": True}, {}], False),
+    ([{"reasoning": True, "model": "gpt-4o"}], False),  # not a reasoning model: it would answer a 400
+    ([{"reasoning": True, "model": "my-deployment"}], False),  # unknown to the catalog: not risked
+    ([{"reasoning": True, "model": "o1"}, {"reasoning": True, "model": "o4-mini"}], True),
+    ([{"dialects": frozenset({"messages"}), "model": "gpt-4o"}], True)])  # passed through as the caller sent it
 def test_fit_drops_reasoning_effort_unless_every_route_takes_it(routes, kept):
     context = Context()
     context.reasoning = True
