@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from typing import Literal
 
 import msgspec
 import orjson
@@ -73,7 +74,7 @@ class Tool(msgspec.Struct):
 
 
 class ToolChoice(msgspec.Struct):
-    type: str = "auto"
+    type: Literal["auto", "any", "tool", "none"] = "auto"  # refused at decode, also where no tool is given
     name: str | None = None
     disable_parallel_tool_use: bool | None = None
 
@@ -304,11 +305,8 @@ def to_chat_tools(body: Body, refuse: _Refusals) -> dict:
         return out
     if choice.type == "tool":
         out["tool_choice"] = {"type": "function", "function": {"name": choice.name or ""}}
-    elif choice.type in ("auto", "any", "none"):
-        out["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[choice.type]
     else:
-        raise InvalidRequest(f"tool_choice.type {choice.type!r} is not one of auto, any, tool, none",
-                             param="tool_choice.type")
+        out["tool_choice"] = {"auto": "auto", "any": "required", "none": "none"}[choice.type]
     if choice.disable_parallel_tool_use and choice.type != "none":
         out["parallel_tool_calls"] = False
     return out

@@ -94,6 +94,14 @@ def test_tools_and_tool_choice(choice, expected):
     assert {k: chat[k] for k in ("tool_choice", "parallel_tool_calls") if k in chat} == expected
 
 
+@pytest.mark.parametrize("tools", [[TOOL], []])
+def test_an_unknown_tool_choice_type_is_a_400_with_or_without_tools(tools):
+    body = {"model": "m", "max_tokens": 10, "messages": ASK, "tools": tools, "tool_choice": {"type": "sometimes"}}
+    with pytest.raises(InvalidRequest) as err:
+        DIALECT.request(orjson.dumps(body), {}, operation="count_tokens")
+    assert err.value.param == "tool_choice.type"
+
+
 @pytest.mark.parametrize(("thinking", "effort"), [
     ({"type": "enabled", "budget_tokens": 1024}, "low"), ({"type": "enabled", "budget_tokens": 8000}, "medium"),
     ({"type": "enabled", "budget_tokens": 32000}, "high"), ({"type": "disabled"}, None),
