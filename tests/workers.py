@@ -21,7 +21,7 @@ async def start_workers(home, workers: int = 2, env: dict | None = None, provide
               "drain": {"acceptSeconds": 0, "deadlineSeconds": 5, "flushSeconds": 0.5}}
     gw = GatewayProcess(home, config, log_level="warning", env=env)
     gw.config["listen"]["workers"] = workers
-    await gw.start()
+    await gw.start(timeout=30.0)  # N processes to start: on a loaded 2-core host 15 s was missed once
     return gw
 
 
