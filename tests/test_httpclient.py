@@ -125,6 +125,21 @@ async def test_connections_are_kept_alive_and_reused(wire, client):
     assert w.connections == 1 and len(w.requests) == 20
 
 
+async def test_only_a_connection_idle_a_while_is_asked_whether_its_peer_closed(wire, client, monkeypatch):
+    """The socket check (a syscall that hands the GIL to other threads) is for connections that sat
+    idle long enough for a provider's keep-alive timer; one answered moments ago is reused as is."""
+    asked = []
+    real = client._peer_closed
+    monkeypatch.setattr(client, "_peer_closed", lambda fd: asked.append(fd) or real(fd))
+    w = await wire(OK)
+    for _ in range(5):
+        assert await _body(await _post(client, w.url + "/x")) == b"{}"
+    assert asked == []  # back to back: fresh each time
+    await asyncio.sleep(httpclient._FRESH_IDLE * 2)
+    assert await _body(await _post(client, w.url + "/x")) == b"{}"
+    assert len(asked) == 1 and w.connections == 1
+
+
 async def test_concurrent_requests_each_get_a_connection_then_share_the_pool(wire, client):
     async def slow(writer):
         await asyncio.sleep(0.05)
