@@ -1,4 +1,4 @@
-"""Who is calling (DESIGN §3): caller keys as SHA-256 hashes, the fallback key, dev mode, admin.
+"""Who is calling (docs/configuration.md): caller keys as SHA-256 hashes, the fallback key, dev mode, admin.
 
 Raw key material is only ever hashed; hashes are compared with `hmac.compare_digest`.
 """

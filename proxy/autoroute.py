@@ -1,4 +1,4 @@
-"""Cost routing (Cast AI's ROUTE mode, DESIGN §5.4 and §11): pick the model by price and quality.
+"""Cost routing (Cast AI's ROUTE mode, docs/providers.md, routing): pick the model by price and quality.
 
 It applies when the request names `auto` or a configured alias (`catalog.autoModels`), or sends
 `X-Router-Quality-Weight`. The candidates are the models that have a price and a quality score

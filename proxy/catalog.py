@@ -1,4 +1,4 @@
-"""The two catalogs (DESIGN §2) and the model facts cost routing reads.
+"""The two catalogs (docs/dialects.md, endpoints) and the model facts cost routing reads.
 
 * Hosted model specs: self-hostable models with the hardware that fits them and what it costs
   (`proxy/data/hosted_models.json`).
@@ -185,7 +185,7 @@ def reasoning_model(model: str) -> bool:
 
 
 def _resolve(spec: HostedModel, hardware: dict[str, Hardware]) -> dict:
-    """A spec as the endpoint lists it (DESIGN §2), with its memory computed."""
+    """A spec as the endpoint lists it (docs/dialects.md, endpoints), with its memory computed."""
     regions = [r for key in spec.hardware for r in hardware[key].regions] + list(spec.regions)
     return {
         "model": spec.model, "description": spec.description, "cpu": spec.cpu,

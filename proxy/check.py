@@ -10,8 +10,19 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-from proxy.config import Config, load
+from proxy.config import Config, ConfigError, load
 from proxy.vault import last4
+
+
+def listen_check(cfg: Config) -> None:
+    """A listener off loopback needs caller keys or key verification: refuse to start without."""
+    from proxy.auth import is_loopback
+
+    if not cfg.auth.keys and not cfg.auth.castai_verification and not is_loopback(cfg.listen.host):
+        raise ConfigError(
+            f"refusing to listen on {cfg.listen.host} with no caller keys: add auth.keys to the config "
+            "file (see `ai-enabler-proxy hash-key`) or enable auth.castaiVerification, "
+            "or listen on 127.0.0.1 for local development")
 
 
 def masked_url(url: str) -> str:
@@ -68,13 +79,12 @@ def describe(cfg: Config) -> list[str]:
 def command(args) -> int:
     """Exit 0 and the summary when the config would serve; a `ConfigError` otherwise (main
     prints it and exits 2)."""
-    from proxy.cli import _listen_check
     from proxy.config import ConfigError
     from proxy.errors import ProxyError
     from proxy.registry import validate
 
     cfg = load(args.config)
-    _listen_check(cfg)
+    listen_check(cfg)
     try:
         validate(cfg.providers, cfg.security.allow_private_upstreams)
     except ProxyError as exc:

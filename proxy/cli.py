@@ -17,16 +17,6 @@ from proxy.metrics_share import share_across_workers
 log = structlog.get_logger("proxy")
 
 
-def _listen_check(cfg: Config) -> None:
-    from proxy.auth import is_loopback
-
-    if not cfg.auth.keys and not cfg.auth.castai_verification and not is_loopback(cfg.listen.host):
-        raise ConfigError(
-            f"refusing to listen on {cfg.listen.host} with no caller keys: add auth.keys to the config "
-            "file (see `ai-enabler-proxy hash-key`) or enable auth.castaiVerification, "
-            "or listen on 127.0.0.1 for local development")
-
-
 async def _serve(cfg: Config, reuse_port: bool) -> None:
     from aiohttp import web
 
@@ -105,7 +95,9 @@ def _worker(cfg_raw: bytes, reuse_port: bool) -> None:
 
 
 def serve(cfg: Config) -> int:
-    _listen_check(cfg)
+    from proxy.check import listen_check
+
+    listen_check(cfg)
     workers = cfg.listen.workers
     raw = msgspec.json.encode(cfg)
     if workers == 1:

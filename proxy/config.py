@@ -160,7 +160,7 @@ class Routing(_Struct):
 
 
 class Telemetry(_Struct):
-    """Usage records: batching, the disk spool, the sinks (DESIGN §7, RELIABILITY policy 1)."""
+    """Usage records: batching, the disk spool, the sinks (docs/records.md, RELIABILITY policy 1)."""
 
     batch_size: Annotated[int, Meta(ge=1, le=100_000)] = 500  # a sink gets a batch every N records…
     flush_ms: Annotated[int, Meta(ge=1)] = 1000  # …or every T ms

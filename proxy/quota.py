@@ -1,4 +1,4 @@
-"""Per-key limits (DESIGN §3, §11): requests per minute, tokens per minute and a USD budget.
+"""Per-key limits (docs/configuration.md): requests per minute, tokens per minute and a USD budget.
 
 A key's limits come from its config entry (`rpm`, `tpm`, `budgetUsd`); a budget set through
 the admin API (`/v1/llm/api-keys/{id}/budget`) replaces the config's `budgetUsd`, and 0 there

@@ -1,4 +1,4 @@
-"""Choosing providers for a model (DESIGN §5): candidates, order, circuit state.
+"""Choosing providers for a model (docs/providers.md, routing): candidates, order, circuit state.
 
 Order: hosted before not hosted; within a tier, the lowest in-flight per unit of weight (random
 among equals); providers whose circuit is open go last, never dropped, so an outage of every

@@ -1,4 +1,4 @@
-"""Cast AI key verification (DESIGN §3, §11), behind `auth.castaiVerification`.
+"""Cast AI key verification (docs/configuration.md), behind `auth.castaiVerification`.
 
 A caller key the config does not know is sent to ``POST {API_URL}/ai-optimizer/v1beta/
 api-keys:verify`` in `X-API-Key`, with the body ``{}``: 200 ``{"organizationId": …}`` is valid,

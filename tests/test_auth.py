@@ -1,4 +1,4 @@
-"""Authentication (DESIGN §3, RELIABILITY R27): the matrix, dev mode, admin, constant-time checks."""
+"""Authentication (docs/configuration.md, RELIABILITY R27): the matrix, dev mode, admin, constant-time checks."""
 
 from __future__ import annotations
 

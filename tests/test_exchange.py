@@ -1,4 +1,4 @@
-"""The usage record of one request: every field of DESIGN §11, written exactly once."""
+"""The usage record of one request: every field of docs/records.md, written exactly once."""
 
 from __future__ import annotations
 

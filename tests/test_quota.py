@@ -1,4 +1,4 @@
-"""Per-key limits through the gateway (DESIGN §3, §11): RPM, TPM and budget, their 429s, the
+"""Per-key limits through the gateway (docs/configuration.md): RPM, TPM and budget, their 429s, the
 fast path of keys without limits, and limits shared by two gateways on one Redis."""
 
 from __future__ import annotations

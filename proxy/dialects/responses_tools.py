@@ -12,12 +12,10 @@ is a hosted tool: `context.hosted` refuses or drops it.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
 
 import msgspec
 
-if TYPE_CHECKING:
-    from proxy.dialects.responses import ResponsesContext
+from proxy.dialects.base import Context
 
 _CHAT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # what chat providers take as a function's name
 _CUSTOM_INPUT = msgspec.Raw(b'{"type":"object","properties":{"input":{"type":"string"}},'
@@ -53,7 +51,7 @@ def flat_name(namespace: str | None, name: str) -> str:
     return namespace + name if namespace.endswith("__") else f"{namespace}__{name}"
 
 
-def to_chat_tools(tools, context: ResponsesContext, namespace: str | None = None, where: str = "tools") -> list:
+def to_chat_tools(tools, context: Context, namespace: str | None = None, where: str = "tools") -> list:
     out: list[dict] = []
     for i, tool in enumerate(tools):
         param = f"{where}[{i}]"
@@ -89,7 +87,7 @@ def _function(name: str, tool: Tool) -> dict:
     return {"type": "function", "function": function}
 
 
-def tool_choice(choice: str | ToolChoice | None, context: ResponsesContext):
+def tool_choice(choice: str | ToolChoice | None, context: Context):
     if choice is None or isinstance(choice, str):
         return choice
     if choice.type in ("function", "custom"):

@@ -1,6 +1,6 @@
 """The catalogs: `GET /ai-optimizer/v1beta/hosted-model-specs` and `GET /v1/llm/openai/supported-providers`.
 
-Any valid caller key may read them (DESIGN §11), and so may the admin key. Both page with `limit`
+Any valid caller key may read them (docs/records.md), and so may the admin key. Both page with `limit`
 and `cursor` and answer `{"items": [...], "nextCursor": ...}`; an unknown query parameter is a 400.
 The hosted specs filter on `provider`, `quantization`, `cloud`, `region` and `maxMemoryMib`;
 `cloud` and `region` also narrow each item's `regions` to the ones that match.

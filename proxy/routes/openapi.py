@@ -1,4 +1,4 @@
-"""`GET /openapi.json`: the OpenAPI 3.1 document of the whole HTTP surface (DESIGN §2).
+"""`GET /openapi.json`: the OpenAPI 3.1 document of the whole HTTP surface (docs/dialects.md, endpoints).
 
 The document is a file in the package (`proxy/data/openapi.json`), read once and served as
 bytes; tests/routes/test_openapi.py checks it names every route the app serves.

@@ -1,4 +1,4 @@
-"""GET /ui: the usage and savings dashboard (DESIGN §2), static files shipped in `proxy/ui/`.
+"""GET /ui: the usage and savings dashboard (docs/dialects.md, endpoints), static files shipped in `proxy/ui/`.
 
 The page and its assets hold no data, so they need no key; the page asks for the admin key
 itself and sends it as `X-API-Key` to the data calls (`/v1/llm/usage`, `/v1/llm/providers`).

@@ -1,4 +1,4 @@
-"""GET /v1/llm/usage: the usage and savings report over a window (admin key; DESIGN §8, §11).
+"""GET /v1/llm/usage: the usage and savings report over a window (admin key; docs/records.md, the report).
 
     ?from=&to=&groupBy=model|provider|apiKey|tag|tag:KEY&filter=FIELD=VALUE,…[&interval=1m|5m|1h|1d…]
 Parameters as in `proxy.telemetry.report`; the SQL runs on the usage store's own thread. With

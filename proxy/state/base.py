@@ -1,4 +1,4 @@
-"""The one interface to state that replicas may share (DESIGN §10).
+"""The one interface to state that replicas may share (docs/deploy.md).
 
     Store                       what a gateway reads and writes beyond its own request
     ├── EmbeddedStore           this process: memory, budgets and spend in SQLite (proxy.state.memory)

@@ -1,4 +1,4 @@
-"""The Redis store: state every replica shares (DESIGN §10).
+"""The Redis store: state every replica shares (docs/deploy.md).
 
 Keys (all under the prefix, default ``aiep:``; one key id's keys share a hash tag, so a
 script touching them runs on one Redis Cluster slot):

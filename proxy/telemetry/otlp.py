@@ -4,10 +4,10 @@ The OTLP/JSON rules (opentelemetry-proto docs/specification.md, "JSON Protobuf E
 lowerCamelCase field names; 64-bit integers (`timeUnixNano`, `intValue`) as decimal strings;
 enums as integers (`severityNumber`); trace and span ids, when present, as hex (none are sent).
 One log record per usage record: `timeUnixNano` is the request's time, `body` a fixed string,
-and the record's fields (DESIGN §11, camelCase) are the attributes, each an AnyValue; a field
+and the record's fields (docs/records.md, camelCase) are the attributes, each an AnyValue; a field
 with no value is an empty AnyValue. The resource names the service, its version and the cluster.
 
-`OtlpSink` posts a batch gzip-compressed and classifies the answer (OTLP/HTTP spec, DESIGN §7):
+`OtlpSink` posts a batch gzip-compressed and classifies the answer (OTLP/HTTP spec, docs/records.md):
     2xx                  taken (a `partialSuccess` is counted as dropped: it must not be retried)
     413                  the batch is split in halves, down to single records
     408, 429, 5xx        Retryable, with the answer's Retry-After

@@ -1,4 +1,4 @@
-"""The usage record: one per request, exactly once (DESIGN §7 and §11)."""
+"""The usage record: one per request, exactly once (docs/records.md)."""
 
 from __future__ import annotations
 

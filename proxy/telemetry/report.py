@@ -1,4 +1,4 @@
-"""The usage and savings report (DESIGN §8), computed in SQL over the local usage store.
+"""The usage and savings report (docs/records.md, the report), computed in SQL over the local usage store.
 
     groupBy  model    the model served (the one requested when none was served)
              provider the provider's name
@@ -140,7 +140,7 @@ def iso(ts: float) -> str:
 
 
 def run(db, query: Query) -> dict:
-    """The report as the JSON document of DESIGN §11 (runs on the store's connection)."""
+    """The report as the JSON document of docs/records.md (runs on the store's connection)."""
     where, params = _where(query)
     sql, extra = _group_sql(query, where)
     groups = [_figures(key, values) for key, *values in db.execute(sql, [*extra, *params])]

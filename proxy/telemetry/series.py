@@ -1,4 +1,4 @@
-"""Usage over time (DESIGN §8): the report's figures per time bucket and group, computed in SQL.
+"""Usage over time (docs/records.md, the report): the report's figures per time bucket and group, computed in SQL.
 
     interval  N then s, m, h or d (`1m`, `5m`, `1h`, `1d`). Buckets are aligned to multiples of
               the interval since the Unix epoch: bucket b holds [b × seconds, (b + 1) × seconds), the

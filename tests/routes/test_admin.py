@@ -1,4 +1,4 @@
-"""Provider registration through the control plane (DESIGN §4, issue point 5)."""
+"""Provider registration through the control plane (docs/providers.md, issue point 5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`/v1/llm/api-keys/{id}/budget` (DESIGN §2): read, set, drop; enforced at once, on every replica."""
+"""`/v1/llm/api-keys/{id}/budget` (docs/dialects.md, endpoints): read, set, drop; enforced at once, on every replica."""
 
 from __future__ import annotations
 

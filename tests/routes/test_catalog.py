@@ -1,5 +1,5 @@
 """The two catalog endpoints over real loopback HTTP: shapes (checked against JSON schemas of
-DESIGN §2), filters, paging, caller-key auth and OpenAI-shaped errors."""
+docs/dialects.md, endpoints), filters, paging, caller-key auth and OpenAI-shaped errors."""
 
 from __future__ import annotations
 

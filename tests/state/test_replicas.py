@@ -1,4 +1,4 @@
-"""Three gateway processes sharing one Redis (DESIGN §10): exact limits, budgets and live
+"""Three gateway processes sharing one Redis (docs/deploy.md): exact limits, budgets and live
 registrations across replicas, through `python -m proxy serve` on loopback ports."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The usage record: the camelCase wire names of DESIGN §11, round trip."""
+"""The usage record: the camelCase wire names of docs/records.md, round trip."""
 
 from __future__ import annotations
 
