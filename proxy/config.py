@@ -351,7 +351,7 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Confi
     if path is None:
         from proxy.providers.mock import demo_item
 
-        cfg = Config(providers=(demo_item(),), demo=True)
+        cfg = Config(providers=(msgspec.convert(demo_item(), ProviderItem),), demo=True)
     else:
         file = pathlib.Path(path)
         try:

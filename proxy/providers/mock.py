@@ -153,8 +153,7 @@ class Adapter(OpenAIAdapter):
         return MockResponse(200, chunks, stream=True, delay=0.05 if "slow" in words else 0.0)
 
 
-def demo_item():
-    """The provider of the embedded defaults: the demo model `mock-gpt`."""
-    from proxy.config import ProviderItem
-
-    return ProviderItem(name="mock", supported_provider="MOCK", models=("mock-gpt",), is_hosted=True)
+def demo_item() -> dict:
+    """The provider of the embedded defaults, as a registration item: the demo model `mock-gpt`.
+    Plain data, so the config that decodes it is not imported from here."""
+    return {"name": "mock", "supportedProvider": "MOCK", "models": ["mock-gpt"], "isHosted": True}

@@ -177,7 +177,7 @@ class Store(abc.ABC):
         Redis URL (CACHE_URL, else the Redis store's own), else in this process's memory."""
         url = self.cache_url
         if url and url.startswith(REDIS_SCHEMES):
-            from proxy.state.redis import cache_backend
+            from proxy.state.clients import cache_backend
 
-            return cache_backend(url, namespace)
+            return cache_backend(url, namespace, BytesSerializer())
         return SimpleMemoryCache(serializer=BytesSerializer(), namespace=namespace)

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import NamedTuple
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit, urlunsplit
 
+from aiocache.backends.redis import RedisCache
 from redis import asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import parse_url
@@ -117,3 +118,13 @@ def connect(target: Target, **extra):
         guard["password"] = sentinel_password or None
     sentinels = Sentinel(list(target.hosts), sentinel_kwargs={**TIMEOUTS, **guard})
     return sentinels.master_for(target.service, **options)
+
+
+def cache_backend(url: str, namespace: str, serializer) -> RedisCache:
+    """An aiocache Redis cache for `url` (its prefix goes before the namespace)."""
+    target = parse(url)
+    cache = RedisCache(serializer=serializer, namespace=f"{target.prefix}cache:{namespace}")
+    # aiocache builds a single-server client from host and port; this one follows Sentinel and
+    # Cluster too (the unused pool it made holds no connection)
+    cache.client = connect(target)
+    return cache

@@ -27,12 +27,10 @@ import time
 
 import msgspec
 import structlog
-from aiocache.backends.redis import RedisCache
-from aiocache.base import BaseCache
 from redis import exceptions as redis_errors
 
 from proxy.state import clients, scripts
-from proxy.state.base import BytesSerializer, Rule, StateUnavailable, Store, Verdict
+from proxy.state.base import Rule, StateUnavailable, Store, Verdict
 from proxy.state.bus import Bus
 from proxy.state.memory import BUDGET_RETRY_AFTER
 from proxy.state.outage import Batch, Fallback
@@ -57,16 +55,6 @@ def guarded(method):
             raise StateUnavailable(f"the Redis store failed: {type(exc).__name__}: {exc}") from exc
 
     return call
-
-
-def cache_backend(url: str, namespace: str) -> BaseCache:
-    """An aiocache Redis cache of bytes for `url` (its prefix goes before the namespace)."""
-    target = clients.parse(url)
-    cache = RedisCache(serializer=BytesSerializer(), namespace=f"{target.prefix}cache:{namespace}")
-    # aiocache builds a single-server client from host and port; this one follows Sentinel and
-    # Cluster too (the unused pool it made holds no connection)
-    cache.client = clients.connect(target)
-    return cache
 
 
 class _Row(msgspec.Struct, rename="camel"):
