@@ -23,7 +23,7 @@ import time
 import orjson
 
 from proxy import providers
-from proxy import request as decoding
+from proxy.dialects import completions as decoding
 
 EVENTS = 100  # content events per stream, as the bench's mock sends
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 import structlog
 from aiohttp import web
 
-from proxy import limits, server
 from proxy.config import Config
+from proxy.control import admin, budget, health, models, openapi, ui, usage
+from proxy.control import catalogs as catalog
+from proxy.edge import journal, limits, server
 from proxy.errors import InvalidRequest, NotFound, PayloadTooLarge, ProxyError
-from proxy.exchange import new_id
 from proxy.gateway import GATEWAY, Gateway
-from proxy.routes import admin, budget, catalog, chat, health, messages, models, openapi, responses, ui, usage
-from proxy.telemetry import journal
+from proxy.pipeline import messages_api as messages
+from proxy.pipeline import responses_api as responses
+from proxy.pipeline import serve as chat
+from proxy.pipeline.outcome import new_id
 
 log = structlog.get_logger("proxy.app")
 

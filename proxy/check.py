@@ -11,12 +11,12 @@ from __future__ import annotations
 from urllib.parse import urlsplit, urlunsplit
 
 from proxy.config import Config, ConfigError, load
-from proxy.vault import last4
+from proxy.upstream.vault import last4
 
 
 def listen_check(cfg: Config) -> None:
     """A listener off loopback needs caller keys or key verification: refuse to start without."""
-    from proxy.auth import is_loopback
+    from proxy.pipeline.auth import is_loopback
 
     if not cfg.auth.keys and not cfg.auth.castai_verification and not is_loopback(cfg.listen.host):
         raise ConfigError(
@@ -81,7 +81,7 @@ def command(args) -> int:
     prints it and exits 2)."""
     from proxy.config import ConfigError
     from proxy.errors import ProxyError
-    from proxy.registry import validate
+    from proxy.upstream.registry import validate
 
     cfg = load(args.config)
     listen_check(cfg)

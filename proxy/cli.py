@@ -12,7 +12,7 @@ import structlog
 
 from proxy import __version__
 from proxy.config import Config, ConfigError, load
-from proxy.metrics_share import share_across_workers
+from proxy.metrics.share import share_across_workers
 
 log = structlog.get_logger("proxy")
 
@@ -20,20 +20,21 @@ log = structlog.get_logger("proxy")
 async def _serve(cfg: Config, reuse_port: bool) -> None:
     from aiohttp import web
 
-    from proxy import logs, supervisor
+    from proxy import logs
     from proxy.app import build, build_health
-    from proxy.drain import Drain
+    from proxy.edge import supervisor
+    from proxy.edge.drain import Drain
+    from proxy.edge.server import Runner
     from proxy.gateway import GATEWAY
-    from proxy.server import Runner
 
     logs.configure(cfg.log_level)
     app = build(cfg)
     gw = app[GATEWAY]
     drain = Drain(gw, cfg.drain)
     drain.install(app)
-    # The drain owns the deadlines (proxy.drain); aiohttp's own shutdown wait is a backstop.
+    # The drain owns the deadlines (proxy.edge.drain); aiohttp's own shutdown wait is a backstop.
     # Runner: aiohttp's, plus header/keep-alive limits, the connection cap and the header and
-    # body deadlines (proxy.server, RELIABILITY R21-R24).
+    # body deadlines (proxy.edge.server, RELIABILITY R21-R24).
     runner = Runner(app, cfg.limits, handler_cancellation=True, access_log=None, shutdown_timeout=2)
     gw.metrics.registry.register(runner.guard.collector())
     await runner.setup()
@@ -104,11 +105,11 @@ def serve(cfg: Config) -> int:
         _worker(raw, reuse_port=False)
         return 0
     from proxy import logs
-    from proxy.supervisor import Supervisor
+    from proxy.edge.supervisor import Supervisor
 
     logs.configure(cfg.log_level)
     share_across_workers()  # before the workers start: one /metrics answer for the group
-    return Supervisor(_worker, (raw, True), workers).run()  # restarts workers that die (proxy.supervisor)
+    return Supervisor(_worker, (raw, True), workers).run()  # restarts workers that die (proxy.edge.supervisor)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -139,7 +140,7 @@ def _hash_key(key: str | None) -> int:
     """Print a key's sha256. A key on the command line lands in shell history and `ps`, so `-` or
     no key reads it from stdin instead: one line, or a prompt without echo when stdin is a terminal.
     A key read so loses surrounding white space, as the gateway drops it from a presented key."""
-    from proxy.auth import digest
+    from proxy.pipeline.auth import digest
 
     if key is None and sys.stdin.isatty():
         import getpass
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         return _hash_key(args.key)
     try:
         if args.command == "report":
-            from proxy.telemetry.report import command
+            from proxy.control.report import command
 
             return command(args)
         if args.command == "check":
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             workers=getattr(args, "workers", None) or listen.workers,
         )
         cfg = msgspec.structs.replace(cfg, listen=listen)
-        from proxy import aiohttp_support
+        from proxy.edge import aiohttp_support
 
         if (problem := aiohttp_support.problem()) is not None:  # before any worker starts
             print(f"ai-enabler-proxy: cannot start: {problem}", file=sys.stderr)

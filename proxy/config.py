@@ -15,9 +15,9 @@ import msgspec
 import yaml
 from msgspec import Meta
 
-from proxy import egress
-from proxy.catalog import CatalogConfig
-from proxy.telemetry.prices import Price
+from proxy.catalog.prices import Price
+from proxy.catalog.specs import CatalogConfig
+from proxy.net import egress
 
 
 class ConfigError(Exception):
@@ -71,7 +71,7 @@ class Auth(_Struct):
 
 
 class Cache(_Struct):
-    """The response cache (proxy.cache): off unless enabled here, and then per request opt-in."""
+    """The response cache (proxy.pipeline.cache): off unless enabled here, and then per request opt-in."""
 
     enabled: bool = False
     ttl: Annotated[float, Meta(gt=0)] = 300.0
@@ -115,13 +115,13 @@ class ProviderItem(_Struct):
     weight: int = 1
     headers: dict[str, str] = {}
     timeouts: ProviderTimeouts | None = None
-    proxy: str | None = None  # egress proxy URL for this provider; "" = direct (proxy.egress)
+    proxy: str | None = None  # egress proxy URL for this provider; "" = direct (proxy.net.egress)
     no_proxy: tuple[str, ...] | None = None
     tls: ProviderTLS | None = None
 
 
 class Egress(_Struct):
-    """Outbound calls through a forward proxy and with extra trust (proxy.egress); None: from the env."""
+    """Outbound calls through a forward proxy and with extra trust (proxy.net.egress); None: from the env."""
 
     proxy: str | None = None
     no_proxy: tuple[str, ...] | None = None

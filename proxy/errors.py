@@ -17,11 +17,11 @@
     │   └── UpstreamOverloaded      503 service_unavailable / upstream_overloaded (+ Retry-After)
     └── UpstreamTimeout             504 timeout / upstream_timeout
 
-A provider's error answer keeps its class when no candidate is left (`proxy.upstream.error_for`):
+A provider's error answer keeps its class when no candidate is left (`proxy.upstream.dispatch.error_for`):
 429 stays RateLimited (code upstream_rate_limited), an overload is UpstreamOverloaded, a timeout
 UpstreamTimeout, other 5xx UpstreamError, its own 400/404 keep their status.
 
-Client-library exceptions are translated in `proxy.upstream`, once, with ``raise … from``.
+Client-library exceptions are translated in `proxy.upstream.dispatch`, once, with ``raise … from``.
 """
 
 from __future__ import annotations

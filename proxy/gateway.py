@@ -5,18 +5,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy import state
-from proxy.auth import Authenticator
-from proxy.cache import ResponseCache
+from proxy.catalog.prices import Prices
 from proxy.config import Config
-from proxy.metrics import Metrics
-from proxy.quota import Quota
-from proxy.registry import Registry
-from proxy.router import Router
-from proxy.telemetry.pipeline import UsagePipeline
-from proxy.telemetry.prices import Prices
-from proxy.upstream import Upstream
-from proxy.vault import Vault
-from proxy.verify import Verifier
+from proxy.metrics.prometheus import Metrics
+from proxy.pipeline.auth import Authenticator
+from proxy.pipeline.cache import ResponseCache
+from proxy.pipeline.quota import Quota
+from proxy.pipeline.verify import Verifier
+from proxy.telemetry.delivery import UsagePipeline
+from proxy.upstream.dispatch import Upstream
+from proxy.upstream.registry import Registry
+from proxy.upstream.router import Router
+from proxy.upstream.vault import Vault
 
 
 class Gateway:

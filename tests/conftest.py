@@ -95,10 +95,10 @@ def openai_provider(fake: FakeOpenAI, name: str = "fake", models=("gpt-4o-mini",
 @pytest.fixture
 async def served(tmp_path):
     """Like `gateway`, but served the way `ai-enabler-proxy serve` serves it: through
-    `proxy.server.Runner` (header limits, keep-alive, connection cap, header and body deadlines)."""
+    `proxy.edge.server.Runner` (header limits, keep-alive, connection cap, header and body deadlines)."""
     from aiohttp import web
 
-    from proxy.server import Runner
+    from proxy.edge.server import Runner
 
     runners, sessions = [], []
 

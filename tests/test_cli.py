@@ -13,7 +13,7 @@ import urllib.request
 
 import pytest
 
-from proxy.auth import digest
+from proxy.pipeline.auth import digest
 
 
 def _free_port() -> int:

@@ -11,7 +11,7 @@ import urllib.parse
 import pytest
 import yaml
 
-from proxy.auth import digest
+from proxy.pipeline.auth import digest
 from tests.conftest import openai_provider
 from tests.sweep import SEPARATORS, Needles, canary, pattern, scan_files
 

@@ -2,12 +2,12 @@
 
 `proxy/providers/` is the way out (one adapter per provider wire); this package is the way in
 (one dialect per client API the gateway answers besides OpenAI chat). Every dialect request runs
-the chat pipeline (`proxy.routes.chat.serve(http_request, "chat", DIALECT)`): auth, quotas,
+the chat pipeline (`proxy.pipeline.serve.serve(http_request, "chat", DIALECT)`): auth, quotas,
 routing, failover, relay, records and metrics are chat's; the record's `endpoint` and the
 metrics' route are the dialect's `name`. A dialect is sans-IO, like an adapter:
 
     request(body, headers) -> (ChatRequest, Context)
-        The caller's body as an OpenAI chat request (`proxy.request.parse` of the chat body the
+        The caller's body as an OpenAI chat request (`proxy.dialects.completions.parse` of the chat body the
         dialect writes, so it is checked like any chat request), with `request.native` set to a
         `providers.base.Native` holding the body as it came; a 400 names the dialect's field.
         The Context (a subclass of `base.Context`) keeps what the answer needs.
@@ -42,7 +42,7 @@ Adding a dialect: a module here with a `DIALECT` object of the shape above (see 
 its routes in `proxy/routes/` calling `chat.serve(http_request, "chat", DIALECT)`, the paths in
 `proxy.app.add_routes` and `proxy.app.dialect_of` (errors raised before the handler, such as a
 503 at admission, are framed by path), the journal's recorded paths
-(`proxy.telemetry.journal`), `proxy/data/openapi.json`, and `dialects=` on the adapters that
+(`proxy.edge.journal`), `proxy/data/openapi.json`, and `dialects=` on the adapters that
 speak it natively.
 """
 

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import msgspec
 
-from proxy import catalog
+from proxy.catalog import specs as catalog
 from proxy.errors import InvalidRequest, ProxyError, UpstreamError
 from proxy.providers.base import speaks
 from proxy.streaming.sse import Decoder
@@ -310,7 +310,7 @@ class DialectStream:
 
 
 class Replayed:
-    """A cached chat answer (proxy.cache) served to a dialect's caller, translated as a live one is."""
+    """A cached chat answer (proxy.pipeline.cache) served to a dialect's caller, translated as a live one is."""
 
     __slots__ = ("_dialect", "_context", "headers")
 

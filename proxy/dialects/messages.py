@@ -29,13 +29,13 @@ from typing import Literal
 import msgspec
 import orjson
 
-from proxy import request as decoding
 from proxy.dialects import base
+from proxy.dialects import completions as decoding
 from proxy.dialects.base import Completion, Context
 from proxy.dialects.messages_stream import MessagesStream, error_type, message_id, stop_reason, usage_json
 from proxy.errors import InvalidRequest, ProxyError
 from proxy.providers.base import Native
-from proxy.providers.chat import present
+from proxy.providers.chat_shapes import present
 
 NAME = "messages"
 PASSED_HEADERS = ("anthropic-version", "anthropic-beta")  # forwarded to a provider speaking Messages

@@ -30,8 +30,8 @@ from collections.abc import Mapping
 import msgspec
 import structlog
 
-from proxy import request as decoding
 from proxy.dialects import base
+from proxy.dialects import completions as decoding
 from proxy.dialects.base import Completion, Context
 from proxy.dialects.responses_stream import (
     ECHOED,

@@ -22,9 +22,10 @@ from collections.abc import Mapping
 import msgspec
 
 from proxy.errors import InvalidRequest
-from proxy.providers import base, chat
+from proxy.providers import base
+from proxy.providers import chat_shapes as chat
 from proxy.providers.base import Capabilities, Parsed, Target, UpstreamFailure, UpstreamRequest, Usage, speaks
-from proxy.providers.chat import ChatParams, ImagePart, Message, NamedChoice, ResponseFormat
+from proxy.providers.chat_shapes import ChatParams, ImagePart, Message, NamedChoice, ResponseFormat
 
 VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 4096

@@ -1,7 +1,7 @@
 """The adapter interface every provider implements, and the records it exchanges.
 
 Adapters are sans-IO: they build the upstream request and parse bytes. They never touch a
-session, retry, log or emit telemetry; `proxy.upstream` owns the I/O. Surface:
+session, retry, log or emit telemetry; `proxy.upstream.dispatch` owns the I/O. Surface:
 
     build_request(target, request) -> UpstreamRequest
     parse_response(request, body) -> Parsed
@@ -106,7 +106,7 @@ class UpstreamFailure(msgspec.Struct):
     status: int
     message: str
     # auth | rate_limit | overloaded | timeout | server | client | not_found: the client sees its
-    # class when no candidate is left (proxy.upstream.error_for)
+    # class when no candidate is left (proxy.upstream.dispatch.error_for)
     kind: str
     retry_after: float | None = None
     code: str | None = None

@@ -26,10 +26,11 @@ from urllib.parse import quote
 import msgspec
 
 from proxy.errors import InvalidRequest
-from proxy.providers import anthropic, base, chat
+from proxy.providers import anthropic, base
+from proxy.providers import chat_shapes as chat
 from proxy.providers.base import Capabilities, Parsed, Target, UpstreamFailure, UpstreamRequest, Usage
 from proxy.providers.bedrock_embeddings import from_bedrock_embeddings, to_bedrock_embeddings
-from proxy.providers.chat import ChatParams, NamedChoice
+from proxy.providers.chat_shapes import ChatParams, NamedChoice
 from proxy.providers.gemini_embeddings import read_embedding_params
 
 FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls",

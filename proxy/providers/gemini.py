@@ -26,9 +26,10 @@ from urllib.parse import quote, urlsplit
 import msgspec
 
 from proxy.errors import InvalidRequest
-from proxy.providers import base, chat
+from proxy.providers import base
+from proxy.providers import chat_shapes as chat
 from proxy.providers.base import Capabilities, Parsed, Target, UpstreamFailure, UpstreamRequest, Usage
-from proxy.providers.chat import ChatParams, ImagePart, Message, NamedChoice
+from proxy.providers.chat_shapes import ChatParams, ImagePart, Message, NamedChoice
 from proxy.providers.gemini_embeddings import from_gemini_embeddings, read_embedding_params, to_gemini_embeddings
 
 DEFAULT_URL = "https://generativelanguage.googleapis.com/v1beta"

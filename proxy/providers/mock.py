@@ -39,7 +39,7 @@ _body = msgspec.json.Decoder(_Body)
 
 
 class MockResponse:
-    """The same small surface as `proxy.httpclient.Response`."""
+    """The same small surface as `proxy.upstream.httpclient.Response`."""
 
     def __init__(self, status: int, chunks: list[bytes], *, stream: bool, delay: float = 0.0):
         self.status = status

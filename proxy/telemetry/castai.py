@@ -23,8 +23,9 @@ import aiohttp
 import orjson
 import structlog
 
-from proxy import __version__, egress
+from proxy import __version__
 from proxy.config import Config, resolve_secret
+from proxy.net import egress
 from proxy.telemetry.otlp import SERVICE, OtlpSink
 
 log = structlog.get_logger("proxy.telemetry")

@@ -28,8 +28,9 @@ import msgspec
 import orjson
 import structlog
 
-from proxy import __version__, egress
+from proxy import __version__
 from proxy.config import Config
+from proxy.net import egress
 from proxy.providers.base import retry_after_seconds
 from proxy.telemetry.lane import Retryable
 from proxy.telemetry.record import UsageRecord

@@ -1,1 +1,1 @@
-"""The usage and savings dashboard's static files (served by `proxy.routes.ui`; no build step)."""
+"""The usage and savings dashboard's static files (served by `proxy.control.ui`; no build step)."""

@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 
 from proxy import providers
-from proxy import request as decoding
+from proxy.dialects import completions as decoding
 from proxy.streaming.sse import Decoder
 from tests.fakes import eventstream
 

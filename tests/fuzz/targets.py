@@ -5,7 +5,7 @@ gateway's own 4xx errors (request path) or its error types (stream path)."""
 from __future__ import annotations
 
 from proxy import providers
-from proxy import request as decoding
+from proxy.dialects import completions as decoding
 from proxy.errors import ProxyError
 from proxy.providers.base import Target
 

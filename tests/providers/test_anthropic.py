@@ -11,11 +11,11 @@ import orjson
 import pytest
 
 from proxy import providers
+from proxy.dialects.completions import parse
 from proxy.errors import InvalidRequest
 from proxy.providers import anthropic
 from proxy.providers.base import Target
-from proxy.providers.chat import Message
-from proxy.request import parse
+from proxy.providers.chat_shapes import Message
 from tests.fakes.replay import all_cassettes, body_bytes, chat_request, load, translate_stream
 
 ADAPTER = providers.adapter("ANTHROPIC")

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from proxy.dialects.completions import parse
 from proxy.providers import adapter
 from proxy.providers.base import Target
-from proxy.request import parse
 
 
 def test_azure_url_and_header():

@@ -11,10 +11,11 @@ import openai
 import orjson
 import pytest
 
-from proxy import netguard, providers
+from proxy import providers
+from proxy.dialects.completions import parse
+from proxy.net import netguard
 from proxy.providers import credentials
 from proxy.providers.base import Target
-from proxy.request import parse
 from tests.conftest import ADMIN_KEY
 from tests.fakes import eventstream
 from tests.fakes.aws import FakeBedrock, FakeSTS
@@ -256,8 +257,8 @@ async def test_titan_embeddings_are_signed_with_web_identity_keys(gateway, aws):
 
 
 def test_common_bedrock_models_are_priced_and_catalogued():
-    from proxy import catalog
-    from proxy.telemetry.prices import Prices
+    from proxy.catalog import specs as catalog
+    from proxy.catalog.prices import Prices
 
     prices, models = Prices(), catalog.models_bundle().models
     for model, per_million in [("anthropic.claude-3-5-haiku-20241022-v1:0", 0.8), ("amazon.nova-lite-v1:0", 0.06),

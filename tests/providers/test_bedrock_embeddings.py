@@ -7,9 +7,9 @@ import orjson
 import pytest
 
 from proxy import providers
+from proxy.dialects.completions import parse
 from proxy.errors import InvalidRequest
 from proxy.providers.base import Target
-from proxy.request import parse
 
 ADAPTER = providers.adapter("BEDROCK")
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from proxy.dialects.completions import parse
 from proxy.providers import adapter
 from proxy.providers.base import Target
-from proxy.request import parse
 
 REQ = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"stream":true}'
 

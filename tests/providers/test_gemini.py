@@ -15,10 +15,10 @@ import orjson
 import pytest
 
 from proxy import providers
+from proxy.dialects.completions import parse
 from proxy.errors import InvalidRequest
 from proxy.providers import gemini
 from proxy.providers.base import Target
-from proxy.request import parse
 from tests.fakes.replay import all_cassettes, body_bytes, chat_request, load, translate_stream
 
 ADAPTER = providers.adapter("GEMINI")

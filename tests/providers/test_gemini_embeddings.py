@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from proxy import providers
+from proxy.dialects.completions import parse
 from proxy.errors import InvalidRequest
 from proxy.providers.base import Target, Usage
-from proxy.request import parse
 from tests.fakes.replay import all_cassettes, body_bytes, chat_request, load
 
 ADAPTER = providers.adapter("GEMINI")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import orjson
 
+from proxy.dialects.completions import parse
 from proxy.providers.base import Target
 from proxy.providers.openai import Adapter, PassthroughParser
-from proxy.request import parse
 from tests.fakes.openai import Behaviour, stream_events
 
 TARGET = Target("p", "https://api.example/v1/", "sk-test", None, {"X-Static": "1"})

@@ -8,10 +8,10 @@ import pytest
 
 from proxy import providers
 from proxy.config import ProviderItem
+from proxy.dialects.completions import parse
 from proxy.errors import InvalidRequest
 from proxy.providers.base import Target
-from proxy.registry import validate
-from proxy.request import parse
+from proxy.upstream.registry import validate
 
 ADAPTER = providers.adapter("VERTEXAIGEMINI")
 URL = "https://us-central1-aiplatform.googleapis.com/v1/projects/p-1/locations/us-central1"

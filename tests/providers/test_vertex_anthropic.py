@@ -11,10 +11,10 @@ import orjson
 import pytest
 
 from proxy import providers
+from proxy.dialects.completions import parse
 from proxy.errors import InvalidRequest
 from proxy.providers import cloud
 from proxy.providers.base import Target
-from proxy.request import parse
 from tests.fakes.google import BASE
 
 ADAPTER = providers.adapter("VERTEXAIANTHROPIC")

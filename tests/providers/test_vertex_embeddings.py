@@ -7,8 +7,8 @@ import orjson
 import pytest
 
 from proxy import providers
+from proxy.dialects.completions import parse
 from proxy.providers.base import Target
-from proxy.request import parse
 
 ADAPTER = providers.adapter("VERTEXAIGEMINI")
 URL = "https://us-central1-aiplatform.googleapis.com/v1/projects/p-1/locations/us-central1"

@@ -1,4 +1,4 @@
-"""HTTP hygiene on the served gateway (proxy.server): header limits (R21), slowloris and slow POST
+"""HTTP hygiene on the served gateway (proxy.edge.server): header limits (R21), slowloris and slow POST
 (R22), the connection cap and idle keep-alive (R23), request smuggling and malformed HTTP (R24)."""
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy.auth import digest
+from proxy.pipeline.auth import digest
 
 
 def _canary() -> str:

@@ -7,7 +7,7 @@ import asyncio
 import os
 import time
 
-from proxy.auth import digest
+from proxy.pipeline.auth import digest
 from tests.conftest import ADMIN_KEY
 
 MOCK = {"name": "mock", "supportedProvider": "MOCK", "models": ["mock-gpt", "gpt-4o-mini"], "isHosted": True}

@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 import pytest
 
-from proxy.auth import digest
+from proxy.pipeline.auth import digest
 from tests.conftest import ADMIN_KEY, REDIS_URL
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from proxy import __version__
 from proxy.config import Config
-from proxy.metrics import Metrics
+from proxy.metrics.prometheus import Metrics
 from proxy.telemetry import castai
 from tests.fakes.castai import FakeCastAI
 from tests.telemetry.helpers import until

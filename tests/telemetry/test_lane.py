@@ -7,7 +7,7 @@ import concurrent.futures
 import time
 
 from proxy.config import Telemetry
-from proxy.metrics import Metrics
+from proxy.metrics.prometheus import Metrics
 from proxy.telemetry import writer
 from proxy.telemetry.lane import Backoff, Lane, Retryable
 from proxy.telemetry.spool import Spool

@@ -10,7 +10,7 @@ import pytest
 
 from proxy import __version__
 from proxy.config import Config
-from proxy.metrics import Metrics
+from proxy.metrics.prometheus import Metrics
 from proxy.telemetry import otlp
 from proxy.telemetry.deadletter import DeadLetter
 from proxy.telemetry.lane import Retryable

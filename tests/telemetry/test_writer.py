@@ -7,7 +7,7 @@ import os
 import threading
 import time
 
-from proxy.metrics import Metrics
+from proxy.metrics.prometheus import Metrics
 from proxy.telemetry import writer
 from proxy.telemetry.spool import Spool
 from tests.telemetry.helpers import record

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from proxy.telemetry.prices import Price, Prices
+from proxy.catalog.prices import Price, Prices
 from tests.conftest import ADMIN_KEY
 from tests.telemetry.helpers import record
 from tests.ui.conftest import in_browser

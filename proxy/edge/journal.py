@@ -1,0 +1,109 @@
+"""The in-flight journal, and telemetry's admission gate, as one middleware on the data plane.
+
+Journal: a chat or embeddings request is journalled when it arrives (a BEGIN frame, written by
+the same spool writer as the records, so no request waits for it) and closed by its usage record
+(or an END frame). After a crash every request that began and never closed is reported as
+`aborted_unknown`: it may have reached the provider and been charged, and nothing else will
+report it. The middleware does not read the body, so such a record carries the caller, the
+route and the header tags (`X-Tags`, `X-LiteLLM-Tags`), and an empty model.
+
+Gate (RELIABILITY policy 1): with `telemetry.whenFull: reject`, new requests get 503 with
+Retry-After while their record could not be kept: the spool at its cap, or the disk refusing
+writes.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import os
+import time
+
+import msgspec
+from aiohttp import web
+
+from proxy.dialects import tags as tagging
+from proxy.errors import ProxyError, Unavailable
+from proxy.telemetry.record import UsageRecord, stamp
+
+_RECORDED = ("/chat/completions", "/embeddings", "/messages", "/responses")
+_RETRY_AFTER_S = 5
+
+
+_PREFIX = os.urandom(6).hex()  # one per process: slots stay unique across restarts
+_COUNTER = itertools.count(1)
+
+
+class Slot:
+    """One journalled request; closed by its record or by the end of its handler."""
+
+    __slots__ = ("id", "closed")
+
+    def __init__(self) -> None:
+        self.id = f"{_PREFIX}{next(_COUNTER):012x}"  # segments.SLOT_BYTES wide
+        self.closed = False
+
+
+CURRENT: contextvars.ContextVar[Slot | None] = contextvars.ContextVar("usage_slot", default=None)
+
+
+class Begin(msgspec.Struct, omit_defaults=True):
+    ts: float
+    route: str
+    caller: str | None = None
+    tags: str | None = None
+
+
+_begin = msgspec.json.Decoder(Begin)
+
+
+RESOLVED = web.RequestKey("proxy.pipeline.auth.resolved", object)  # what the journal found of the caller; reused
+
+
+def begin_info(http_request: web.Request, auth) -> Begin:
+    headers = http_request.headers
+    tags = ",".join(v for name in tagging.HEADERS if (v := headers.get(name))) or None
+    found = http_request[RESOLVED] = auth.resolve(headers)
+    caller = None if found is None or isinstance(found, str) else found.id
+    path = http_request.path
+    route = "embeddings" if path.endswith("/embeddings") else "messages" if path.endswith("/messages") else "chat"
+    if path.endswith("/responses"):
+        route = "responses"
+    return Begin(ts=time.time(), route=route, caller=caller, tags=tags)
+
+
+def aborted(slot: str, body: bytes, cluster_id: str | None) -> UsageRecord:
+    """The record of a request that began before a crash and never ended."""
+    begin = _begin.decode(body)
+    try:
+        tags = tagging.merge(None, {"X-Tags": begin.tags}) if begin.tags else []
+    except ProxyError:
+        tags = []
+    return UsageRecord(
+        id=slot, time=stamp(begin.ts), cluster_id=cluster_id,
+        api_key_id=begin.caller, provider=None, provider_type=None, provider_key_last4=None,
+        model_requested="", model_served=None, stream=False, status="aborted_unknown",
+        error_type="gateway_restarted", tags=tags, ts=begin.ts, endpoint=begin.route)
+
+
+def middleware(gw):
+    """The journal and gate for `gw`'s data plane (chat and embeddings POSTs)."""
+
+    @web.middleware
+    async def journal(http_request: web.Request, handler):
+        if http_request.method != "POST" or not http_request.path.endswith(_RECORDED):
+            return await handler(http_request)
+        batcher = gw.batcher
+        if batcher.refusing:
+            raise Unavailable("usage records cannot be kept right now, so requests are refused "
+                              "(telemetry.whenFull: reject)", retry_after=_RETRY_AFTER_S,
+                              code="usage_recording_unavailable")
+        slot = batcher.begin(begin_info(http_request, gw.auth))
+        token = CURRENT.set(slot)
+        try:
+            return await handler(http_request)
+        finally:
+            CURRENT.reset(token)
+            batcher.end(slot)
+
+    return journal
