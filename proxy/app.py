@@ -8,13 +8,16 @@ from aiohttp import web
 from proxy.config import Config
 from proxy.control import admin, budget, health, models, openapi, ui, usage
 from proxy.control import catalogs as catalog
-from proxy.edge import journal, limits, server
+from proxy.edge import limits, server
+from proxy.edge.server import error_response
 from proxy.errors import InvalidRequest, NotFound, PayloadTooLarge, ProxyError
 from proxy.gateway import GATEWAY, Gateway
 from proxy.pipeline import messages_api as messages
 from proxy.pipeline import responses_api as responses
 from proxy.pipeline import serve as chat
 from proxy.pipeline.outcome import new_id
+from proxy.pipeline.parts import PARTS
+from proxy.telemetry import journal
 
 log = structlog.get_logger("proxy.app")
 
@@ -32,7 +35,7 @@ def dialect_of(path: str):
 
 def _error(error: ProxyError, path: str) -> web.Response:
     dialect = dialect_of(path)
-    return chat.error_response(error, None if dialect is None else new_id(), dialect)
+    return error_response(error, None if dialect is None else new_id(), dialect)
 
 
 def _status_error(exc: web.HTTPException) -> ProxyError:
@@ -79,7 +82,7 @@ def add_routes(app: web.Application) -> None:
     for prefix in ("/anthropic/v1", "/v1"):  # the Messages API (Anthropic's SDK and Claude Code)
         app.router.add_post(f"{prefix}/messages", messages.create)
         app.router.add_post(f"{prefix}/messages/count_tokens", messages.count_tokens)
-    app.router.add_get("/anthropic/v1/models", messages.models)
+    app.router.add_get("/anthropic/v1/models", models.messages_models)
     for prefix in ("/openai/v1", "/v1", ""):  # the Responses API (OpenAI's Agents SDK and Codex)
         app.router.add_post(f"{prefix}/responses", responses.create)
     app.router.add_get("/healthz", health.healthz)
@@ -113,6 +116,7 @@ def build(cfg: Config, gateway: Gateway | None = None) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=cfg.limits.max_body_bytes)
     gw = gateway or Gateway(cfg)
     app[GATEWAY] = gw
+    app[PARTS] = gw.parts
     limits.install(app, cfg.limits, gw.metrics)  # fast 503s: in-flight and memory caps
     app.middlewares.append(journal.middleware(gw))  # in-flight journal; whenFull: reject gate
 

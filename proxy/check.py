@@ -11,7 +11,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit, urlunsplit
 
 from proxy.config import Config, ConfigError, load
-from proxy.upstream.vault import last4
+from proxy.keys import last4
 
 
 def listen_check(cfg: Config) -> None:

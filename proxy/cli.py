@@ -140,7 +140,7 @@ def _hash_key(key: str | None) -> int:
     """Print a key's sha256. A key on the command line lands in shell history and `ps`, so `-` or
     no key reads it from stdin instead: one line, or a prompt without echo when stdin is a terminal.
     A key read so loses surrounding white space, as the gateway drops it from a presented key."""
-    from proxy.pipeline.auth import digest
+    from proxy.keys import digest
 
     if key is None and sys.stdin.isatty():
         import getpass

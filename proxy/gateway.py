@@ -10,6 +10,7 @@ from proxy.config import Config
 from proxy.metrics.prometheus import Metrics
 from proxy.pipeline.auth import Authenticator
 from proxy.pipeline.cache import ResponseCache
+from proxy.pipeline.parts import Parts
 from proxy.pipeline.quota import Quota
 from proxy.pipeline.verify import Verifier
 from proxy.telemetry.delivery import UsagePipeline
@@ -39,6 +40,8 @@ class Gateway:
         self.store = self.telemetry.store
         self.batcher = self.telemetry.batcher
         self.upstream = Upstream(cfg, self.router, self.metrics)
+        self.parts = Parts(cfg, self.auth, self.quota, self.cache, self.router, self.registry, self.upstream,
+                           self.prices, self.metrics, self.batcher)  # what the request pipeline works with
         self.ready = False
         self.draining = False
 

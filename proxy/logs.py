@@ -39,7 +39,7 @@ audit_log = structlog.wrap_logger(None, wrapper_class=structlog.make_filtering_b
 def admin_id(gw, headers) -> str:
     """Which admin key made a change: a config key's `id`, or `admin_key` for ADMIN_API_KEY /
     `auth.adminKey` (which has no id). Called after the key was accepted."""
-    from proxy.pipeline.auth import digest, presented_key
+    from proxy.keys import digest, presented_key
 
     hashed = digest(presented_key(headers) or "")
     for key in gw.cfg.auth.keys:

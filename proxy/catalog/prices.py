@@ -8,11 +8,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-
-class Price(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
-    input: float  # USD per 1M prompt tokens
-    output: float  # USD per 1M completion tokens
-    cached_input: float | None = None
+from proxy.config import Price
 
 
 class _Table(msgspec.Struct):

@@ -8,8 +8,8 @@ from aiohttp import web
 from proxy.config import ProviderItem
 from proxy.errors import InvalidRequest
 from proxy.gateway import GATEWAY
+from proxy.keys import last4
 from proxy.logs import audit
-from proxy.upstream.vault import last4
 
 
 class _Registration(msgspec.Struct, forbid_unknown_fields=True):

@@ -42,7 +42,7 @@ Adding a dialect: a module here with a `DIALECT` object of the shape above (see 
 its routes in `proxy/routes/` calling `chat.serve(http_request, "chat", DIALECT)`, the paths in
 `proxy.app.add_routes` and `proxy.app.dialect_of` (errors raised before the handler, such as a
 503 at admission, are framed by path), the journal's recorded paths
-(`proxy.edge.journal`), `proxy/data/openapi.json`, and `dialects=` on the adapters that
+(`proxy.telemetry.journal`), `proxy/data/openapi.json`, and `dialects=` on the adapters that
 speak it natively.
 """
 

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import msgspec
 
-from proxy.catalog import specs as catalog
+from proxy.config.catalog import reasoning_model
 from proxy.errors import InvalidRequest, ProxyError, UpstreamError
 from proxy.providers.base import speaks
 from proxy.streaming.sse import Decoder
@@ -216,7 +216,7 @@ def _takes_effort(route, request) -> bool:
     model the catalog marks as reasoning (gpt-4o and its kind refuse the field with a 400), or one
     that is passed the caller's own request."""
     caps = route.provider.adapter.caps
-    return speaks(caps, request) or (caps.reasoning and catalog.reasoning_model(route.model))
+    return speaks(caps, request) or (caps.reasoning and reasoning_model(route.model))
 
 
 def passthrough(request, route) -> bool:

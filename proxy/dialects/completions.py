@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from proxy.errors import InvalidRequest
+from proxy.providers.base import ChatRequest
 
 _fields = msgspec.json.Decoder(dict[str, msgspec.Raw])
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -100,40 +101,6 @@ _VIEWS = {"chat": msgspec.json.Decoder(_Chat), "embeddings": msgspec.json.Decode
 # One decoder per known field, used only to name the field when the view's decode failed.
 _BY_FIELD = {kind: {f.encode_name: msgspec.json.Decoder(f.type) for f in msgspec.structs.fields(view)}
              for kind, view in (("chat", _Chat), ("embeddings", _Embeddings))}
-_encode = msgspec.json.encode
-_TRUE_USAGE = msgspec.Raw(b'{"include_usage":true}')
-
-
-class ChatRequest:
-    """An OpenAI chat or embeddings request, decoded just enough to route and record it."""
-
-    __slots__ = ("kind", "fields", "model", "stream", "wants_usage", "tags", "native")
-
-    def __init__(self, kind: str, fields: dict[str, msgspec.Raw], model: str, stream: bool,
-                 wants_usage: bool, tags: list[str] | None) -> None:
-        self.kind = kind
-        self.fields = fields
-        self.model = model
-        self.stream = stream
-        self.wants_usage = wants_usage
-        self.tags = tags
-        self.native = None  # an inbound dialect's own request (providers.base.Native), for a passthrough
-
-    def decode(self, name: str, type_, default=None):
-        """Decode one field fully (for adapters that translate)."""
-        raw = self.fields.get(name)
-        if raw is None:
-            return default
-        return msgspec.json.decode(raw, type=type_)
-
-    def openai_body(self, model: str, *, ask_usage: bool) -> bytes:
-        """The body for an OpenAI-wire upstream: our own fields out, the served model in."""
-        fields = self.fields
-        out = {k: v for k, v in fields.items() if k != "tags"}
-        out["model"] = model
-        if self.stream and ask_usage and not self.wants_usage:
-            out["stream_options"] = _TRUE_USAGE
-        return _encode(out)
 
 
 def _decode_fields(body: bytes) -> dict[str, msgspec.Raw]:

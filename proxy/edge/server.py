@@ -352,6 +352,9 @@ class Runner(web.AppRunner):
         return GuardedServer(await super()._make_server(), self.guard)
 
 
+_JSON = "application/json"
+
+
 class Closing(web.Response):
     """An answer after which its connection closes, the request's body left unread: once it is
     written, our half of the stream ends too, so the client sees the answer end and hangs up
@@ -395,3 +398,13 @@ def framing_error(http_request: web.BaseRequest) -> ProxyError | None:
                                   status=501, code="not_implemented")
     return None
 
+
+def error_response(error: ProxyError, request_id: str | None = None, dialect=None) -> web.Response:
+    headers = error.headers()
+    body = error.to_json() if dialect is None else dialect.error_body(error)
+    if request_id:
+        headers["X-Request-Id"] = request_id
+        if dialect is not None:
+            headers[dialect.id_header] = request_id
+    kind = Closing if error.closes else web.Response  # the rest of the body is not read: close
+    return kind(status=error.status, body=body, content_type=_JSON, headers=headers)

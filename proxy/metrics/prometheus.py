@@ -177,10 +177,10 @@ class Metrics:
                                      registry=r)
 
     # -- the request path ------------------------------------------------------------------
-    def finished(self, ex, record, latency: float) -> None:
-        """Count one answered request. Only registered providers and models become label
-        values; anything else is `other`, so a caller cannot grow the series."""
-        registry = ex.gw.registry
+    def finished(self, outcome, record, latency: float, registry) -> None:
+        """Count one ended request (`outcome`: proxy.pipeline.outcome.Outcome). Only providers and
+        models in `registry` become label values; anything else is `other`, so a caller cannot
+        grow the series."""
         provider = record.provider
         if provider is None:
             provider = "none"
@@ -189,13 +189,13 @@ class Metrics:
         by_model = registry.by_model
         model = record.model_served
         if model not in by_model:
-            model = ex.model_requested if ex.model_requested in by_model else "other"
-        timing = (model, provider, ex.route)
-        self.requests.add((*timing, str(ex.http_status)), record.prompt_tokens, record.completion_tokens,
+            model = outcome.model_requested if outcome.model_requested in by_model else "other"
+        timing = (model, provider, outcome.endpoint)
+        self.requests.add((*timing, str(outcome.http_status)), record.prompt_tokens, record.completion_tokens,
                           record.cached_tokens, record.cost_usd)
         self.latency.observe(timing, latency)
-        if ex.stream and ex.ttft is not None:
-            self.ttft.observe(timing, ex.ttft)
+        if outcome.stream and outcome.ttft is not None:
+            self.ttft.observe(timing, outcome.ttft)
 
     # -- the slab --------------------------------------------------------------------------
     def start(self, router=None) -> None:

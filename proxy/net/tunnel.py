@@ -3,7 +3,7 @@
 The proxy is operator configuration, so it may sit on a private address; it is still never
 connected to on a cloud metadata address (a proxy name that resolves there is refused). The
 origin behind it is resolved by the proxy: the caller judges the origin's name before asking
-for a tunnel (`proxy.upstream.httpclient`).
+for a tunnel (`proxy.net.httpclient`).
 
 A refusal (407, 403, 502 from the proxy) is a connect failure whose message names the proxy,
 its password masked, and the status: the request is not retried through the same proxy.

@@ -5,14 +5,12 @@ Raw key material is only ever hashed; hashes are compared with `hmac.compare_dig
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import ipaddress
 
 from proxy.config import Config, resolve_secret
 from proxy.errors import AuthError, PermissionDenied, ProxyError
-
-MAX_KEY_LENGTH = 4096
+from proxy.keys import digest, presented_key
 
 
 class Caller:
@@ -35,10 +33,6 @@ DEV = Caller("dev", name="local development")
 ADMIN = Caller("admin", name="admin key", admin=True)
 
 
-def digest(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-
-
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -46,28 +40,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def presented_key(headers) -> str | None:
-    """The caller's key from `X-API-Key` or `Authorization: Bearer`; 401 when they disagree."""
-    x_api_key = headers.get("X-API-Key")
-    bearer = None
-    authorization = headers.get("Authorization")
-    if authorization is not None:
-        scheme, _, value = authorization.strip().partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise AuthError("the Authorization header must be 'Bearer <key>'")
-        bearer = value.strip()
-    if x_api_key is not None:
-        x_api_key = x_api_key.strip()
-        if not x_api_key:
-            raise AuthError("the X-API-Key header is empty")
-    if x_api_key and bearer and not hmac.compare_digest(digest(x_api_key), digest(bearer)):
-        raise AuthError("X-API-Key and Authorization carry different keys")
-    key = x_api_key or bearer
-    if key is not None and len(key) > MAX_KEY_LENGTH:
-        raise AuthError("the API key is too long")
-    return key
 
 
 class Authenticator:

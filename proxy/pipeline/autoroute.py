@@ -29,6 +29,9 @@ import msgspec
 
 from proxy.catalog import specs as catalogs
 from proxy.errors import InvalidRequest, ModelNotFound
+from proxy.pipeline.auth import Caller
+from proxy.pipeline.parts import Parts
+from proxy.providers.base import ChatRequest
 
 HEADER = "X-Router-Quality-Weight"
 
@@ -90,7 +93,7 @@ def _suits(info, kind: str) -> bool:
     return embedding if kind == "embeddings" else not embedding and "text" in info.modalities
 
 
-def candidates(gw, allowed: frozenset[str] | None, kind: str,
+def candidates(gw: Parts, allowed: frozenset[str] | None, kind: str,
                among: tuple[str, ...] | None = None) -> list[Candidate]:
     """The models `auto` may pick for this caller and endpoint (see the module docstring)."""
     catalog, router = catalogs.of(gw), gw.router
@@ -109,15 +112,15 @@ def candidates(gw, allowed: frozenset[str] | None, kind: str,
     return usable or fallback
 
 
-def apply(gw, request, caller, headers, ex) -> None:
+def apply(gw: Parts, request: ChatRequest, caller: Caller, headers) -> str | None:
     """Replace an `auto`/alias model (or any, with the weight header) by the model chosen for it.
 
-    For an alias, the record's savings compare against the best-quality candidate
-    (`ex.savings_baseline`); for a named model they compare against that model, as always.
+    Returns the model the record's savings compare against: for an alias, the best-quality
+    candidate; None for a named model (its savings compare against that model, as always).
     """
     alias = catalogs.of(gw).aliases.get(request.model)
     if alias is None and HEADER not in headers:
-        return
+        return None
     default = gw.cfg.routing.quality_weight
     if alias is not None and alias.quality_weight is not None:
         default = alias.quality_weight
@@ -127,5 +130,4 @@ def apply(gw, request, caller, headers, ex) -> None:
         raise ModelNotFound(f"no model is available for {request.model!r}: none that this key may use has "
                             "a price, a quality score and a registered provider", param="model")
     request.model = choose(found, weight).model
-    if alias is not None:
-        ex.savings_baseline = choose(found, 1.0).model
+    return choose(found, 1.0).model if alias is not None else None

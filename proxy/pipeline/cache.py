@@ -30,7 +30,7 @@ from aiohttp import web
 from proxy.config import Cache as CacheConfig
 from proxy.pipeline import replay
 from proxy.pipeline.relay import HEADERS as STREAM_HEADERS
-from proxy.providers.base import Usage
+from proxy.providers.base import ChatRequest, Usage
 from proxy.state.base import Store, close_cache
 
 log = structlog.get_logger("proxy.pipeline.cache")
@@ -105,22 +105,20 @@ class ResponseCache:
         scope = f"{request.kind}\0{caller_id or ''}\0{request.model}\0".encode()  # the model routed to
         return hashlib.sha256(scope + canonical).hexdigest()
 
-    async def answer(self, http_request: web.Request, key: str, request, ex,
-                     dialect=None) -> web.StreamResponse | None:
-        """A hit answered from the cache, or None on a miss; `dialect` (proxy.dialects.base.Replayed)
-        translates it for a caller of another API."""
+    async def lookup(self, key: str) -> Entry | None:
+        """The stored answer, or None on a miss."""
         try:
             raw = await self.backend.get(key)
-            entry = _decode(raw) if raw is not None else None
+            return _decode(raw) if raw is not None else None
         except Exception as exc:  # an unreachable or damaged cache is a miss
             log.warning("response_cache_unavailable", error=type(exc).__name__)
             return None
-        if entry is None:
-            return None
-        ex.cache_hit = True
-        ex.usage, ex.model_served = entry.usage, entry.model
-        ex.first_byte()
-        headers = {"X-Request-Id": ex.id, "X-Cache": "hit"}
+
+    async def answer(self, http_request: web.Request, entry: Entry, request: ChatRequest, request_id: str,
+                     dialect=None) -> web.StreamResponse:
+        """A hit's answer; `dialect` (proxy.dialects.base.Replayed) translates it for a caller of
+        another API."""
+        headers = {"X-Request-Id": request_id, "X-Cache": "hit"}
         if dialect is not None:
             headers.update(dialect.headers)
         if not request.stream:
@@ -137,20 +135,21 @@ class ResponseCache:
         tap = opened.parser = Tap(opened.parser, opened.first, self.max_bytes)
         return tap
 
-    def keep(self, key: str, body: bytes, ex) -> None:
+    def keep(self, key: str, body: bytes, model: str | None, usage: Usage | None) -> None:
         """Store a complete non-stream answer, in the background."""
-        if ex.status == "completed" and ex.http_status == 200 and len(body) <= self.max_bytes:
-            self._put(key, body, ex)
+        if len(body) <= self.max_bytes:
+            self._put(key, body, model, usage)
 
-    def keep_stream(self, key: str, tap: Tap, ex) -> None:
-        if ex.status != "completed" or tap.parts is None or not (tap.finished or tap.done):
+    def keep_stream(self, key: str, tap: Tap, model: str | None, usage: Usage | None) -> None:
+        """Store a stream that completed, as the chat completion it adds up to."""
+        if tap.parts is None or not (tap.finished or tap.done):
             return
-        body = replay.assemble(b"".join(tap.parts), ex.usage)
+        body = replay.assemble(b"".join(tap.parts), usage)
         if body is not None:
-            self._put(key, body, ex)
+            self._put(key, body, model, usage)
 
-    def _put(self, key: str, body: bytes, ex) -> None:
-        entry = _encode(Entry(body, ex.model_served, ex.usage or Usage()))
+    def _put(self, key: str, body: bytes, model: str | None, usage: Usage | None) -> None:
+        entry = _encode(Entry(body, model, usage or Usage()))
         self.store.spawn(self._set(key, entry))
 
     async def _set(self, key: str, entry: bytes) -> None:

@@ -6,9 +6,10 @@ means none. Before a request is routed the store checks budget, then TPM, then R
 a request slot, in one atomic step; the request's tokens and cost are counted when it ends,
 from the same numbers its usage record carries (a cache hit costs nothing).
 
-Counting happens on the request path, before the answer completes (`settle`), so the caller's
+Counting happens on the request path, before the answer completes (`charge`), so the caller's
 next request sees it on any replica: a budget stops spend within one request's cost. A request
-that ends another way (an error, a client gone) is counted from its usage record (`record`).
+that ends another way (an error, a client gone) is counted in the background from the numbers
+of its usage record (`charge_later`).
 Requests already in flight when a budget runs out still finish.
 
 A key with no limits costs one dict lookup: no store call, no counting.
@@ -63,9 +64,8 @@ class Quota:
             return None
         return Rule(caller.rpm or 0, caller.tpm or 0, budget or 0.0)
 
-    async def admit(self, key_id: str, rule: Rule, ex) -> None:
+    async def admit(self, key_id: str, rule: Rule) -> None:
         """429 when a limit is reached; 503 when the store that counts cannot be reached."""
-        ex.rule = rule
         try:
             verdict = await self.store.admit(key_id, rule)
         except StateUnavailable as exc:
@@ -73,30 +73,20 @@ class Quota:
             raise Unavailable("the store that counts this API key's limits cannot be reached",
                               retry_after=1, code="state_unavailable") from None
         if verdict is not None:
-            ex.rule = None  # refused: nothing to count
             raise refusal(key_id, rule, verdict)
 
-    async def settle(self, ex) -> None:
-        """Count a finished request now, before its answer completes."""
-        rule = ex.rule
-        if rule is None or ex.charged:
-            return
-        ex.charged = True
-        tokens, cost = ex.spent()
+    async def charge(self, key_id: str, rule: Rule, tokens: int, cost: float) -> None:
+        """Count a finished request's tokens and cost now, before its answer completes."""
         try:
-            await self.store.charge(ex.caller_id, tokens if rule.tpm else 0, cost)
+            await self.store.charge(key_id, tokens if rule.tpm else 0, cost)
         except StateUnavailable as exc:
-            log.warning("quota_charge_failed", key_id=ex.caller_id, error=str(exc))
+            log.warning("quota_charge_failed", key_id=key_id, error=str(exc))
 
-    def record(self, ex, record) -> None:
-        """Count a request from its usage record, when `settle` did not (errors, aborts)."""
-        rule = ex.rule
-        if rule is None or ex.charged or ex.cache_hit:
-            return
-        ex.charged = True
-        tokens = record.total_tokens if rule.tpm else 0
-        if tokens or record.cost_usd:
-            self.store.spawn(self.store.charge(ex.caller_id, tokens, record.cost_usd))
+    def charge_later(self, key_id: str, rule: Rule, tokens: int, cost: float) -> None:
+        """Count a request that ended another way (an error, a client gone), in the background."""
+        tokens = tokens if rule.tpm else 0
+        if tokens or cost:
+            self.store.spawn(self.store.charge(key_id, tokens, cost))
 
     # -- the budget admin API -----------------------------------------------------------------
     def limit(self, key_id: str) -> tuple[float, str]:

@@ -11,12 +11,14 @@ unsent byte count does not move) is disconnected, and the upstream with it.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
 from aiohttp import web
 
 from proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
 from proxy.providers.base import Usage
+from proxy.upstream.attempts import Attempts
 from proxy.upstream.dispatch import Opened, Watchdog
 
 HEADERS = {
@@ -30,62 +32,91 @@ def error_event(error: ProxyError) -> bytes:
     return b"data: " + error.to_json() + b"\n\n"
 
 
-async def relay(http_request: web.Request, opened: Opened, ex, idle: float, max_stream: float,
-                dialect=None) -> web.StreamResponse:
-    """`dialect`: an inbound dialect's stream (proxy.dialects.DialectStream), which adds its
-    headers and frames its own error event."""
-    headers = {**HEADERS, "X-Request-Id": ex.id} if dialect is None else {**HEADERS, "X-Request-Id": ex.id,
-                                                                          **dialect.headers}
-    frame = error_event if dialect is None else dialect.error_frame
-    out = web.StreamResponse(status=200, headers=headers)
-    parser, upstream = opened.parser, opened.response
-    ending: ProxyError | None = None
-    deadline = asyncio.get_running_loop().time() + max_stream
-    transport = http_request.transport
-    unsent = transport.get_write_buffer_size if transport is not None else None
-    try:
-        await out.prepare(http_request)  # the client may have gone while the provider answered
-        ex.first_byte()
-        async with Watchdog(idle, deadline, unsent) as watchdog:
-            if opened.first:
-                await out.write(opened.first)
-            while chunk := await upstream.chunk():
-                watchdog.touch()
-                data = parser.feed(chunk)
-                if data:
-                    await out.write(data)
-            tail = parser.close()
-            if tail:
-                await out.write(tail)
-    except TimeoutError:
-        if _client_stalled(http_request):
-            ex.status, ex.error_type = "client_aborted", "client_stalled"
+class Relay:
+    """One stream's relay. What it found is read from it when the stream has ended, or when the
+    client's cancellation cut the stream short: `status`, `error_type`, `first_byte_at`, `usage()`."""
+
+    __slots__ = ("opened", "request_id", "attempts", "prompt_estimate", "status", "error_type", "first_byte_at")
+
+    def __init__(self, opened: Opened, request_id: str, attempts: Attempts | None = None,
+                 prompt_estimate: int = 0) -> None:
+        self.opened = opened
+        self.request_id = request_id
+        self.attempts = attempts  # released when the provider's stream is let go
+        self.prompt_estimate = prompt_estimate
+        self.status = "completed"
+        self.error_type: str | None = None
+        self.first_byte_at: float | None = None
+
+    def usage(self) -> tuple[str | None, Usage, bool]:
+        """(the model the provider named, the tokens, whether they are estimated): the provider's
+        count when it sent one, else the prompt's estimate and the content events relayed."""
+        parser = self.opened.parser
+        if parser.usage is not None:
+            return parser.model, parser.usage, False
+        completion = parser.content_events
+        estimate = self.prompt_estimate
+        return parser.model, Usage(prompt_tokens=estimate, completion_tokens=completion,
+                                   total_tokens=estimate + completion), True
+
+    async def run(self, http_request: web.Request, idle: float, max_stream: float,
+                  dialect=None) -> web.StreamResponse:
+        """`dialect`: an inbound dialect's stream (proxy.dialects.DialectStream), which adds its
+        headers and frames its own error event."""
+        opened = self.opened
+        headers = {**HEADERS, "X-Request-Id": self.request_id} if dialect is None else \
+            {**HEADERS, "X-Request-Id": self.request_id, **dialect.headers}
+        frame = error_event if dialect is None else dialect.error_frame
+        out = web.StreamResponse(status=200, headers=headers)
+        parser, upstream = opened.parser, opened.response
+        ending: ProxyError | None = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_stream
+        transport = http_request.transport
+        unsent = transport.get_write_buffer_size if transport is not None else None
+        try:
+            await out.prepare(http_request)  # the client may have gone while the provider answered
+            self.first_byte_at = time.monotonic()
+            async with Watchdog(idle, deadline, unsent) as watchdog:
+                if opened.first:
+                    await out.write(opened.first)
+                while chunk := await upstream.chunk():
+                    watchdog.touch()
+                    data = parser.feed(chunk)
+                    if data:
+                        await out.write(data)
+                tail = parser.close()
+                if tail:
+                    await out.write(tail)
+        except TimeoutError:
+            if _client_stalled(http_request):
+                self.status, self.error_type = "client_aborted", "client_stalled"
+            else:
+                self.status = "upstream_timeout"
+                reason = "ran past the maximum stream duration" if watchdog.reason == "max_duration" else "stalled"
+                ending = UpstreamTimeout(f"the provider's stream {reason}")
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            if _client_gone(http_request):
+                self.status = "client_aborted"
+            else:
+                self.status = "upstream_truncated"
+                ending = UpstreamError(f"the provider's stream broke off ({type(exc).__name__})",
+                                       code="upstream_truncated")
         else:
-            ex.status = "upstream_timeout"
-            reason = "ran past the maximum stream duration" if watchdog.reason == "max_duration" else "stalled"
-            ending = UpstreamTimeout(f"the provider's stream {reason}")
-    except (aiohttp.ClientError, ConnectionError) as exc:
-        if _client_gone(http_request):
-            ex.status = "client_aborted"
-        else:
-            ex.status = "upstream_truncated"
-            ending = UpstreamError(f"the provider's stream broke off ({type(exc).__name__})",
-                                   code="upstream_truncated")
-    else:
-        if not (parser.done or parser.finished):
-            ex.status = "upstream_truncated"
-            ending = UpstreamError("the provider's stream ended before it was complete",
-                                   code="upstream_truncated")
-    finally:
-        upstream.close()
-        ex.release()
-        _take_usage(ex, parser)
-    if ending is not None:
-        ex.error_type = ending.code
-        await _try_write(out, frame(ending), idle)
-    if ex.error_type == "client_stalled":
-        http_request.transport.abort()  # a reset: nothing more can reach a client that stopped reading
-    return out
+            if not (parser.done or parser.finished):
+                self.status = "upstream_truncated"
+                ending = UpstreamError("the provider's stream ended before it was complete",
+                                       code="upstream_truncated")
+        finally:
+            upstream.close()
+            if self.attempts is not None:
+                self.attempts.release()
+        if ending is not None:
+            self.error_type = ending.code
+            await _try_write(out, frame(ending), idle)
+        if self.error_type == "client_stalled":
+            http_request.transport.abort()  # a reset: nothing more can reach a client that stopped reading
+        return out
 
 
 def _client_stalled(http_request: web.Request) -> bool:
@@ -105,15 +136,3 @@ async def _try_write(out: web.StreamResponse, data: bytes, wait: float) -> None:
             await out.write(data)
     except (ConnectionError, aiohttp.ClientError, TimeoutError):
         pass
-
-
-def _take_usage(ex, parser) -> None:
-    if parser.model:
-        ex.model_served = parser.model
-    if parser.usage is not None:
-        ex.usage = parser.usage
-        return
-    completion = parser.content_events
-    ex.estimated = True
-    ex.usage = Usage(prompt_tokens=ex.prompt_estimate, completion_tokens=completion,
-                     total_tokens=ex.prompt_estimate + completion)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy.dialects import responses as dialect
-from proxy.gateway import GATEWAY
 from proxy.pipeline import serve as chat
+from proxy.pipeline.parts import PARTS
 
 
 async def create(http_request: web.Request) -> web.StreamResponse:
-    drop = http_request.app[GATEWAY].cfg.dialects.responses.hosted_tools == "drop"
+    drop = http_request.app[PARTS].cfg.dialects.responses.hosted_tools == "drop"
     return await chat.serve(http_request, "chat", dialect.DROPPING if drop else dialect.DIALECT)

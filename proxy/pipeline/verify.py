@@ -25,8 +25,9 @@ from aiocache.base import BaseCache
 from proxy import __version__
 from proxy.config import Config
 from proxy.errors import AuthError, Unavailable
+from proxy.keys import digest
 from proxy.net import egress
-from proxy.pipeline.auth import Caller, digest
+from proxy.pipeline.auth import Caller
 from proxy.state.base import close_cache
 
 log = structlog.get_logger("proxy.pipeline.verify")

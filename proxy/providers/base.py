@@ -21,6 +21,7 @@ from typing import Protocol
 
 import msgspec
 
+from proxy.net.http import retry_after_seconds  # noqa: F401  (the adapters' Retry-After)
 from proxy.streaming.sse import Decoder
 
 
@@ -73,6 +74,41 @@ class Target(msgspec.Struct, frozen=True):
     headers: Mapping[str, str] = {}
     region: str | None = None
     credentials: str | None = None
+
+
+_TRUE_USAGE = msgspec.Raw(b'{"include_usage":true}')
+
+
+class ChatRequest:
+    """An OpenAI chat or embeddings request, decoded just enough to route and record it."""
+
+    __slots__ = ("kind", "fields", "model", "stream", "wants_usage", "tags", "native")
+
+    def __init__(self, kind: str, fields: dict[str, msgspec.Raw], model: str, stream: bool,
+                 wants_usage: bool, tags: list[str] | None) -> None:
+        self.kind = kind
+        self.fields = fields
+        self.model = model
+        self.stream = stream
+        self.wants_usage = wants_usage
+        self.tags = tags
+        self.native = None  # an inbound dialect's own request (providers.base.Native), for a passthrough
+
+    def decode(self, name: str, type_, default=None):
+        """Decode one field fully (for adapters that translate)."""
+        raw = self.fields.get(name)
+        if raw is None:
+            return default
+        return msgspec.json.decode(raw, type=type_)
+
+    def openai_body(self, model: str, *, ask_usage: bool) -> bytes:
+        """The body for an OpenAI-wire upstream: our own fields out, the served model in."""
+        fields = self.fields
+        out = {k: v for k, v in fields.items() if k != "tags"}
+        out["model"] = model
+        if self.stream and ask_usage and not self.wants_usage:
+            out["stream_options"] = _TRUE_USAGE
+        return msgspec.json.encode(out)
 
 
 class UpstreamRequest(msgspec.Struct):
@@ -177,27 +213,6 @@ class Adapter(Protocol):
     def stream_parser(self, request) -> StreamParser: ...
 
     def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamFailure: ...
-
-
-def retry_after_seconds(value: str | None) -> float | None:
-    """Parse `Retry-After` (seconds or an HTTP date); None when absent or unparseable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    import time
-    from email.utils import parsedate_to_datetime
-
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(when.timestamp() - time.time(), 0.0)
 
 
 def kind_of_status(status: int) -> str:

@@ -30,8 +30,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from proxy.net.httpclient import host_header
 from proxy.providers.credentials import CredentialFailed, Source, read_spec
-from proxy.upstream.httpclient import host_header
 
 GOOGLE_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 GOOGLE_MARGIN = 300.0

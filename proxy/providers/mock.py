@@ -14,6 +14,7 @@ It speaks OpenAI's wire, so it is relayed like any OpenAI-compatible provider.
 from __future__ import annotations
 
 import asyncio
+import importlib.resources
 import time
 import zlib
 
@@ -39,7 +40,7 @@ _body = msgspec.json.Decoder(_Body)
 
 
 class MockResponse:
-    """The same small surface as `proxy.upstream.httpclient.Response`."""
+    """The same small surface as `proxy.net.httpclient.Response`."""
 
     def __init__(self, status: int, chunks: list[bytes], *, stream: bool, delay: float = 0.0):
         self.status = status
@@ -154,6 +155,7 @@ class Adapter(OpenAIAdapter):
 
 
 def demo_item() -> dict:
-    """The provider of the embedded defaults, as a registration item: the demo model `mock-gpt`.
-    Plain data, so the config that decodes it is not imported from here."""
-    return {"name": "mock", "supportedProvider": "MOCK", "models": ["mock-gpt"], "isHosted": True}
+    """The provider of the embedded defaults (`proxy/data/defaults.json`), as a registration item:
+    the demo model `mock-gpt`."""
+    data = importlib.resources.files("proxy.data").joinpath("defaults.json").read_bytes()
+    return orjson.loads(data)["providers"][0]

@@ -7,7 +7,7 @@ Every record is on disk moments after `put` (a kill -9 loses nothing handed over
 at most the `commit_ms` window), and leaves the spool only once every sink acknowledged it. Each
 sink reads at its own pace from its own cursor, so one sink down never stalls another. A start
 resends what the last process left unacknowledged, and reports requests that were in flight at a
-crash as `aborted_unknown` (`proxy.edge.journal`).
+crash as `aborted_unknown` (`proxy.telemetry.journal`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import contextlib
 import structlog
 
 from proxy.config import Telemetry
-from proxy.edge import journal
-from proxy.edge.journal import CURRENT, Slot
-from proxy.telemetry import writer
+from proxy.telemetry import journal, writer
+from proxy.telemetry.journal import CURRENT, Slot
 from proxy.telemetry.lane import Lane, Sink
 from proxy.telemetry.record import UsageRecord
 from proxy.telemetry.spool import Recovery, Spool

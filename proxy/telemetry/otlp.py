@@ -31,7 +31,7 @@ import structlog
 from proxy import __version__
 from proxy.config import Config
 from proxy.net import egress
-from proxy.providers.base import retry_after_seconds
+from proxy.net.http import retry_after_seconds
 from proxy.telemetry.lane import Retryable
 from proxy.telemetry.record import UsageRecord
 

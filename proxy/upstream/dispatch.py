@@ -36,12 +36,13 @@ from proxy.errors import (
     UpstreamOverloaded,
     UpstreamTimeout,
 )
-from proxy.net import egress, netguard
+from proxy.keys import last4
+from proxy.net import egress, httpclient, netguard
 from proxy.providers import credentials
-from proxy.providers.base import UpstreamFailure
-from proxy.upstream import httpclient, retries
+from proxy.providers.base import ChatRequest, UpstreamFailure
+from proxy.upstream import retries
+from proxy.upstream.attempts import Attempts
 from proxy.upstream.router import Route, Router
-from proxy.upstream.vault import last4
 
 log = structlog.get_logger("proxy.upstream.dispatch")
 
@@ -280,7 +281,7 @@ class Upstream:
         except (httpclient.ClientError, ValueError) as exc:  # not HTTP; a URL or header it cannot send
             raise UpstreamError(f"the provider {name!r} could not be called", code="upstream_error") from exc
 
-    async def attempt(self, route: Route, request, watchdog_idle: float | None = None, fresh: bool = False) -> Opened:
+    async def attempt(self, route: Route, request: ChatRequest, watchdog_idle: float | None = None, fresh: bool = False) -> Opened:
         """One attempt at one provider, up to the first event (stream) or the whole body. A cloud
         credential the provider refused (401/403: revoked, or expired early) is replaced once and
         the request sent once more, before the refusal counts as the provider's failure."""
@@ -294,7 +295,7 @@ class Upstream:
                 raise
         return await self._attempt(route, request, watchdog_idle, fresh, renew=True)
 
-    async def _attempt(self, route: Route, request, watchdog_idle: float | None, fresh: bool,
+    async def _attempt(self, route: Route, request: ChatRequest, watchdog_idle: float | None, fresh: bool,
                        renew: bool = False) -> Opened:
         provider = route.provider
         adapter = provider.adapter
@@ -314,7 +315,7 @@ class Upstream:
                 watchdog.answered(watchdog_idle or idle)
                 opened = Opened(route, response, sent_at)
                 try:
-                    await self._settle(opened, request, target.api_key, watchdog)
+                    await self._first_events(opened, request, target.api_key, watchdog)
                 except BaseException:
                     response.close()
                     raise
@@ -324,7 +325,7 @@ class Upstream:
             raise UpstreamTimeout(f"the provider {provider.name!r} stopped sending") from None
         return opened
 
-    async def _settle(self, opened: Opened, request, secret, watchdog: Watchdog) -> None:
+    async def _first_events(self, opened: Opened, request: ChatRequest, secret, watchdog: Watchdog) -> None:
         response, adapter = opened.response, opened.route.provider.adapter
         limit = self.cfg.limits.max_response_bytes
         status = response.status
@@ -368,8 +369,8 @@ class Upstream:
             raise UpstreamError("the provider's answer could not be read", code="upstream_bad_response") from exc
 
 
-async def dispatch(upstream: Upstream, routes: list[Route], request, ex) -> Opened:
-    """Try candidates in order until one answers; every attempt is counted on the exchange.
+async def dispatch(upstream: Upstream, routes: list[Route], request: ChatRequest, attempts: Attempts) -> Opened:
+    """Try candidates in order until one answers; every attempt is counted in `attempts`.
 
     Providers cooling down after a 429 with Retry-After for this model (rate limits are per model)
     are left out (all of them: a 429 here);
@@ -384,29 +385,29 @@ async def dispatch(upstream: Upstream, routes: list[Route], request, ex) -> Open
     upstream.budget.request()
     routes = await _usable(upstream, routes)
     last: ProxyError | None = None
-    index = attempts = waits = 0
+    index = tried = waits = 0
     fresh = False  # the next attempt opens a new connection: the pooled one was stale
-    while index < len(routes) and attempts < routing.max_attempts:
+    while index < len(routes) and tried < routing.max_attempts:
         route = routes[index]
         provider = route.provider
-        if attempts and not upstream.budget.try_retry(_clean(router, provider.name)):
+        if tried and not upstream.budget.try_retry(_clean(router, provider.name)):
             metrics.upstream_errors.inc((provider.name, "retry_budget"))
             index += 1
             continue
-        attempts += 1
-        ex.begin_attempt(provider)
+        tried += 1
+        attempts.begin(provider)
         metrics.attempts.inc((provider.name,))
         try:
             opened = await upstream.attempt(route, request, fresh=fresh)
         except Retry as retry:
             metrics.upstream_errors.inc((provider.name, retry.kind))
             if retry.kind == STALE:  # a new connection is never stale, so this repeats at most once per provider
-                log.info("upstream_stale_connection", provider=provider.name, request_id=ex.id, retrying=True)
+                log.info("upstream_stale_connection", provider=provider.name, request_id=attempts.request_id, retrying=True)
                 fresh, last = True, retry.error
                 continue
             fresh = False
-            ex.failures += 1
-            log.warning("upstream_failed", provider=provider.name, kind=retry.kind, request_id=ex.id,
+            attempts.failed()
+            log.warning("upstream_failed", provider=provider.name, kind=retry.kind, request_id=attempts.request_id,
                         status=retry.error.status, retrying=True)
             rate_limited = retry.kind == "rate_limit"
             router.failed(provider.name, retry.retry_after if rate_limited else None)
@@ -414,18 +415,18 @@ async def dispatch(upstream: Upstream, routes: list[Route], request, ex) -> Open
                 upstream.cooldowns.hold((provider.name, route.model), retry.retry_after)
             last = retry.error
             wait = None
-            if rate_limited and index == len(routes) - 1 and attempts < routing.max_attempts:
+            if rate_limited and index == len(routes) - 1 and tried < routing.max_attempts:
                 wait = _rate_limit_wait(routing.retry_after_cap, retry.retry_after, waits)
             if wait is None:
                 index += 1
             else:  # the same provider again, no sooner than it asked
                 waits += 1
-                ex.release()
+                attempts.release()
                 await asyncio.sleep(wait)
             continue
         except UpstreamCredentials as exc:  # no call reached the provider: not held against its circuit
             metrics.upstream_errors.inc((provider.name, exc.code))
-            log.warning("upstream_credentials", provider=provider.name, request_id=ex.id, reason=exc.message)
+            log.warning("upstream_credentials", provider=provider.name, request_id=attempts.request_id, reason=exc.message)
             last = exc
             index += 1
             continue
@@ -435,12 +436,12 @@ async def dispatch(upstream: Upstream, routes: list[Route], request, ex) -> Open
             raise
         except UpstreamError as exc:
             metrics.upstream_errors.inc((provider.name, exc.code or "upstream"))
-            log.warning("upstream_failed", provider=provider.name, kind=exc.code, request_id=ex.id,
+            log.warning("upstream_failed", provider=provider.name, kind=exc.code, request_id=attempts.request_id,
                         status=exc.status, retrying=False)
             router.failed(provider.name)
             raise
         router.succeeded(provider.name)
-        ex.provider_key(provider.target().api_key)
+        attempts.answered(provider.target().api_key)
         return opened
     assert last is not None
     raise last

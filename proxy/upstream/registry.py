@@ -16,12 +16,13 @@ import msgspec
 from proxy import providers
 from proxy.config import ProviderItem, ProviderTLS, resolve_secret
 from proxy.errors import Conflict, InvalidRequest, NotFound, Unavailable
+from proxy.keys import last4
 from proxy.net import egress, netguard
 from proxy.providers import credentials
 from proxy.providers.base import Adapter, Target
 from proxy.state.base import StateUnavailable
 from proxy.state.sqlite import ProviderRows
-from proxy.upstream.vault import Vault, last4
+from proxy.upstream.vault import Vault
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 

@@ -17,13 +17,6 @@ class SecretKeyError(ConfigError, ValueError):
     """Stored secrets do not open with this data key (PROXY_SECRET_KEY changed or the key file lost)."""
 
 
-def last4(secret: str | None) -> str:
-    """The only form a secret is ever shown in."""
-    if not secret:
-        return ""
-    return "…" + secret[-4:] if len(secret) > 4 else "…"
-
-
 def _fernet(key: bytes):
     from cryptography.fernet import Fernet  # ~7 MB: loaded when a key is first sealed or opened
 

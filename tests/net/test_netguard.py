@@ -7,8 +7,7 @@ import socket
 
 import pytest
 
-from proxy.net import netguard
-from proxy.upstream import httpclient
+from proxy.net import httpclient, netguard
 from tests.conftest import ADMIN_KEY
 
 ADMIN = {"X-API-Key": ADMIN_KEY}

@@ -15,9 +15,8 @@ from aiohttp import web
 
 from proxy.config import Egress as EgressSettings
 from proxy.config import ProviderTLS
-from proxy.net import netguard, tunnel
+from proxy.net import httpclient, netguard, tunnel
 from proxy.net.egress import Egress, Override, Proxy
-from proxy.upstream import httpclient
 from tests.fakes.forward_proxy import ForwardProxy, Hosts
 from tests.fakes.tls import TestCA, TLSServer
 

@@ -323,11 +323,10 @@ async def test_a_client_gone_before_the_stream_starts_is_an_aborted_record_not_a
     from aiohttp.client_exceptions import ClientConnectionResetError
     from aiohttp.test_utils import make_mocked_request
 
-    from proxy.pipeline.outcome import Exchange
-    from proxy.pipeline.relay import relay
+    from proxy.pipeline.relay import Relay
     from proxy.upstream.dispatch import Opened
 
-    gw = await gateway({"providers": [openai_provider(fake_openai, models=("m",))]})
+    await gateway({"providers": [openai_provider(fake_openai, models=("m",))]})
     transport = mock.Mock()
     transport.is_closing.return_value = True
     writer = mock.Mock()
@@ -337,6 +336,6 @@ async def test_a_client_gone_before_the_stream_starts_is_an_aborted_record_not_a
     closed = []
     opened = Opened(None, mock.Mock(close=lambda: closed.append(True)), 0.0)
     opened.parser = mock.Mock(model=None, usage=None, content_events=0)
-    ex = Exchange(gw.gw, "chat")
-    await relay(request, opened, ex, idle=5.0, max_stream=60.0)  # no exception escapes
+    ex = Relay(opened, "request-id")  # the relay stage: what it found is read from it
+    await ex.run(request, idle=5.0, max_stream=60.0)  # no exception escapes
     assert ex.status == "client_aborted" and closed == [True]  # and the provider's answer is let go

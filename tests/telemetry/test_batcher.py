@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 
 from proxy.config import Telemetry
-from proxy.edge import journal
 from proxy.metrics.prometheus import Metrics
+from proxy.telemetry import journal
 from proxy.telemetry.batcher import Batcher
 from proxy.telemetry.spool import Spool
 from tests.fakes.openai import Behaviour

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.upstream.vault import SecretKeyError, Vault, last4
+from proxy.keys import last4
+from proxy.upstream.vault import SecretKeyError, Vault
 
 
 def test_seal_and_open_with_a_key_file(tmp_path):

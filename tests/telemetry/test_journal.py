@@ -7,8 +7,8 @@ import asyncio
 import msgspec
 
 from proxy.config import Config
-from proxy.edge import journal
 from proxy.pipeline.auth import digest
+from proxy.telemetry import journal
 from proxy.telemetry.spool import Recovery
 from tests.conftest import openai_provider
 from tests.fakes.openai import Behaviour

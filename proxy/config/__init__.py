@@ -6,6 +6,7 @@ and every error names the path of the bad field (``$.auth.keys[0].sha256``).
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import pathlib
 from collections.abc import Mapping
@@ -15,9 +16,16 @@ import msgspec
 import yaml
 from msgspec import Meta
 
-from proxy.catalog.prices import Price
-from proxy.catalog.specs import CatalogConfig
+from proxy.config.catalog import CatalogConfig
 from proxy.net import egress
+
+
+class Price(msgspec.Struct, frozen=True, rename="camel", forbid_unknown_fields=True):
+    """A list price: USD per 1M tokens (`prices:` in the config, and the bundled table's rows)."""
+
+    input: float  # USD per 1M prompt tokens
+    output: float  # USD per 1M completion tokens
+    cached_input: float | None = None
 
 
 class ConfigError(Exception):
@@ -349,9 +357,9 @@ def load(path: str | None = None, env: Mapping[str, str] | None = None) -> Confi
     """Load the file (or the embedded defaults when there is none) and overlay the env."""
     env = os.environ if env is None else env
     if path is None:
-        from proxy.providers.mock import demo_item
-
-        cfg = Config(providers=(msgspec.convert(demo_item(), ProviderItem),), demo=True)
+        # The embedded defaults are data shipped in the package (the demo provider and its model).
+        defaults = importlib.resources.files("proxy.data").joinpath("defaults.json").read_bytes()
+        cfg = msgspec.structs.replace(decode(defaults, suffix=".json"), demo=True)
     else:
         file = pathlib.Path(path)
         try:

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.dialects.tags import merge
 from proxy.errors import InvalidTag
+from proxy.telemetry.tags import merge
 
 
 def test_merge_order_and_dedupe():

@@ -22,8 +22,8 @@ import time
 import msgspec
 from aiohttp import web
 
-from proxy.dialects import tags as tagging
 from proxy.errors import ProxyError, Unavailable
+from proxy.telemetry import tags as tagging
 from proxy.telemetry.record import UsageRecord, stamp
 
 _RECORDED = ("/chat/completions", "/embeddings", "/messages", "/responses")
