@@ -11,6 +11,7 @@ PROXY = ROOT / "proxy"
 EXEMPT = {
     "__init__.py", "__main__.py",
     "gateway.py",  # the parts' container: tests/test_app.py
+    "pipeline/parts.py",  # the pipeline's typed parts: every test of tests/pipeline/ goes through it
     "data/__init__.py",
 }
 
@@ -41,3 +42,15 @@ def test_no_provider_names_outside_providers():
             if pattern.search(line) and not line.lstrip().startswith("#"):
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_the_layer_contract_holds_and_no_module_imports_in_a_loop():
+    """setup.cfg's [importlinter] contracts (docs/architecture.md): layers top to bottom, no loops."""
+    import subprocess
+    import sys
+
+    lint = pathlib.Path(sys.executable).parent / "lint-imports"
+    done = subprocess.run([str(lint), "--config", str(ROOT / "setup.cfg")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+    assert "Contracts: 2 kept, 0 broken." in done.stdout
