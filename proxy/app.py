@@ -51,7 +51,7 @@ def _status_error(exc: web.HTTPException) -> ProxyError:
 @web.middleware
 async def errors(http_request: web.Request, handler):
     """The one error boundary: everything leaves in OpenAI's shape, nothing as a trace."""
-    refused = server.framing_error(http_request)  # framing the HTTP parser let through (R24)
+    refused = server.framing_error(http_request)  # framing the HTTP parser let through (request smuggling)
     if refused is not None and not (isinstance(refused, PayloadTooLarge) and http_request.match_info.handler
                                     in _DATA_PLANE):  # those answer a 413 themselves, with a usage record
         if dialect_of(http_request.path) is None:

@@ -34,7 +34,7 @@ async def _serve(cfg: Config, reuse_port: bool) -> None:
     drain.install(app)
     # The drain owns the deadlines (proxy.edge.drain); aiohttp's own shutdown wait is a backstop.
     # Runner: aiohttp's, plus header/keep-alive limits, the connection cap and the header and
-    # body deadlines (proxy.edge.server, RELIABILITY R21-R24).
+    # body deadlines (proxy.edge.server: slow or malformed clients).
     runner = Runner(app, cfg.limits, handler_cancellation=True, access_log=None, shutdown_timeout=2)
     gw.metrics.registry.register(runner.guard.collector())
     await runner.setup()

@@ -67,7 +67,7 @@ class ProxyError(Exception):
 
     def to_json(self) -> bytes:
         # msgspec: orjson's output keeps its 4 KiB buffer, and a refused connection's answer lives
-        # until its lingering close ends (R20: 50 refusals at once)
+        # until its lingering close ends (50 refusals at once must not pin 50 sockets)
         return _encode(self.body())
 
     def headers(self) -> dict[str, str]:

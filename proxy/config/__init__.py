@@ -144,7 +144,7 @@ class Security(_Struct):
 
 class RetryBudget(_Struct):
     """Retries (any attempt after a request's first) allowed over the last `window` seconds:
-    `ratio` of the requests in it plus `minPerSecond` × `window` (R16: while every provider is
+    `ratio` of the requests in it plus `minPerSecond` × `window` (while every provider is
     down, the providers see at most 1.2 × the client rate + 3/s)."""
 
     ratio: Annotated[float, Meta(ge=0)] = 0.2
@@ -168,7 +168,7 @@ class Routing(_Struct):
 
 
 class Telemetry(_Struct):
-    """Usage records: batching, the disk spool, the sinks (docs/records.md, RELIABILITY policy 1)."""
+    """Usage records: batching, the disk spool, the sinks (docs/records.md, docs/reliability.md E)."""
 
     batch_size: Annotated[int, Meta(ge=1, le=100_000)] = 500  # a sink gets a batch every N records…
     flush_ms: Annotated[int, Meta(ge=1)] = 1000  # …or every T ms
@@ -202,11 +202,11 @@ class CastAI(_Struct):
 
 
 class Limits(_Struct):
-    """Admission and HTTP server limits (RELIABILITY policy 5; R18-R23). 0 turns a cap off."""
+    """Admission and HTTP server limits (docs/reliability.md B and C). 0 turns a cap off."""
 
     max_body_bytes: int = 32 * 1024 * 1024
     # request bodies being read at once, in bytes (a body of unknown length counts as maxBodyBytes):
-    # past it a request waits up to bodyBufferWait seconds, then gets a fast 503 (R20)
+    # past it a request waits up to bodyBufferWait seconds, then gets a fast 503
     max_body_buffer: Annotated[int, Meta(ge=0)] = 256 * 1024 * 1024
     body_buffer_wait: Annotated[float, Meta(ge=0)] = 5.0
     max_response_bytes: int = 32 * 1024 * 1024

@@ -138,7 +138,7 @@ class StreamTranslator(Protocol):
 class ChunkWalk:
     """The walk over a chat chunk both translated streams share: the first chunk starts the
     stream, usage is kept for the end, the first choice's delta is handed to `_take` and its
-    finish settles what waits. Subclasses write `_start`, `_take` and `_settle`."""
+    finish closes what waits. Subclasses write `_start`, `_take` and `_on_finish`."""
 
     _started = False
     _finish: str | None = None
@@ -156,7 +156,7 @@ class ChunkWalk:
                 self._take(delta, out)
             if choice.finish_reason:
                 self._finish = choice.finish_reason
-                out.append(self._settle())
+                out.append(self._on_finish())
         return b"".join(out)
 
     def _start(self, chunk: Chunk) -> bytes:
@@ -166,7 +166,7 @@ class ChunkWalk:
         """Append the frames one delta makes to `out`."""
         raise NotImplementedError
 
-    def _settle(self) -> bytes:
+    def _on_finish(self) -> bytes:
         raise NotImplementedError
 
 

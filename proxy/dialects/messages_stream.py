@@ -99,7 +99,7 @@ class MessagesStream(ChunkWalk):
             return frame(b"error", {"type": "error", "error": {"type": error_type(error.status),
                                                                "message": error.message}})
         out = [] if self._started else [self._start(Chunk())]
-        out.append(self._settle())
+        out.append(self._on_finish())
         usage = usage_json(self._usage, self._context.prompt_estimate)
         out.append(frame(b"message_delta", {"type": "message_delta", "delta": {
             "stop_reason": stop_reason(self._finish, bool(self._calls)), "stop_sequence": None}, "usage": usage}))
@@ -184,7 +184,7 @@ class MessagesStream(ChunkWalk):
         self._next += 1
         return frame(b"content_block_stop", {"type": "content_block_stop", "index": index})
 
-    def _settle(self) -> bytes:
+    def _on_finish(self) -> bytes:
         """The finish: the open block closes, and every block that waited is written whole."""
         out = [self._stop()]
         waiting, self._waiting = self._waiting, []

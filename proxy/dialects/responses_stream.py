@@ -158,7 +158,7 @@ class ResponsesStream(ChunkWalk):
             failed = response_object(self._c, "failed", self._output, None, error=failure)
             out.append(self._event("response.failed", {"response": failed}))
             return b"".join(out)
-        out.append(self._settle())
+        out.append(self._on_finish())
         final = response_object(self._c, "completed", self._output, usage_json(self._usage, self._c.prompt_estimate),
                                 self._finish)
         out.append(self._event("response." + final["status"], {"response": final}))
@@ -289,7 +289,7 @@ class ResponsesStream(ChunkWalk):
         self._output.append(done)
         return out + self._event("response.output_item.done", {"output_index": index, "item": done})
 
-    def _settle(self) -> bytes:
+    def _on_finish(self) -> bytes:
         """The finish: the open item closes, and every item that waited is written whole."""
         out = [self._close_open()]
         waiting, self._waiting = self._waiting, []

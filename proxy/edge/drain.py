@@ -1,4 +1,4 @@
-"""Graceful drain on SIGTERM, inside Kubernetes' 30 s grace period (RELIABILITY policy 5, R34).
+"""Graceful drain on SIGTERM, inside Kubernetes' 30 s grace period (docs/reliability.md, the five policies).
 
     signal            readiness (/readyz) fails at once, so the endpoints controller stops routing
     … acceptSeconds   the listener still accepts: requests already routed here keep arriving

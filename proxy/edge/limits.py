@@ -1,4 +1,4 @@
-"""Admission: fast 503s before any work when the gateway is full (RELIABILITY R18, R19).
+"""Admission: fast 503s before any work when the gateway is full (a burst past capacity, memory running out).
 
 Two caps, both off at 0: requests in flight on the data plane (`limits.maxInFlight`; no queue:
 a caller past the cap is told to come back rather than wait behind the others) and resident memory
@@ -124,7 +124,7 @@ class Admission:
 
 
 class _Collector(Collector):
-    """Admission refusals, resident memory and live asyncio tasks (R40 watches the last two)."""
+    """Admission refusals, resident memory and live asyncio tasks (the soak test watches the last two for leaks)."""
 
     def __init__(self, admission: Admission) -> None:
         self.admission = admission
@@ -146,7 +146,7 @@ class _Collector(Collector):
 
 
 class BodyBuffer:
-    """A budget for the bytes of request bodies being read at once (`limits.maxBodyBuffer`, R20).
+    """A budget for the bytes of request bodies being read at once (`limits.maxBodyBuffer`): many slow large uploads must not exhaust memory.
 
     A request reserves its declared length, or `maxBodyBytes` when it declares none (chunked),
     before it reads its body, and gives it back when the read ends. Past the budget requests wait

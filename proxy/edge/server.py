@@ -1,4 +1,4 @@
-"""The HTTP server's own defences, below the routes (RELIABILITY R21-R24).
+"""The HTTP server's own defences, below the routes: slow, huge or malformed clients.
 
 aiohttp parses strictly (llhttp: CL+TE, duplicate lengths, bad chunk sizes, bare LF, obs-fold and
 control characters are 400s) and already closes a connection that has not sent a whole request
@@ -198,7 +198,7 @@ class GuardedHandler(web.RequestHandler):
             self._timer = self._loop.call_later(limits.body_rate_window, self._check_body)
 
     def _declares_too_much(self, message) -> bool:
-        """A declared body over `limits.maxBodyBytes`: refused before any of it is read (R20). The
+        """A declared body over `limits.maxBodyBytes`: refused before any of it is read. The
         answer is a 413 with `Connection: close` (from the route, or the error boundary for the
         others); what the client still sends is dropped unparsed (`_discard`)."""
         limit = self._guard.limits.max_body_bytes
@@ -272,7 +272,7 @@ class GuardedHandler(web.RequestHandler):
 class Reader(asyncio.BufferedProtocol):
     """The protocol the transport sees: it reads into a buffer of the size the handler asks for and
     hands aiohttp's handler the bytes. The loop would read up to 256 KiB at once, so 50 connections
-    sending large bodies would hold 50 × 256 KiB before any handler ran (R20); reads are
+    sending large bodies would hold 50 × 256 KiB before any handler ran; reads are
     SMALL_READ until a handler reads its body within the body budget, then LARGE_READ. One buffer
     serves every connection of a server: a read and its hand-over happen in one callback."""
 

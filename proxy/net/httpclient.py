@@ -8,7 +8,7 @@ request, a payload registry. What calling a provider needs is much less:
   after `keepalive` s unused; no cap on connections (as before: `limit=0`); a pooled connection
   the provider closed while it sat idle (an end of stream or an error seen, or pending on the
   socket when it is taken) is dropped, never written to: a request is not sent into a
-  connection already known to be dead (RELIABILITY R13: the gateway never resends a request the
+  connection already known to be dead (the gateway never resends a request the
   provider may have read, so the idle-close race must be caught before the write);
 - connect through the network guard's resolver (`proxy.net.netguard`), IP literals included, so every
   address is checked again at connect time; TLS with the system's
@@ -17,7 +17,7 @@ request, a payload registry. What calling a provider needs is much less:
   with CR or LF refused (no header injection through a provider setting);
 - the answer parsed by llhttp (`httptools`): a head over MAX_HEAD is refused; the body handed to
   the reader as it arrives, reading paused while more than 2 × `read_bufsize` waits (a slow
-  client slows the provider, RELIABILITY R09); gzip and deflate bodies decompressed when asked;
+  client slows the provider); gzip and deflate bodies decompressed when asked;
   a body without length ends with the connection;
 - errors the caller can tell apart, because failover depends on them (`proxy.upstream.dispatch`):
   connect timeout, connect failure, a reset while the request was being written (some of its

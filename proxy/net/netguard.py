@@ -1,4 +1,4 @@
-"""Where the gateway may connect (docs/providers.md, RELIABILITY policy 4): an SSRF guard.
+"""Where the gateway may connect (docs/providers.md, docs/reliability.md D): an SSRF guard.
 
 Cloud metadata addresses are always refused, hosted providers and `allowPrivateUpstreams`
 included. That is every link-local address: metadata and credential services live across

@@ -3,7 +3,7 @@
 The stream ends with the upstream's own terminal event, or with an error event when the
 upstream was cut short, stalled or ran past the maximum duration: never a fake `[DONE]`.
 
-Backpressure (RELIABILITY R09): each write waits while the client's socket is full, so the
+Backpressure (a slow client must not make the gateway buffer the stream): each write waits while the client's socket is full, so the
 upstream is not read faster than the client reads. A client that reads nothing for `idle` (its
 unsent byte count does not move) is disconnected, and the upstream with it.
 """

@@ -38,7 +38,7 @@ _JSON = "application/json"
 
 
 async def read_body(http_request: web.Request, limit: int, bodies: BodyBuffer) -> bytes:
-    """The whole request body, read within the global budget for bodies being read (R20)."""
+    """The whole request body, read within the global budget for bodies being read (many slow uploads at once)."""
     declared = http_request.content_length
     if declared is not None and declared > limit:  # the server refuses these first; kept for safety
         raise PayloadTooLarge(f"the request body is larger than {limit} bytes")

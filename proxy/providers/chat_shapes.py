@@ -137,7 +137,7 @@ def read_params(request, *, multiple_choices: bool) -> ChatParams:
         params = _params.decode(msgspec.json.encode(request.fields))
     except msgspec.ValidationError as exc:
         raise InvalidRequest(f"the request cannot be translated for this provider: {exc}") from None
-    except (UnicodeDecodeError, msgspec.DecodeError):  # the subtrees `request.parse` skipped were never checked (R25)
+    except (UnicodeDecodeError, msgspec.DecodeError):  # the subtrees `request.parse` skipped were never checked (a crafted body)
         raise InvalidRequest("the request body is not valid UTF-8") from None
     if params.n is not None and params.n > 1 and not multiple_choices:
         raise InvalidRequest("this provider returns one choice per request; 'n' must be 1", param="n")

@@ -36,7 +36,7 @@ def _embedding_field(request, name: str, type_, what: str):
         return request.decode(name, type_)
     except msgspec.ValidationError:
         raise InvalidRequest(f"'{name}' must be {what}", param=name) from None
-    except (UnicodeDecodeError, msgspec.DecodeError):  # subtrees `request.parse` skipped (R25)
+    except (UnicodeDecodeError, msgspec.DecodeError):  # subtrees `request.parse` skipped (a body crafted to break the decoder)
         raise InvalidRequest(f"'{name}' is not valid UTF-8", param=name) from None
 
 

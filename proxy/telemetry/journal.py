@@ -7,7 +7,7 @@ the same spool writer as the records, so no request waits for it) and closed by 
 report it. The middleware does not read the body, so such a record carries the caller, the
 route and the header tags (`X-Tags`, `X-LiteLLM-Tags`), and an empty model.
 
-Gate (RELIABILITY policy 1): with `telemetry.whenFull: reject`, new requests get 503 with
+Gate (no request without its record, docs/reliability.md): with `telemetry.whenFull: reject`, new requests get 503 with
 Retry-After while their record could not be kept: the spool at its cap, or the disk refusing
 writes.
 """

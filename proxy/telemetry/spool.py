@@ -4,7 +4,7 @@ sink at its own pace, removed only once every sink acknowledged it.
 Why checksummed append-only segments rather than SQLite in WAL mode:
 - an append is one `pwrite`, the group commit one `fdatasync`: no B-tree, no page rewrites,
   no checkpoints competing with the local store's own SQLite writes;
-- recovery is a linear scan that keeps every intact frame and counts each damaged one (R38); a
+- recovery is a linear scan that keeps every intact frame and counts each damaged one (a torn write, a bad disk); a
   torn or flipped page inside a SQLite file can make the whole database unreadable;
 - dropping the oldest records at the cap is the unlink of the oldest segment;
 - a sink's position is a (segment, offset) cursor, so sinks never wait for each other, and a

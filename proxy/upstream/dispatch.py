@@ -1,6 +1,6 @@
 """The one place that talks to providers: client session, timeouts, attempts and failover.
 
-Failover (RELIABILITY policy 2) happens only before a byte reached the client, and only where
+Failover (docs/reliability.md, the five policies) happens only before a byte reached the client, and only where
 the provider cannot have read the request, or said no to it: a connect error or timeout
 (the TLS handshake included), a reset while the request was still being written, or an answer
 of 401/403, 429 or 5xx (including a 200 stream whose first event is an error). A first-byte
@@ -57,7 +57,7 @@ class Watchdog:
     One timer per idle period rather than one per chunk: `touch()` only stores the time.
     `progress`, when given, is sampled four times per idle period: a different answer than the
     last one counts as a touch (the relay passes the client's unsent byte count, so a reader that
-    is slow but reading is not cut, and one that stopped is, within 1.25 × idle: RELIABILITY R09).
+    is slow but reading is not cut, and one that stopped is, within 1.25 × idle).
     """
 
     __slots__ = ("idle", "deadline", "last", "reason", "progress", "has_answered", "_mark", "_loop", "_task",
@@ -186,7 +186,7 @@ async def _read(response) -> bytes:
 
 
 def check_path(url: str) -> None:
-    """Refuse an upstream URL whose path has dot segments (RELIABILITY R29): the client library
+    """Refuse an upstream URL whose path has dot segments (a model name used as a path traversal): the client library
     would resolve them (`/deployments/../x` is `/x`), so a model name would change the path."""
     if "/." not in url and "%2e" not in url and "%2E" not in url:  # the usual case: one scan, no copy
         return
@@ -236,7 +236,7 @@ class Upstream:
         self.client = httpclient.Client(
             netguard.GuardedResolver(self.router.registry.private_ok),
             user_agent=f"ai-enabler-proxy/{__version__}",
-            # Read-ahead per upstream connection while the client is slower (R09): 2 × this.
+            # Read-ahead per upstream connection while the client is slower (backpressure): 2 × this.
             read_bufsize=READ_BUFSIZE, keepalive=30.0, egress=egress.Egress(self.cfg.egress))
 
     async def close(self) -> None:

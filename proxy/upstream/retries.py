@@ -1,4 +1,4 @@
-"""How much retrying the gateway allows itself (RELIABILITY R15, R16).
+"""How much retrying the gateway allows itself (a retry storm, docs/reliability.md B).
 
 - `Budget`: retries (every attempt after a request's first, failover included) may be at most
   `ratio` of the requests seen in the last `window` seconds plus `minPerSecond` a second, so a

@@ -27,7 +27,7 @@ from proxy.config import Config
 from proxy.edge import aiohttp_support
 from proxy.edge.server import Runner
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _setup_cfg_requirement(name: str) -> Requirement:

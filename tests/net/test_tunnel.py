@@ -132,7 +132,7 @@ async def test_http_goes_in_absolute_form_with_percent_decoded_basic_auth(server
     client = clients({"HTTP_PROXY": proxy.url("us%20er", "p%40ss%3Aw")})
     assert await _call(client, f"http://{plain}:{origin.port}/x?a=1", b'{"q": 1}') == (200, b'{"ok": true}')
     assert proxy.lines == [f"POST http://{plain}:{origin.port}/x?a=1 HTTP/1.1"]
-    assert proxy.pipeline.auth == [proxy.expected] and origin.runner.app.seen == [("POST", "/x?a=1", b'{"q": 1}')]
+    assert proxy.auth == [proxy.expected] and origin.runner.app.seen == [("POST", "/x?a=1", b'{"q": 1}')]
 
 
 async def test_a_wrong_proxy_password_is_one_egress_failure_naming_the_proxy_masked(ca, servers, clients):
