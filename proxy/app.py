@@ -118,7 +118,7 @@ def build(cfg: Config, gateway: Gateway | None = None) -> web.Application:
     app[GATEWAY] = gw
     app[PARTS] = gw.parts
     limits.install(app, cfg.limits, gw.metrics)  # fast 503s: in-flight and memory caps
-    app.middlewares.append(journal.middleware(gw))  # in-flight journal; whenFull: reject gate
+    app.middlewares.append(journal.middleware(gw.batcher, gw.auth))  # in-flight journal; whenFull: reject gate
 
     async def lifecycle(app: web.Application):
         await gw.start()

@@ -47,7 +47,7 @@ class Gateway:
 
     async def start(self) -> None:
         self.metrics.start(self.router)  # circuit states, and the copy the other workers read
-        await state.connect(self)  # registry, budgets and circuits loaded before traffic
+        await self._connect_state()  # registry, budgets and circuits loaded before traffic
         await self.upstream.start()
         await self.telemetry.start()
         self.ready = True
@@ -57,8 +57,39 @@ class Gateway:
         self.metrics.stop()
         await self.upstream.close()
         await self.telemetry.stop()  # flushes for drain.flushSeconds; the rest stays spooled
-        await state.disconnect(self)
+        await self._disconnect_state()
         self.registry.close()
+
+    async def _connect_state(self) -> None:
+        """Start the store and tie the parts that mirror shared state to its change topics."""
+        store, registry, router = self.state, self.registry, self.router
+        if store.providers is not None or registry.table is not None:
+            store.subscribe("providers", lambda _data: registry.refresh())
+        if registry.table is not None:  # the embedded store: other workers write the same file
+            store.watch("providers", registry.table)
+        store.subscribe("budgets", self.quota.reload)
+        if store.shared:
+            async def circuit(data: dict | None) -> None:
+                found = await store.circuits() if data is None else {data["name"]: float(data["seconds"])}
+                for name, seconds in found.items():
+                    router.open_for(name, seconds)
+
+            store.subscribe("circuit", circuit)
+            router.on_open = lambda name, seconds: store.spawn(store.open_circuit(name, seconds))
+        await store.start()
+        fallback = getattr(store, "fallback", None)
+        if fallback is not None:
+            self.metrics.registry.register(fallback.collector())
+        await self.quota.reload(None)
+        await self.cache.start()
+        if self.auth.verifier is not None:
+            await self.auth.verifier.start()
+
+    async def _disconnect_state(self) -> None:
+        if self.auth.verifier is not None:
+            await self.auth.verifier.close()
+        await self.cache.close()
+        await self.state.close()
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

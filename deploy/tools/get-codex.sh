@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs OpenAI's Codex CLI for the tests that run it against the gateway
-# (tests/routes/test_responses_codex_cli.py) and CI.
+# (tests/pipeline/test_responses_api_codex_cli.py) and CI.
 #
 #   deploy/tools/get-codex.sh [DEST_DIR]     # default: .venv/bin
 #

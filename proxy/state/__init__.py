@@ -43,36 +43,3 @@ def open_store(cfg: Config) -> Store:
 
     path = url[len("sqlite://"):] if url else str(cfg.data_path / "state.db")
     return EmbeddedStore(path or None, cache_url=cfg.cache_url)
-
-
-async def connect(gw) -> None:
-    """Start the store and tie the parts that mirror shared state to its change topics."""
-    store, registry, router = gw.state, gw.registry, gw.router
-    if store.providers is not None or registry.table is not None:
-        store.subscribe("providers", lambda _data: registry.refresh())
-    if registry.table is not None:  # the embedded store: other workers write the same file
-        store.watch("providers", registry.table)
-    store.subscribe("budgets", gw.quota.reload)
-    if store.shared:
-        async def circuit(data: dict | None) -> None:
-            found = await store.circuits() if data is None else {data["name"]: float(data["seconds"])}
-            for name, seconds in found.items():
-                router.open_for(name, seconds)
-
-        store.subscribe("circuit", circuit)
-        router.on_open = lambda name, seconds: store.spawn(store.open_circuit(name, seconds))
-    await store.start()
-    fallback = getattr(store, "fallback", None)
-    if fallback is not None:
-        gw.metrics.registry.register(fallback.collector())
-    await gw.quota.reload(None)
-    await gw.cache.start()
-    if gw.auth.verifier is not None:
-        await gw.auth.verifier.start()
-
-
-async def disconnect(gw) -> None:
-    if gw.auth.verifier is not None:
-        await gw.auth.verifier.close()
-    await gw.cache.close()
-    await gw.state.close()

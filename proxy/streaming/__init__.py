@@ -1,1 +1,1 @@
-"""Streaming: the one SSE decoder and the relay that moves upstream bytes to the client."""
+"""Streaming: the one incremental SSE decoder (and framer) every adapter and dialect reads events with."""

@@ -86,19 +86,19 @@ def aborted(slot: str, body: bytes, cluster_id: str | None) -> UsageRecord:
         error_type="gateway_restarted", tags=tags, ts=begin.ts, endpoint=begin.route)
 
 
-def middleware(gw):
-    """The journal and gate for `gw`'s data plane (chat and embeddings POSTs)."""
+def middleware(batcher, auth):
+    """The journal and gate for the data plane (chat and embeddings POSTs): `batcher` (its Batcher) keeps the
+    journal, `auth` (proxy.pipeline.auth.Authenticator) names the caller in each BEGIN frame."""
 
     @web.middleware
     async def journal(http_request: web.Request, handler):
         if http_request.method != "POST" or not http_request.path.endswith(_RECORDED):
             return await handler(http_request)
-        batcher = gw.batcher
         if batcher.refusing:
             raise Unavailable("usage records cannot be kept right now, so requests are refused "
                               "(telemetry.whenFull: reject)", retry_after=_RETRY_AFTER_S,
                               code="usage_recording_unavailable")
-        slot = batcher.begin(begin_info(http_request, gw.auth))
+        slot = batcher.begin(begin_info(http_request, auth))
         token = CURRENT.set(slot)
         try:
             return await handler(http_request)
