@@ -83,14 +83,14 @@ class Place:
     def exited(self, now: float, exitcode: int | None) -> float:
         """Record an exit; the pause before the restart."""
         self.proc, self.exitcode = None, exitcode
-        self.forgive(now, self.started)
+        self.settle(now, self.started)
         if self.failing_since is None:
             self.failing_since = now
         pause, self.pause = self.pause, min(self.pause * 2, self.policy.cap)
         self.due = now + pause
         return pause
 
-    def forgive(self, now: float, started: float) -> None:
+    def settle(self, now: float, started: float) -> None:
         """A worker that has been up `stable` seconds ends a run of failures."""
         if now - started >= self.policy.stable:
             self.pause, self.failing_since = self.policy.first, None
@@ -154,7 +154,7 @@ class Supervisor:
                 self.board[place.index] = 0  # /readyz: one short, from now
                 self._exited(place, proc, now)
             elif proc is not None:
-                place.forgive(now, place.started)
+                place.settle(now, place.started)
             elif not self.stopping and now >= place.due:
                 self._start(place)
         if not self.stopping and all(place.crash_looping(now) for place in self.places):

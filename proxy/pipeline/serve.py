@@ -86,7 +86,9 @@ async def serve(http_request: web.Request, kind: str, dialect=None) -> web.Strea
     try:
         return await _run(http_request, parts, found, kind, dialect)
     except ProxyError as error:
-        found.error = error
+        # its numbers only: the error's traceback holds the frames of the request (a body up to
+        # the size cap among their locals), which must go now, not at the next garbage collection
+        found.error = (error.status, error.code, error.type)
         return error_response(error, found.id, dialect)
     except asyncio.CancelledError:
         found.aborted = True
@@ -194,7 +196,7 @@ class _Found:
         self.opened: Opened | None = None  # the provider's answer, before any byte reached the client
         self.relay: Relay | None = None
         self.first_byte_at: float | None = None
-        self.error: ProxyError | None = None  # the error the client was answered with
+        self.error: tuple[int, str | None, str] | None = None  # the error answered: status, code, type
         self.aborted = False  # the client went away (the handler was cancelled)
         self.outcome: Outcome | None = None  # built before the answer completed, on success
         self.charged = False  # counted against the caller's limits before the answer completed
@@ -206,14 +208,14 @@ def _status(found: _Found) -> tuple[str, int, str | None]:
         return "client_aborted", 499, None
     relay = found.relay
     status, error_type = ("completed", None) if relay is None else (relay.status, relay.error_type)
-    error = found.error
-    if error is None:
+    if found.error is None:
         return status, 200, error_type
+    http_status, code, kind = found.error
     if status == "completed":
         # a provider's overload is the provider failing, like a 502, not the gateway refusing
-        upstream = error.status in (502, 504) or error.code == "upstream_overloaded"
-        status = "upstream_timeout" if error.status == 504 else "upstream_error" if upstream else "rejected"
-    return status, error.status, error.code or error.type
+        upstream = http_status in (502, 504) or code == "upstream_overloaded"
+        status = "upstream_timeout" if http_status == 504 else "upstream_error" if upstream else "rejected"
+    return status, http_status, code or kind
 
 
 def _outcome(found: _Found) -> Outcome:

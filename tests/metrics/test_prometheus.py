@@ -150,15 +150,14 @@ def test_only_registered_names_become_label_values_and_ttft_is_for_streams():
 
     m = Metrics()
     registry = NS(by_name={"main": object()}, by_model={"gpt-4o": (), "gpt-4o-mini": ()})
-    gw = NS(registry=registry)
 
     def finish(requested: str, served: str | None, provider: str | None, stream: bool) -> None:
-        ex = NS(gw=gw, route="chat", http_status=200, stream=stream, ttft=0.05, model_requested=requested)
+        ex = NS(endpoint="chat", http_status=200, stream=stream, ttft=0.05, model_requested=requested)  # an Outcome's fields
         record = UsageRecord(id="x", time="t", cluster_id=None, api_key_id="caller-secret-id", provider=provider,
                              provider_type=None, provider_key_last4=None, model_requested=requested,
                              model_served=served, stream=stream, status="completed", error_type=None,
                              prompt_tokens=3, completion_tokens=4, cost_usd=0.5)
-        m.finished(ex, record, 0.1)
+        m.finished(ex, record, 0.1, registry)
 
     finish("gpt-4o", "gpt-4o-2024-08-06", "main", stream=True)  # the upstream's dated name: the registered one
     finish("made-up-model", "made-up-model", "gone", stream=False)  # a provider deleted since
