@@ -20,7 +20,7 @@ import msgspec
 
 from proxy.config.catalog import reasoning_model
 from proxy.errors import InvalidRequest, ProxyError, UpstreamError
-from proxy.providers.base import speaks
+from proxy.providers.base import ParserStep, StreamParser, speaks
 from proxy.streaming.sse import Decoder
 
 
@@ -240,7 +240,7 @@ def adopt_stream(opened, request, dialect: Dialect, context: Context, request_id
         opened.first = stream.translate(opened.first)
 
 
-class DialectStream:
+class DialectStream(ParserStep):
     """Where the relay expects the adapter's stream parser: the adapter's parser does the
     upstream's wire, its chat SSE out is decoded here and translated by the dialect.
 
@@ -249,18 +249,16 @@ class DialectStream:
     (usage, done, finished, …) are the adapter's parser's.
     """
 
-    __slots__ = ("_inner", "_translator", "_passthrough", "_sse", "ended", "headers")
+    __slots__ = ("_translator", "_passthrough", "_sse", "ended", "headers")
 
-    def __init__(self, inner, translator: StreamTranslator, passthrough: bool, headers: dict[str, str]) -> None:
-        self._inner = inner
+    def __init__(self, inner: StreamParser, translator: StreamTranslator, passthrough: bool,
+                 headers: dict[str, str]) -> None:
+        super().__init__(inner)
         self._translator = translator
         self._passthrough = passthrough
         self._sse = Decoder()
         self.ended = False
         self.headers = headers  # the relay adds them to the stream's answer
-
-    def __getattr__(self, name: str):
-        return getattr(self._inner, name)
 
     def feed(self, chunk: bytes) -> bytes:
         data = self._inner.feed(chunk)

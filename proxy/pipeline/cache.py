@@ -30,7 +30,7 @@ from aiohttp import web
 from proxy.config import Cache as CacheConfig
 from proxy.pipeline import replay
 from proxy.pipeline.relay import HEADERS as STREAM_HEADERS
-from proxy.providers.base import ChatRequest, Usage
+from proxy.providers.base import ChatRequest, ParserStep, StreamParser, Usage
 from proxy.state.base import Store, close_cache
 
 log = structlog.get_logger("proxy.pipeline.cache")
@@ -49,20 +49,22 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(Entry).decode
 
 
-class Tap:
+class Tap(ParserStep):
     """A stream parser that keeps a copy of the bytes it hands the relay (up to a limit)."""
 
-    def __init__(self, parser, first: bytes, limit: int) -> None:
-        self._parser = parser
+    __slots__ = ("parts", "size", "limit")
+
+    def __init__(self, parser: StreamParser, first: bytes, limit: int) -> None:
+        super().__init__(parser)
         self.parts: list[bytes] | None = [first] if first else []
         self.size = len(first)
         self.limit = limit
 
     def feed(self, chunk: bytes) -> bytes:
-        return self._keep(self._parser.feed(chunk))
+        return self._keep(self._inner.feed(chunk))
 
     def close(self) -> bytes:
-        return self._keep(self._parser.close())
+        return self._keep(self._inner.close())
 
     def _keep(self, out: bytes) -> bytes:
         if out and self.parts is not None:
@@ -72,9 +74,6 @@ class Tap:
             else:
                 self.parts.append(out)
         return out
-
-    def __getattr__(self, name: str):
-        return getattr(self._parser, name)
 
 
 class ResponseCache:

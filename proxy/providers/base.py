@@ -165,6 +165,31 @@ class StreamParser(Protocol):
     def close(self) -> bytes: ...
 
 
+class ParserStep:
+    """A stream parser that adds one step to another's output (the response cache's copy, an
+    inbound dialect's translation). What the relay and the record read of the stream (usage,
+    model, counts, its end, its error) is the inner parser's, named here one by one."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: StreamParser) -> None:
+        self._inner = inner
+
+    usage = property(lambda self: self._inner.usage)
+    model = property(lambda self: self._inner.model)
+    events = property(lambda self: self._inner.events)
+    content_events = property(lambda self: self._inner.content_events)
+    done = property(lambda self: self._inner.done)
+    finished = property(lambda self: self._inner.finished)
+    error = property(lambda self: self._inner.error)
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self._inner.feed(chunk)
+
+    def close(self) -> bytes:
+        return self._inner.close()
+
+
 class RelayParser:
     """A stream in the caller's own dialect, relayed as it came (a passthrough, see `speaks`),
     with what the relay needs read off its events. Events named in `READ`, and any without an
