@@ -20,7 +20,7 @@ import msgspec
 
 from proxy.config.catalog import reasoning_model
 from proxy.errors import InvalidRequest, ProxyError, UpstreamError
-from proxy.providers.base import ParserStep, StreamParser, speaks
+from proxy.providers.base import ChatRequest, ParserStep, StreamParser, speaks
 from proxy.streaming.sse import Decoder
 
 
@@ -200,7 +200,7 @@ class Context:
     prompt_estimate: int = 0
 
 
-def fit(request, context: Context, routes: list) -> list:
+def fit(request: ChatRequest, context: Context, routes: list) -> list:
     """The routes this request can take, given what its translation cannot carry."""
     if context.refusal is not None:
         routes = [route for route in routes if speaks(route.provider.adapter.caps, request)]
@@ -219,7 +219,7 @@ def _takes_effort(route, request) -> bool:
     return speaks(caps, request) or (caps.reasoning and reasoning_model(route.model))
 
 
-def passthrough(request, route) -> bool:
+def passthrough(request: ChatRequest, route) -> bool:
     """This route's provider speaks the request's dialect: its answer is in that wire already."""
     return speaks(route.provider.adapter.caps, request)
 

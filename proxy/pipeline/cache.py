@@ -28,6 +28,7 @@ import structlog
 from aiohttp import web
 
 from proxy.config import Cache as CacheConfig
+from proxy.dialects.base import Replayed
 from proxy.pipeline import replay
 from proxy.pipeline.relay import HEADERS as STREAM_HEADERS
 from proxy.providers.base import ChatRequest, ParserStep, StreamParser, Usage
@@ -114,7 +115,7 @@ class ResponseCache:
             return None
 
     async def answer(self, http_request: web.Request, entry: Entry, request: ChatRequest, request_id: str,
-                     dialect=None) -> web.StreamResponse:
+                     dialect: Replayed | None = None) -> web.StreamResponse:
         """A hit's answer; `dialect` (proxy.dialects.base.Replayed) translates it for a caller of
         another API."""
         headers = {"X-Request-Id": request_id, "X-Cache": "hit"}

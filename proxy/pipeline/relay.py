@@ -16,6 +16,7 @@ import time
 import aiohttp
 from aiohttp import web
 
+from proxy.dialects.base import DialectStream
 from proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
 from proxy.providers.base import Usage
 from proxy.upstream.attempts import Attempts
@@ -60,7 +61,7 @@ class Relay:
                                    total_tokens=estimate + completion), True
 
     async def run(self, http_request: web.Request, idle: float, max_stream: float,
-                  dialect=None) -> web.StreamResponse:
+                  dialect: DialectStream | None = None) -> web.StreamResponse:
         """`dialect`: an inbound dialect's stream (proxy.dialects.DialectStream), which adds its
         headers and frames its own error event."""
         opened = self.opened

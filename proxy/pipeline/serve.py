@@ -18,6 +18,7 @@ from aiohttp import web
 
 from proxy import dialects
 from proxy.dialects import completions as decoding
+from proxy.dialects.base import Dialect
 from proxy.edge.limits import ADMISSION, BodyBuffer
 from proxy.edge.server import GuardedHandler, error_response
 from proxy.errors import PayloadTooLarge, ProxyError
@@ -77,7 +78,7 @@ async def embeddings(http_request: web.Request) -> web.StreamResponse:
     return await serve(http_request, "embeddings")
 
 
-async def serve(http_request: web.Request, kind: str, dialect=None) -> web.StreamResponse:
+async def serve(http_request: web.Request, kind: str, dialect: Dialect | None = None) -> web.StreamResponse:
     parts = http_request.app[PARTS]
     found = _Found(new_id(), kind if dialect is None else dialect.name)
     attempts = found.attempts = Attempts(found.id, parts.router, parts.metrics)
@@ -102,7 +103,8 @@ async def serve(http_request: web.Request, kind: str, dialect=None) -> web.Strea
             asyncio.get_running_loop().call_soon(_end, parts, found)
 
 
-async def _run(http_request: web.Request, parts: Parts, found: _Found, kind: str, dialect) -> web.StreamResponse:
+async def _run(http_request: web.Request, parts: Parts, found: _Found, kind: str,
+               dialect: Dialect | None) -> web.StreamResponse:
     admission = http_request.app[ADMISSION]
     admission.admit(http_request.content_length)  # in-flight, memory: fast 503s
     caller = found.caller = await parts.auth.authenticate(http_request.headers, http_request.get(journal.RESOLVED))
@@ -144,7 +146,7 @@ async def _run(http_request: web.Request, parts: Parts, found: _Found, kind: str
                         headers=headers)
 
 
-def _decode(http_request: web.Request, body: bytes, kind: str, dialect, found: _Found):
+def _decode(http_request: web.Request, body: bytes, kind: str, dialect: Dialect | None, found: _Found):
     """(the chat request, None) or, for another API's wire, (its chat request, what its answer needs)."""
     found.prompt_estimate = estimate_tokens(len(body))
     if dialect is None:

@@ -24,7 +24,16 @@ import msgspec
 from proxy.errors import InvalidRequest
 from proxy.providers import base
 from proxy.providers import chat_shapes as chat
-from proxy.providers.base import Capabilities, Parsed, Target, UpstreamFailure, UpstreamRequest, Usage, speaks
+from proxy.providers.base import (
+    Capabilities,
+    ChatRequest,
+    Parsed,
+    Target,
+    UpstreamFailure,
+    UpstreamRequest,
+    Usage,
+    speaks,
+)
 from proxy.providers.chat_shapes import ChatParams, ImagePart, Message, NamedChoice, ResponseFormat
 
 VERSION = "2023-06-01"
@@ -368,7 +377,7 @@ class NativeParser(base.RelayParser):
             self.content_events += 1
 
 
-def _json_mode(request) -> bool:
+def _json_mode(request: ChatRequest) -> bool:
     fmt = request.decode("response_format", ResponseFormat)
     return fmt is not None and fmt.type in chat.JSON_FORMATS
 
@@ -382,7 +391,7 @@ class Adapter:
         self.caps = caps or Capabilities(default_url="https://api.anthropic.com/v1", passthrough=False,
                                          dialects=frozenset({"messages"}))
 
-    def body(self, request) -> dict:
+    def body(self, request: ChatRequest) -> dict:
         if speaks(self.caps, request):  # the caller's body as it came, model swapped
             return {**request.native.fields, "model": request.model}
         return to_anthropic_request(chat.read_params(request, multiple_choices=False), request.model, request.stream)
@@ -393,7 +402,7 @@ class Adapter:
             headers["x-api-key"] = target.api_key
         return headers
 
-    def url(self, target: Target, request) -> str:
+    def url(self, target: Target, request: ChatRequest) -> str:
         url = (target.url or self.caps.default_url or "").rstrip("/")
         if url.count("/") == 2:  # a bare host: the API lives under /v1
             url += "/v1"
@@ -401,7 +410,7 @@ class Adapter:
             return url + "/messages/" + request.native.operation
         return url + "/messages"
 
-    def build_request(self, target: Target, request) -> UpstreamRequest:
+    def build_request(self, target: Target, request: ChatRequest) -> UpstreamRequest:
         native = speaks(self.caps, request)
         if not native and request.kind != "chat":
             raise InvalidRequest("this provider serves chat completions only", code="unsupported_endpoint")
@@ -413,7 +422,7 @@ class Adapter:
             headers["Accept"] = "text/event-stream"
         return UpstreamRequest("POST", self.url(target, request), headers, body, request.stream)
 
-    def parse_response(self, request, body: bytes) -> Parsed:
+    def parse_response(self, request: ChatRequest, body: bytes) -> Parsed:
         message = _message.decode(body)
         if speaks(self.caps, request):  # relayed as it came; `count_tokens` answers are not usage
             usage = usage_of(message.usage) if message.usage is not None and not request.native.operation else None
@@ -423,7 +432,7 @@ class Adapter:
         body = chat.completion(message.id or chat.new_id(), message.model or request.model, [answer], usage)
         return Parsed(body=body, usage=usage, model=message.model)
 
-    def stream_parser(self, request) -> StreamParser | NativeParser:
+    def stream_parser(self, request: ChatRequest) -> StreamParser | NativeParser:
         if speaks(self.caps, request):
             return NativeParser()
         return StreamParser(request.model, request.wants_usage, _json_mode(request))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from proxy.providers.base import Capabilities, Target, UpstreamRequest
+from proxy.providers.base import Capabilities, ChatRequest, Target, UpstreamRequest
 from proxy.providers.openai import Adapter as OpenAIAdapter
 
 
@@ -33,7 +33,7 @@ class Adapter(OpenAIAdapter):
     def sign(self, target: Target, upstream_request: UpstreamRequest, token: str) -> None:
         upstream_request.headers["Authorization"] = f"Bearer {token}"
 
-    def url(self, target: Target, request) -> str:
+    def url(self, target: Target, request: ChatRequest) -> str:
         path = "embeddings" if request.kind == "embeddings" else "chat/completions"
         deployment = quote(request.model, safe="")
         version = quote(target.api_version or "2024-10-21", safe="")

@@ -28,7 +28,7 @@ import msgspec
 from proxy.errors import InvalidRequest
 from proxy.providers import anthropic, base
 from proxy.providers import chat_shapes as chat
-from proxy.providers.base import Capabilities, Parsed, Target, UpstreamFailure, UpstreamRequest, Usage
+from proxy.providers.base import Capabilities, ChatRequest, Parsed, Target, UpstreamFailure, UpstreamRequest, Usage
 from proxy.providers.bedrock_embeddings import from_bedrock_embeddings, to_bedrock_embeddings
 from proxy.providers.chat_shapes import ChatParams, NamedChoice
 from proxy.providers.gemini_embeddings import read_embedding_params
@@ -317,7 +317,7 @@ class Adapter:
         region = target.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
         sigv4(upstream_request, frozen, "bedrock", region)
 
-    def build_request(self, target: Target, request) -> UpstreamRequest:
+    def build_request(self, target: Target, request: ChatRequest) -> UpstreamRequest:
         if request.kind == "embeddings":
             body = to_bedrock_embeddings(read_embedding_params(request), request.model)
             method = "invoke"
@@ -334,7 +334,7 @@ class Adapter:
         url = f"{base_url}/model/{quote(request.model, safe='')}/{method}"
         return UpstreamRequest("POST", url, headers, msgspec.json.encode(body), request.stream)
 
-    def parse_response(self, request, body: bytes) -> Parsed:
+    def parse_response(self, request: ChatRequest, body: bytes) -> Parsed:
         if request.kind == "embeddings":
             return from_bedrock_embeddings(read_embedding_params(request), request.model, body)
         response = _response.decode(body)
@@ -342,7 +342,7 @@ class Adapter:
         answer = chat.completion(chat.new_id(), request.model, [from_bedrock_converse(response)], usage)
         return Parsed(body=answer, usage=usage, model=None)
 
-    def stream_parser(self, request) -> StreamParser:
+    def stream_parser(self, request: ChatRequest) -> StreamParser:
         return StreamParser(request.model, request.wants_usage)
 
     def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamFailure:

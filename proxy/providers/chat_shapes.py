@@ -15,7 +15,7 @@ import msgspec
 import orjson
 
 from proxy.errors import InvalidRequest
-from proxy.providers.base import UpstreamFailure, Usage
+from proxy.providers.base import ChatRequest, UpstreamFailure, Usage
 from proxy.streaming.sse import Framer
 
 DONE = b"data: [DONE]\n\n"
@@ -131,7 +131,7 @@ _params = msgspec.json.Decoder(ChatParams)
 _object = msgspec.json.Decoder(dict)
 
 
-def read_params(request, *, multiple_choices: bool) -> ChatParams:
+def read_params(request: ChatRequest, *, multiple_choices: bool) -> ChatParams:
     """Decode the whole request once; refuse what no translation can honour."""
     try:
         params = _params.decode(msgspec.json.encode(request.fields))

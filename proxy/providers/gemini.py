@@ -28,7 +28,7 @@ import msgspec
 from proxy.errors import InvalidRequest
 from proxy.providers import base
 from proxy.providers import chat_shapes as chat
-from proxy.providers.base import Capabilities, Parsed, Target, UpstreamFailure, UpstreamRequest, Usage
+from proxy.providers.base import Capabilities, ChatRequest, Parsed, Target, UpstreamFailure, UpstreamRequest, Usage
 from proxy.providers.chat_shapes import ChatParams, ImagePart, Message, NamedChoice
 from proxy.providers.gemini_embeddings import from_gemini_embeddings, read_embedding_params, to_gemini_embeddings
 
@@ -359,7 +359,7 @@ class Adapter:
     def auth_headers(self, target: Target) -> dict[str, str]:
         return {"x-goog-api-key": target.api_key} if target.api_key else {}
 
-    def url(self, target: Target, request) -> str:
+    def url(self, target: Target, request: ChatRequest) -> str:
         # The model is one quoted path segment: '/' and '..' in a name cannot change the path.
         if request.kind == "embeddings":
             method = "batchEmbedContents"
@@ -368,7 +368,7 @@ class Adapter:
         base = (target.url or self.caps.default_url or "").rstrip("/")
         return f"{base}{self.model_path}{quote(request.model, safe='')}:{method}"
 
-    def build_request(self, target: Target, request) -> UpstreamRequest:
+    def build_request(self, target: Target, request: ChatRequest) -> UpstreamRequest:
         if request.kind == "embeddings":
             if not self.caps.embeddings:  # Vertex serves embeddings through `:predict`, not this wire
                 raise InvalidRequest("this provider serves chat completions only", code="unsupported_endpoint")
@@ -382,7 +382,7 @@ class Adapter:
             headers["Accept"] = "text/event-stream"
         return UpstreamRequest("POST", self.url(target, request), headers, body, request.stream)
 
-    def parse_response(self, request, body: bytes) -> Parsed:
+    def parse_response(self, request: ChatRequest, body: bytes) -> Parsed:
         if request.kind == "embeddings":
             return from_gemini_embeddings(read_embedding_params(request), request.model, body)
         response = _response.decode(body)
@@ -395,7 +395,7 @@ class Adapter:
         answer = chat.completion(ident, response.model_version or request.model, choices, usage)
         return Parsed(body=answer, usage=usage, model=response.model_version)
 
-    def stream_parser(self, request) -> StreamParser:
+    def stream_parser(self, request: ChatRequest) -> StreamParser:
         return StreamParser(request.model, request.wants_usage)
 
     def parse_error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamFailure:

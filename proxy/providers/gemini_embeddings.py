@@ -15,7 +15,7 @@ import msgspec
 import orjson
 
 from proxy.errors import InvalidRequest
-from proxy.providers.base import Parsed, Usage, estimate_tokens
+from proxy.providers.base import ChatRequest, Parsed, Usage, estimate_tokens
 
 
 class EmbeddingParams(msgspec.Struct):
@@ -31,7 +31,7 @@ _DIMENSIONS = Annotated[int, msgspec.Meta(ge=1)] | None
 _ENCODING = Literal["float", "base64"] | None
 
 
-def _embedding_field(request, name: str, type_, what: str):
+def _embedding_field(request: ChatRequest, name: str, type_, what: str):
     try:
         return request.decode(name, type_)
     except msgspec.ValidationError:
@@ -40,7 +40,7 @@ def _embedding_field(request, name: str, type_, what: str):
         raise InvalidRequest(f"'{name}' is not valid UTF-8", param=name) from None
 
 
-def read_embedding_params(request) -> EmbeddingParams:
+def read_embedding_params(request: ChatRequest) -> EmbeddingParams:
     if request.stream:
         raise InvalidRequest("embeddings are not streamed", param="stream")
     given = _embedding_field(request, "input", _INPUT,

@@ -19,6 +19,7 @@ import msgspec
 from proxy.providers import openai_responses
 from proxy.providers.base import (
     Capabilities,
+    ChatRequest,
     Parsed,
     Target,
     UpstreamFailure,
@@ -311,14 +312,14 @@ class Adapter:
     def auth_headers(self, target: Target) -> dict[str, str]:
         return {"Authorization": f"Bearer {target.api_key}"} if target.api_key else {}
 
-    def url(self, target: Target, request) -> str:
+    def url(self, target: Target, request: ChatRequest) -> str:
         path = self.embeddings_path if request.kind == "embeddings" else self.path
         return self.base_url(target) + path
 
     def responses_url(self, target: Target) -> str:
         return self.base_url(target) + "/responses"
 
-    def build_request(self, target: Target, request) -> UpstreamRequest:
+    def build_request(self, target: Target, request: ChatRequest) -> UpstreamRequest:
         headers = {**target.headers, "Content-Type": "application/json", **self.auth_headers(target)}
         if request.stream:
             headers["Accept"] = "text/event-stream"
@@ -328,14 +329,14 @@ class Adapter:
         body = request.openai_body(request.model, ask_usage=self.stream_usage_option)
         return UpstreamRequest("POST", self.url(target, request), headers, body, request.stream)
 
-    def parse_response(self, request, body: bytes) -> Parsed:
+    def parse_response(self, request: ChatRequest, body: bytes) -> Parsed:
         if request is not None and speaks(self.caps, request):
             usage, model = openai_responses.parse(body)
             return Parsed(body=body, usage=usage, model=model)
         view = _response.decode(body)
         return Parsed(body=body, usage=view.usage.usage() if view.usage else None, model=view.model)
 
-    def stream_parser(self, request) -> PassthroughParser | openai_responses.NativeParser:
+    def stream_parser(self, request: ChatRequest) -> PassthroughParser | openai_responses.NativeParser:
         if speaks(self.caps, request):
             return openai_responses.NativeParser()
         return PassthroughParser(drop_usage_chunk=not request.wants_usage)

@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from proxy.providers.base import Capabilities, Parsed, Target, UpstreamRequest
+from proxy.providers.base import Capabilities, ChatRequest, Parsed, Target, UpstreamRequest
 from proxy.providers.gemini import Adapter as GeminiAdapter
 from proxy.providers.gemini_embeddings import read_embedding_params
 from proxy.providers.vertex_embeddings import from_vertex_embeddings, to_vertex_embeddings
@@ -42,7 +42,7 @@ class Adapter(GoogleBearer, GeminiAdapter):
     def __init__(self) -> None:
         super().__init__(Capabilities(needs_url=True, passthrough=False, embeddings=True, keyless_extra="gcp"))
 
-    def build_request(self, target: Target, request) -> UpstreamRequest:
+    def build_request(self, target: Target, request: ChatRequest) -> UpstreamRequest:
         if request.kind != "embeddings":
             return super().build_request(target, request)
         body = msgspec.json.encode(to_vertex_embeddings(read_embedding_params(request)))
@@ -50,7 +50,7 @@ class Adapter(GoogleBearer, GeminiAdapter):
         url = f"{(target.url or '').rstrip('/')}{self.model_path}{quote(request.model, safe='')}:predict"
         return UpstreamRequest("POST", url, headers, body)
 
-    def parse_response(self, request, body: bytes) -> Parsed:
+    def parse_response(self, request: ChatRequest, body: bytes) -> Parsed:
         if request.kind != "embeddings":
             return super().parse_response(request, body)
         return from_vertex_embeddings(read_embedding_params(request), request.model, body)

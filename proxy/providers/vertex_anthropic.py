@@ -22,7 +22,7 @@ import msgspec
 
 from proxy.providers import gemini
 from proxy.providers.anthropic import Adapter as AnthropicAdapter
-from proxy.providers.base import Capabilities, Target, UpstreamFailure
+from proxy.providers.base import Capabilities, ChatRequest, Target, UpstreamFailure
 from proxy.providers.vertex import GoogleBearer
 
 VERSION = "vertex-2023-10-16"
@@ -40,7 +40,7 @@ class Adapter(GoogleBearer, AnthropicAdapter):
     def __init__(self) -> None:
         super().__init__(Capabilities(needs_url=True, passthrough=False, keyless_extra="gcp"))
 
-    def body(self, request) -> dict:
+    def body(self, request: ChatRequest) -> dict:
         body = super().body(request)
         del body["model"]  # named by the URL; Vertex refuses it in the body
         body["anthropic_version"] = VERSION
@@ -49,7 +49,7 @@ class Adapter(GoogleBearer, AnthropicAdapter):
     def headers(self, target: Target) -> dict[str, str]:
         return {**target.headers, "Content-Type": "application/json", **self.auth_headers(target)}
 
-    def url(self, target: Target, request) -> str:
+    def url(self, target: Target, request: ChatRequest) -> str:
         method = "streamRawPredict" if request.stream else "rawPredict"
         # One quoted path segment: '/' and '..' in a model name cannot leave the publisher's path.
         return f"{(target.url or '').rstrip('/')}/publishers/anthropic/models/{quote(request.model, safe='@')}:{method}"

@@ -360,7 +360,7 @@ class Upstream:
         opened.first = b"".join(first)
 
     @staticmethod
-    def _parse(adapter, request, body: bytes):
+    def _parse(adapter, request: ChatRequest, body: bytes):
         try:
             return adapter.parse_response(request, body)
         except ProxyError:  # the adapter read the answer and it refuses the request (a blocked prompt)
