@@ -29,7 +29,8 @@ EVENTS = 100  # content events per stream, as the bench's mock sends
 
 # wire name -> (the provider type, the end-of-event separator of its framing)
 WIRES = {"openai": ("OPENAI_COMPATIBLE", b"\n\n"), "anthropic": ("ANTHROPIC", b"\n\n"),
-         "gemini": ("GEMINI", b"\r\n\r\n"), "vertex": ("VERTEXAIGEMINI", b"\r\n\r\n")}
+         "gemini": ("GEMINI", b"\r\n\r\n"), "vertex": ("VERTEXAIGEMINI", b"\r\n\r\n"),
+         "bedrock": ("BEDROCK", b"")}
 
 
 def _sse(obj: dict, sep: bytes = b"\n\n", event: str | None = None) -> bytes:
@@ -81,7 +82,22 @@ def gemini_stream(n: int = EVENTS) -> list[bytes]:
     return [event("tok ", i == n - 1) for i in range(n)]
 
 
-STREAMS = {"openai": openai_stream, "anthropic": anthropic_stream, "gemini": gemini_stream, "vertex": gemini_stream}
+def bedrock_stream(n: int = EVENTS) -> list[bytes]:
+    """ConverseStream's binary eventstream frames (the fakes' encoder): start, n text deltas, the
+    block's stop, the message's stop, metadata with usage."""
+    from tests.fakes.eventstream import event
+
+    frames = [event("messageStart", {"role": "assistant"})]
+    frames += [event("contentBlockDelta", {"delta": {"text": "tok "}, "contentBlockIndex": 0}) for _ in range(n)]
+    frames += [event("contentBlockStop", {"contentBlockIndex": 0}),
+               event("messageStop", {"stopReason": "end_turn"}),
+               event("metadata", {"usage": {"inputTokens": 12, "outputTokens": n, "totalTokens": n + 12},
+                                  "metrics": {"latencyMs": 100}})]
+    return frames
+
+
+STREAMS = {"openai": openai_stream, "anthropic": anthropic_stream, "gemini": gemini_stream, "vertex": gemini_stream,
+           "bedrock": bedrock_stream}
 
 
 def _request(wants_usage: bool):
