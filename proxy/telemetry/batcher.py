@@ -26,6 +26,7 @@ from proxy.telemetry.record import UsageRecord
 from proxy.telemetry.spool import Recovery, Spool
 
 log = structlog.get_logger("proxy.telemetry")
+BEGIN_HOLD_S = 0.002  # how long a BEGIN may wait for a handover (R33: a kill 10 ms after must find it)
 
 
 def _resolve(future: asyncio.Future) -> None:
@@ -49,18 +50,41 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._running = False
         self._held: list[tuple] = []  # this loop turn's items, handed to the writer in one go
+        self._soon = False  # a handover is due at the end of this loop turn
+        self._later = False  # a handover of held BEGINs is due within BEGIN_HOLD_S
+        # The writer's count of records written, told to the lanes once it reaches the smallest
+        # lane batch (a lane wakes only then): not a loop wake-up per write.
+        self._written_count = 0
+        self._notify_at = min((lane.batch_size for lane in self.lanes), default=1)
 
     def _submit(self, item: tuple) -> None:
         """Queue `item` for the writer at the end of this loop turn: one wake-up per turn, not per item."""
-        held = self._held
-        held.append(item)
-        if len(held) == 1:
-            if self._loop is None:
-                self._handover()
-            else:
-                self._loop.call_soon(self._handover)
+        self._held.append(item)
+        if self._soon:
+            return
+        self._soon = True
+        if self._loop is None:
+            self._handover()
+        else:
+            self._loop.call_soon(self._handover)
+
+    def _hold_begin(self, item: tuple) -> None:
+        """Queue a BEGIN for the next handover, at most BEGIN_HOLD_S away: a request that ends
+        sooner (most do) is handed over with its record in one writer wake-up, and its BEGIN
+        never reaches the disk (R33's window for in-flight requests is 10 ms; this is 2)."""
+        self._held.append(item)
+        if self._loop is None:
+            self._handover()
+        elif not self._later:  # one timer at a time, left to run out: no loop wake-up per request
+            self._later = True
+            self._loop.call_later(BEGIN_HOLD_S, self._timed_handover)
+
+    def _timed_handover(self) -> None:
+        self._later = False
+        self._handover()
 
     def _handover(self) -> None:
+        self._soon = False
         if self._held:
             held, self._held = self._held, []
             self.writer.submit((writer.BATCH, held))
@@ -78,7 +102,7 @@ class Batcher:
 
     def begin(self, info) -> Slot:
         slot = Slot()
-        self._submit((writer.BEGIN, slot.id, info))
+        self._hold_begin((writer.BEGIN, slot.id, info))
         return slot
 
     def end(self, slot: Slot) -> None:
@@ -126,6 +150,11 @@ class Batcher:
                       detail="damaged spool frames were skipped; every intact record was kept")
 
     def _from_writer(self, written: int) -> None:
+        """On the writer's thread: wake the loop only once the lanes could have a full batch."""
+        self._written_count += written
+        if self._written_count < self._notify_at:
+            return
+        written, self._written_count = self._written_count, 0
         with contextlib.suppress(RuntimeError):  # the loop is closing
             self._loop.call_soon_threadsafe(self._written, written)
 
