@@ -49,7 +49,7 @@ def merge(body_tags: list[str] | None, headers) -> list[str]:
     if not found:
         return []
     tags = _validated(found)
-    if not body_tags:
+    if not body_tags and len(values[0] or "") + len(values[1] or "") <= 2048:  # long (padded) values: not kept
         if len(_checked) >= 4096:
             _checked.clear()
             _checked[_NONE] = []
