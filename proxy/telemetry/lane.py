@@ -59,9 +59,10 @@ class Backoff:
         return base * (1 + self.rng() / 2)
 
 
-def read_records(spool: Spool, name: str, limit: int, metrics=None) -> tuple[list[UsageRecord], Pos]:
+def read_records(spool: Spool, name: str, limit: int, metrics=None,
+                 start: Pos | None = None) -> tuple[list[UsageRecord], Pos]:
     """Read and decode (on the spool's reader thread); an undecodable record is skipped, counted."""
-    payloads, end = spool.read(name, limit)
+    payloads, end = spool.read(name, limit, start)
     records = []
     for payload in payloads:
         try:
@@ -119,6 +120,11 @@ class Lane:
             full = len(records) >= self.batch_size
             if records and not full and not self.urgent and loop.time() < partial_due:
                 await self._idle(partial_due - loop.time())
+                if not self._stop.is_set():  # keep what was read, decoded; read on from its end
+                    self.fresh = 0
+                    more, end = await loop.run_in_executor(self.pool, read_records, self.spool, self.name,
+                                                           self.batch_size - len(records), self.metrics, end)
+                    following = (records + more, end)
                 continue
             if records and not await self._deliver(records):
                 return

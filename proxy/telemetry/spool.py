@@ -217,15 +217,16 @@ class Spool:
                 os.close(previous.fd)
             self._readers[name] = _Reader(min(cursor, (self._active, self._sizes[self._active])), fd)
 
-    def read(self, name: str, limit: int) -> tuple[list[bytes], Pos]:
-        """Up to `limit` record payloads from where `name` stands, and the position after them.
+    def read(self, name: str, limit: int, start: Pos | None = None) -> tuple[list[bytes], Pos]:
+        """Up to `limit` record payloads from where `name` stands (or from `start`, the end of a
+        batch it holds unsent, to add to it), and the position after them.
 
         The batch is marked in flight: dropping its segment at the cap does not count it lost.
         """
         with self._lock:
             reader = self._readers[name]
             out: list[bytes] = []
-            seq, offset = reader.cursor
+            seq, offset = start = start or reader.cursor
             for current in [s for s in self._sizes if s >= seq]:
                 offset = offset if current == seq else 0
                 stop = self._sizes[current]
@@ -235,7 +236,7 @@ class Spool:
                     break
                 end = (current + 1, 0)
             else:
-                end = reader.cursor
+                end = start
             reader.inflight = end
             return out, end
 

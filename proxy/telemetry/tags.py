@@ -10,6 +10,7 @@ MAX_TAGS = 10
 _PART = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,62}[A-Za-z0-9])?"
 _TAG = re.compile(rf"{_PART}:{_PART}")
 HEADERS = ("X-Tags", "X-LiteLLM-Tags")
+_X_TAGS, _LITELLM_TAGS = HEADERS
 
 
 def _shown(tag: str) -> str:
@@ -29,15 +30,35 @@ def _split(value: str) -> list[str]:
     return parts
 
 
+_NONE: tuple = (None, None)
+_checked: dict[tuple, list[str]] = {_NONE: []}  # header values already merged and valid, with no body tags
+
+
 def merge(body_tags: list[str] | None, headers) -> list[str]:
     """Merge, de-duplicate (first seen wins the order) and validate; 400 names the bad tag."""
-    found: list[str] = list(body_tags or ())
-    for name in HEADERS:
-        value = headers.get(name)
+    get = headers.get
+    values = (get(_X_TAGS), get(_LITELLM_TAGS))
+    if not body_tags:  # the usual case: the same headers on every request of an app
+        known = _checked.get(values)
+        if known is not None:
+            return list(known)
+    found: list[str] = list(body_tags) if body_tags else []
+    for value in values:
         if value:
-            found.extend(_split(value))
+            found += _split(value)
     if not found:
         return []
+    tags = _validated(found)
+    if not body_tags and len(values[0] or "") + len(values[1] or "") <= 2048:  # long (padded) values: not kept
+        if len(_checked) >= 4096:
+            _checked.clear()
+            _checked[_NONE] = []
+        _checked[values] = tags
+        return list(tags)
+    return tags
+
+
+def _validated(found: list) -> list[str]:
     tags = list(dict.fromkeys(found))
     for tag in tags:
         if not isinstance(tag, str) or not _TAG.fullmatch(tag):

@@ -26,7 +26,7 @@ log = structlog.get_logger("proxy.telemetry")
 RECORD = "R"  # (RECORD, UsageRecord, slot | None)
 BEGIN = "B"  # (BEGIN, slot, info: dict)
 END = "E"  # (END, slot)
-BATCH = "M"  # (BATCH, [item, …]): one loop turn's items in one hand-over
+BATCH = "M"  # (BATCH, [item, …]): the items of one hand-over (up to 2 ms of them: proxy.telemetry.batcher)
 BARRIER = "F"  # (BARRIER, callback): called once everything queued before it is written and synced
 STOP = "S"  # (STOP,)
 

@@ -60,15 +60,19 @@ class Watchdog:
     is slow but reading is not cut, and one that stopped is, within 1.25 × idle).
     """
 
-    __slots__ = ("idle", "deadline", "last", "reason", "progress", "has_answered", "_mark", "_loop", "_task",
-                 "_cancelling", "_handle")
+    __slots__ = ("idle", "deadline", "last", "reason", "progress", "has_answered", "then", "_mark", "_loop", "_task",
+                 "_cancelling", "_handle", "_at")
 
-    def __init__(self, idle: float, deadline: float | None = None, progress=None) -> None:
+    def __init__(self, idle: float, deadline: float | None = None, progress=None, then: float | None = None) -> None:
         self.idle = idle
         self.deadline = deadline
         self.reason: str | None = None
         self.progress = progress
         self.has_answered = False
+        # The idle `answered()` will set, when known: the first timer is armed for the sooner of
+        # the two, so an answer within it needs no second timer (a timer costs ~2 µs to arm and
+        # cancel); one that fires before its time finds nothing due and re-arms for the rest.
+        self.then = then
         self._mark = None
 
     async def __aenter__(self) -> Watchdog:
@@ -80,15 +84,17 @@ class Watchdog:
         self.last = self._loop.time()
         if self.progress is not None:
             self._mark = self.progress()
-        self._arm()
+        then = self.then
+        self._arm(self.idle if then is None or then >= self.idle else then)
         return self
 
-    def _arm(self) -> None:
-        at = self.last + self.idle
+    def _arm(self, span: float | None = None) -> None:
+        at = self.last + (self.idle if span is None else span)
         if self.progress is not None:
             at = min(at, self._loop.time() + self.idle / 4)
         if self.deadline is not None and self.deadline < at:
             at = self.deadline
+        self._at = at
         self._handle = self._loop.call_at(at, self._check)
 
     def _check(self) -> None:
@@ -113,12 +119,10 @@ class Watchdog:
         """The answer's headers came: from now on, at most `idle` s between reads."""
         self.has_answered = True
         self.last = self._loop.time()
-        if idle < self.idle:  # the armed timer would fire too late
-            self.idle = idle
+        self.idle = idle
+        if self._at > self.last + idle:  # the armed timer would fire too late
             self._handle.cancel()
             self._arm()
-        else:
-            self.idle = idle
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
         self._handle.cancel()
@@ -308,7 +312,7 @@ class Upstream:
         connect, first_byte, idle = self._timeouts(provider.item.timeouts)
         sent_at = time.monotonic()
         # One timer for the attempt: `first_byte` until the answer's headers, then `idle` between reads.
-        watchdog = Watchdog(first_byte)
+        watchdog = Watchdog(first_byte, then=watchdog_idle or idle)
         try:
             async with watchdog:
                 response = await self.open(provider.name, adapter, upstream_request, connect, fresh, provider.egress)

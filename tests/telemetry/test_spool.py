@@ -52,6 +52,24 @@ def test_records_leave_only_after_every_reader_acknowledged(tmp_path):
     spool.close()
 
 
+def test_a_batch_held_unsent_is_added_to_from_its_end_across_segments(tmp_path):
+    """A lane waiting for a full batch reads on from what it holds, not again from its cursor."""
+    spool = Spool(tmp_path, segment_bytes=16 * 1024)
+    spool.open()
+    spool.attach("local")
+    _fill(spool, 30)
+    held, end = spool.read("local", 64)
+    for first in range(30, 200, 10):  # rolls into new segments while the batch is held
+        spool.append(_records(first, 10))
+        if spool.wants_roll():
+            spool.roll()
+    more, end = spool.read("local", 64 - len(held), end)
+    assert _numbers(held + more) == list(range(64))
+    spool.ack("local", end)
+    assert _drain(spool, "local") == list(range(64, 200))
+    spool.close()
+
+
 def _castai_spool(tmp_path, records: int) -> Spool:
     """An open spool of small segments holding `records` records, with one reader attached."""
     spool = Spool(tmp_path, segment_bytes=16 * 1024)
