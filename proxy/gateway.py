@@ -35,15 +35,23 @@ class Gateway:
         self.auth = Authenticator(cfg, verifier)
         self.quota = Quota(cfg, self.state)  # per-key RPM, TPM and budget
         self.cache = ResponseCache(cfg.cache, self.state)
-        self.prices = Prices(cfg.prices)
+        prices = Prices(cfg.prices)
         self.telemetry = UsagePipeline(cfg, data, self.metrics)  # spool, sinks, heartbeat
         self.store = self.telemetry.store
         self.batcher = self.telemetry.batcher
         self.upstream = Upstream(cfg, self.router, self.metrics)
         self.parts = Parts(cfg, self.auth, self.quota, self.cache, self.router, self.registry, self.upstream,
-                           self.prices, self.metrics, self.batcher)  # what the request pipeline works with
+                           prices, self.metrics, self.batcher)  # what the request pipeline works with
         self.ready = False
         self.draining = False
+
+    @property
+    def prices(self) -> Prices:
+        return self.parts.prices
+
+    @prices.setter
+    def prices(self, value: Prices) -> None:  # one price table: a new one reaches the pipeline too
+        self.parts.prices = value
 
     async def start(self) -> None:
         self.metrics.start(self.router)  # circuit states, and the copy the other workers read
