@@ -143,11 +143,12 @@ class Catalog:
 _built: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def of(gw) -> Catalog:
-    """The gateway's catalog, built on first use from its config and kept beside it."""
-    found = _built.get(gw)
+def of(parts) -> Catalog:
+    """The catalog of a process's parts (proxy.pipeline.parts.Parts: the one holder cost routing
+    and the catalog routes share), built on first use from its config and kept beside it."""
+    found = _built.get(parts)
     if found is None:
-        found = _built[gw] = Catalog(gw.cfg.catalog)
+        found = _built[parts] = Catalog(parts.cfg.catalog)
     return found
 
 

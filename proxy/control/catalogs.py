@@ -64,11 +64,11 @@ async def hosted_model_specs(http_request: web.Request) -> web.Response:
     filters = catalog.Filters(
         provider=query.get("provider"), quantization=quantization, cloud=query.get("cloud"),
         region=query.get("region"), max_memory_mib=_int(query, "maxMemoryMib", None, 1, 2**40))
-    return _paged(catalog.of(gw).hosted_specs(filters), query)
+    return _paged(catalog.of(gw.parts).hosted_specs(filters), query)
 
 
 async def supported_providers(http_request: web.Request) -> web.Response:
     gw = http_request.app[GATEWAY]
     await gw.auth.reader(http_request.headers)
     query = _query(http_request, _PAGING)
-    return _paged(catalog.supported_providers(catalog.of(gw), gw.registry, gw.prices), query)
+    return _paged(catalog.supported_providers(catalog.of(gw.parts), gw.registry, gw.prices), query)

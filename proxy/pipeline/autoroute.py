@@ -93,39 +93,39 @@ def _suits(info, kind: str) -> bool:
     return embedding if kind == "embeddings" else not embedding and "text" in info.modalities
 
 
-def candidates(gw: Parts, allowed: frozenset[str] | None, kind: str,
+def candidates(parts: Parts, allowed: frozenset[str] | None, kind: str,
                among: tuple[str, ...] | None = None) -> list[Candidate]:
     """The models `auto` may pick for this caller and endpoint (see the module docstring)."""
-    catalog, router = catalogs.of(gw), gw.router
+    catalog, router = catalogs.of(parts), parts.router
     usable, fallback = [], []
-    for model, serving in gw.registry.by_model.items():
+    for model, serving in parts.registry.by_model.items():
         if (allowed is not None and model not in allowed) or (among is not None and model not in among):
             continue
         info = catalog.models.get(model)
         if info is None or info.quality is None or not _suits(info, kind):
             continue
         closed = [p for p in serving if not router.is_open(p.name)]
-        price = _price(model, closed or serving, catalog, gw.prices)
+        price = _price(model, closed or serving, catalog, parts.prices)
         if price is None:
             continue
         (usable if closed else fallback).append(Candidate(model, info.quality, price))
     return usable or fallback
 
 
-def apply(gw: Parts, request: ChatRequest, caller: Caller, headers) -> str | None:
+def apply(parts: Parts, request: ChatRequest, caller: Caller, headers) -> str | None:
     """Replace an `auto`/alias model (or any, with the weight header) by the model chosen for it.
 
     Returns the model the record's savings compare against: for an alias, the best-quality
     candidate; None for a named model (its savings compare against that model, as always).
     """
-    alias = catalogs.of(gw).aliases.get(request.model)
+    alias = catalogs.of(parts).aliases.get(request.model)
     if alias is None and HEADER not in headers:
         return None
-    default = gw.cfg.routing.quality_weight
+    default = parts.cfg.routing.quality_weight
     if alias is not None and alias.quality_weight is not None:
         default = alias.quality_weight
     weight = quality_weight(headers, default)
-    found = candidates(gw, caller.models, request.kind, alias.models if alias else None)
+    found = candidates(parts, caller.models, request.kind, alias.models if alias else None)
     if not found:
         raise ModelNotFound(f"no model is available for {request.model!r}: none that this key may use has "
                             "a price, a quality score and a registered provider", param="model")
