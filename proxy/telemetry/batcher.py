@@ -53,9 +53,9 @@ class Batcher:
         self._running = False
         self._held: list[tuple] = []  # items handed to the writer in one go
         self._later = False  # a handover is due within HOLD_S
-        # The writer's count of records written, told to the lanes once it reaches the smallest
-        # lane batch (a lane wakes only then): not a loop wake-up per write.
-        self._written_count = 0
+        # The records written, handed to the lanes once they make the smallest lane batch (a lane
+        # wakes only then): not a loop wake-up per write. Written on the writer's thread only.
+        self._written: list[writer.Written] = []
         self._notify_at = min((lane.batch_size for lane in self.lanes), default=1)
 
     def _submit(self, item: tuple) -> None:
@@ -138,18 +138,18 @@ class Batcher:
             log.error("spool_damaged", damaged=recovery.damaged,
                       detail="damaged spool frames were skipped; every intact record was kept")
 
-    def _from_writer(self, written: int) -> None:
+    def _from_writer(self, written: list[writer.Written]) -> None:
         """On the writer's thread: wake the loop only once the lanes could have a full batch."""
-        self._written_count += written
-        if self._written_count < self._notify_at:
+        self._written += written
+        if len(self._written) < self._notify_at:
             return
-        written, self._written_count = self._written_count, 0
+        written, self._written = self._written, []
         with contextlib.suppress(RuntimeError):  # the loop is closing
-            self._loop.call_soon_threadsafe(self._written, written)
+            self._loop.call_soon_threadsafe(self._to_lanes, written)
 
-    def _written(self, written: int) -> None:
+    def _to_lanes(self, written: list[writer.Written]) -> None:
         for lane in self.lanes:
-            lane.notify(written)
+            lane.offer(written)
 
     async def _barrier(self) -> None:
         """Wait until everything handed over so far is written and synced."""

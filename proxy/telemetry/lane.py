@@ -13,6 +13,7 @@ of jitter, and never sooner than Retry-After.
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 from collections.abc import Callable
 from typing import Protocol
@@ -94,6 +95,14 @@ class Lane:
         self.urgent = False  # a flush is waiting: send a short batch at once
         self.failing = False
         self.position: Pos = (0, 0)
+        # Records the writer just wrote, (segment, start, end, record) (proxy.telemetry.writer.Written):
+        # a read that starts where they do takes them from here, not from the spool, saving a trip
+        # to the reader thread and a decode per record on the core the requests use. Bounded: a
+        # lane that falls behind (a sink down) drops the oldest and reads the spool when it is back.
+        self._memory: collections.deque = collections.deque()
+        self._memory_cap = 4 * self.batch_size
+        self._next: Pos | None = None  # where this lane's next read starts, once known
+        self._offered: Pos | None = None  # the end of the last record offered
         self.wake = asyncio.Event()
         self.progress = asyncio.Event()
         self._stop = asyncio.Event()
@@ -102,10 +111,45 @@ class Lane:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"usage-sink-{self.name}")
 
-    def notify(self, written: int) -> None:
-        self.fresh += written
+    def offer(self, written: list) -> None:
+        """Records the writer wrote (on the loop, in spool order): kept for the next read, and
+        a wake-up once they make a batch."""
+        memory = self._memory
+        memory.extend(written)
+        self._offered = written[-1][0], written[-1][2]
+        for _ in range(len(memory) - self._memory_cap):
+            memory.popleft()
+        self.fresh += len(written)
         if self.fresh >= self.batch_size:
             self.wake.set()
+
+    def _take(self, start: Pos | None, limit: int) -> tuple[list[UsageRecord], Pos] | None:
+        """Up to `limit` records from memory that a spool read from `start` would return, and the
+        position after them; None unless memory holds the records that follow `start`."""
+        memory = self._memory
+        if start is None:
+            return None
+        while memory and (memory[0][0], memory[0][2]) <= start:  # read from the spool already
+            memory.popleft()
+        if not memory or (memory[0][0], memory[0][1]) != start:  # a gap: a roll, a drop, a slow lane
+            return None
+        records, at = [], start
+        while memory and len(records) < limit and (memory[0][0], memory[0][1]) == at:
+            seq, _, end, record = memory.popleft()
+            records.append(record)
+            at = (seq, end)
+        return records, at
+
+    async def _read(self, limit: int, start: Pos | None = None) -> tuple[list[UsageRecord], Pos]:
+        """The next records: from `start` (the end of a batch held unsent) or after the last one
+        read; from memory when it holds them, else from the spool on its reader thread."""
+        self.fresh = 0
+        taken = self._take(start or self._next, limit)
+        if taken is None:
+            taken = await asyncio.get_running_loop().run_in_executor(
+                self.pool, read_records, self.spool, self.name, limit, self.metrics, start)
+        self._next = taken[1]
+        return taken
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -113,17 +157,13 @@ class Lane:
         following = None  # the next batch, read along with the last acknowledgement
         while not self._stop.is_set():
             if following is None:
-                self.fresh = 0
-                following = await loop.run_in_executor(self.pool, read_records, self.spool, self.name,
-                                                       self.batch_size, self.metrics)
+                following = await self._read(self.batch_size)
             (records, end), following = following, None
             full = len(records) >= self.batch_size
             if records and not full and not self.urgent and loop.time() < partial_due:
                 await self._idle(partial_due - loop.time())
                 if not self._stop.is_set():  # keep what was read, decoded; read on from its end
-                    self.fresh = 0
-                    more, end = await loop.run_in_executor(self.pool, read_records, self.spool, self.name,
-                                                           self.batch_size - len(records), self.metrics, end)
+                    more, end = await self._read(self.batch_size - len(records), end)
                     following = (records + more, end)
                 continue
             if records and not await self._deliver(records):
@@ -140,12 +180,22 @@ class Lane:
         """Acknowledge up to `end`; after a full batch, read the next in the same trip to the
         spool's thread (a trip costs a thread switch each way, on the core the requests use)."""
         loop = asyncio.get_running_loop()
-        if not read_on:
+        following = self._take(end, self.batch_size) if read_on else None
+        if read_on and following is None and end == self._offered:
+            # Everything offered is taken: what more the spool has is less than a batch (the
+            # batcher offers whole batches), so it waits for the next offer or the flush timer.
+            following = [], end
+        if following is not None or not read_on:
             await loop.run_in_executor(self.pool, self.spool.ack, self.name, end)
-            return None
+            if following is not None:
+                self.fresh = 0
+                self._next = following[1]
+            return following
         self.fresh = 0
-        return await loop.run_in_executor(self.pool, _ack_and_read, self.spool, self.name, end, self.batch_size,
-                                          self.metrics)
+        following = await loop.run_in_executor(self.pool, _ack_and_read, self.spool, self.name, end,
+                                               self.batch_size, self.metrics)
+        self._next = following[1]
+        return following
 
     async def _idle(self, seconds: float) -> None:
         """Until N records were written, a flush is asked for, or `seconds` pass."""

@@ -30,12 +30,18 @@ BATCH = "M"  # (BATCH, [item, …]): the items of one hand-over (up to 2 ms of t
 BARRIER = "F"  # (BARRIER, callback): called once everything queued before it is written and synced
 STOP = "S"  # (STOP,)
 
+# What `on_written` gets for each record written: (segment, start, end, record). A read of the spool
+# from (segment, start) would return this record first, and would stand at (segment, end) after it
+# (the last record of a write ends where the write ends: only BEGIN and END frames follow it). The
+# lanes take the records from these instead of reading back and decoding what was just written.
+Written = tuple[int, int, int, object]
+
 _RETRY_S = 1.0
 
 
 class Writer:
     def __init__(self, spool: Spool, *, commit_ms: int = 50, queue_size: int = 100_000, drop_oldest: bool = True,
-                 metrics=None, on_written: Callable[[int], None] | None = None) -> None:
+                 metrics=None, on_written: Callable[[list[Written]], None] | None = None) -> None:
         self.spool = spool
         self.commit_s = commit_ms / 1000
         self.queue_size = queue_size
@@ -46,7 +52,8 @@ class Writer:
         self.on_written = on_written
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.failing = False
-        self._backlog: list[tuple[bytes, int]] = []  # (frames, records) not yet written
+        # (frames, [(offset in frames, end offset, record), …]) not yet written
+        self._backlog: list[tuple[bytes, list[tuple[int, int, object]]]] = []
         self._backlog_records = 0
         self._open: dict[str, bytes] = {}  # slot → BEGIN frame of a request still running
         self._thread = threading.Thread(target=self._run, name="usage-spool", daemon=True)
@@ -113,7 +120,7 @@ class Writer:
         return flat
 
     def _encode(self, items: list[tuple], encode, barriers: list) -> bool:
-        out, records, stopping = [], 0, False
+        out, records, stopping, at = [], [], False, 0
         # A request that began and ended within these items needs no BEGIN on disk: its record
         # (or its END) is written in the same append.
         ended = {item[2] if item[0] == RECORD else item[1] for item in items
@@ -124,40 +131,61 @@ class Writer:
                 continue
             if tag == RECORD:
                 _, record, slot = item
-                out.append(segments.frame(segments.RECORD, segments.payload(slot, encode(record))))
+                framed = segments.frame(segments.RECORD, segments.payload(slot, encode(record)))
+                out.append(framed)
+                records.append((at, at + len(framed), record))
+                at += len(framed)
                 if slot is not None:
                     self._open.pop(slot, None)
-                records += 1
             elif tag == BEGIN:
                 framed = segments.frame(segments.BEGIN, segments.payload(item[1], encode(item[2])))
                 self._open[item[1]] = framed
                 out.append(framed)
+                at += len(framed)
             elif tag == END:
                 if self._open.pop(item[1], None) is not None:
-                    out.append(segments.frame(segments.END, segments.payload(item[1])))
+                    framed = segments.frame(segments.END, segments.payload(item[1]))
+                    out.append(framed)
+                    at += len(framed)
             elif tag == BARRIER:
                 barriers.append(item[1])
             elif tag == STOP:
                 stopping = True
         if out:
             self._backlog.append((b"".join(out), records))
-            self._backlog_records += records
+            self._backlog_records += len(records)
         return stopping
 
     def _write(self) -> bool:
-        data = b"".join(chunk for chunk, _ in self._backlog)
+        backlog = self._backlog
+        data = b"".join(chunk for chunk, _ in backlog)
         try:
             self.spool.append(data)
         except OSError as exc:
             self._failed(exc)
             return False
-        written = self._backlog_records
+        written = self._placed(backlog, len(data)) if self.on_written is not None else []
         self._backlog, self._backlog_records = [], 0
         if self.failing:
             self.failing = False
             log.warning("spool_writable_again")
         self._after_write(written)
         return True
+
+    def _placed(self, backlog: list, size: int) -> list[Written]:
+        """Where each record of the write just made lies in the spool (read before a roll moves on)."""
+        seq, end = self.spool.end()
+        base = end - size
+        placed, previous = [], base
+        for chunk, records in backlog:
+            for start, stop, record in records:
+                placed.append((seq, previous, base + stop, record))
+                previous = base + stop
+            base += len(chunk)
+        if placed:
+            last = placed[-1]
+            placed[-1] = (seq, last[1], end, last[3])  # only BEGIN and END frames follow it
+        return placed
 
     def _failed(self, exc: OSError) -> None:
         if self.metrics is not None:
@@ -168,10 +196,10 @@ class Writer:
                       detail="usage records are held in memory and written when the disk accepts them")
         while self._backlog_records > self.queue_size and len(self._backlog) > 1:
             _, lost = self._backlog.pop(0)
-            self._backlog_records -= lost
-            self._dropped("queue_full", lost)
+            self._backlog_records -= len(lost)
+            self._dropped("queue_full", len(lost))
 
-    def _after_write(self, records: int) -> None:
+    def _after_write(self, written: list[Written]) -> None:
         spool = self.spool
         if spool.wants_roll():
             try:
@@ -182,8 +210,8 @@ class Writer:
             lost = sum(spool.drop_oldest().values())
             if lost:
                 self._dropped("spool_full", lost)
-        if records and self.on_written is not None:
-            self.on_written(records)
+        if written:
+            self.on_written(written)
 
     def _dropped(self, reason: str, count: int) -> None:
         if self.metrics is not None:

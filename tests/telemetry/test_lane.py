@@ -155,3 +155,75 @@ def test_an_undecodable_record_is_skipped_and_counted(tmp_path):
     assert [r.id for r in records] == ["rec-00000001"]
     assert metrics.records_dropped.labels("unreadable")._value.get() == 1
     spool.close()
+
+
+async def _offering(tmp_path, sink, **kw):
+    """A lane fed as the batcher feeds it: the writer's records offered on the loop after each write;
+    every read of the spool counted."""
+    spool = Spool(tmp_path)
+    spool.open()
+    spool.attach(sink.name)
+    reads = []
+    real_read = spool.read
+
+    def counted(*args, **kwargs):
+        reads.append(args)
+        return real_read(*args, **kwargs)
+
+    spool.read = counted
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    lane = Lane(sink, spool, pool, Telemetry(**kw))
+    loop = asyncio.get_running_loop()
+    w = writer.Writer(spool, commit_ms=5, on_written=lambda written: loop.call_soon_threadsafe(lane.offer, written))
+    w.start()
+    return spool, pool, lane, w, reads
+
+
+async def _stop(spool, pool, lane, w):
+    await lane.close(1)
+    w.stop(5)
+    spool.close()
+    pool.shutdown()
+
+
+async def test_records_just_written_reach_the_sink_from_memory_not_from_the_spool(tmp_path):
+    sink = Recorder("local")
+    sink.batch_size = 8
+    spool, pool, lane, w, reads = await _offering(tmp_path, sink, batch_size=8, flush_ms=5000)
+    lane.start()
+    await until(lambda: reads)  # the first read finds the spool empty
+    n = 0
+    for _ in range(20):  # 20 writes of 8 records, among requests' BEGIN and END frames
+        items = []
+        for _ in range(8):
+            items += [(writer.BEGIN, f"{n:024x}", {"ts": 1.0, "route": "chat"}),
+                      (writer.RECORD, record(n), f"{n:024x}")]
+            n += 1
+        items.append((writer.BEGIN, f"open{n:020x}", {"ts": 1.0, "route": "chat"}))  # still running
+        w.submit((writer.BATCH, items))
+        await until(lambda n=n: len(sink.ids) == n)
+    assert sink.ids == [f"rec-{i:08d}" for i in range(160)]
+    assert len(reads) <= 2, reads  # the first read, and at most one after the first write raced it
+    await until(lambda: lane.position == spool.end())  # acknowledged to where a spool read would stand
+    await _stop(spool, pool, lane, w)
+
+
+async def test_a_gap_in_memory_falls_back_to_the_spool_and_loses_nothing(tmp_path):
+    # A sink down while 300 records are written: memory keeps 4 batches, the rest only the spool
+    # has; the spool rolls to new segments, carrying a running request's BEGIN. Once the sink is
+    # back, every record arrives once, in order, and the lane ends at the spool's end.
+    sink = Recorder("castai", fail=10)
+    spool, pool, lane, w, reads = await _offering(tmp_path, sink, batch_size=10, flush_ms=20, retry_initial=0.01,
+                                                  retry_max=0.02)
+    spool.segment_bytes = 16 * 1024
+    lane.start()
+    w.submit((writer.BEGIN, "open" + "0" * 20, {"ts": 1.0, "route": "chat"}))
+    for i in range(300):
+        w.submit((writer.RECORD, record(i), None))
+        if i % 25 == 0:
+            await asyncio.sleep(0.005)
+    await until(lambda: len(sink.ids) == 300, timeout=20)
+    assert sink.ids == [f"rec-{i:08d}" for i in range(300)]
+    assert len(reads) > 1  # it did read the spool for what memory no longer held
+    await until(lambda: lane.position == spool.end())
+    await _stop(spool, pool, lane, w)
