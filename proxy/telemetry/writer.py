@@ -52,8 +52,8 @@ class Writer:
         self.on_written = on_written
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.failing = False
-        # (frames, [(offset in frames, end offset, record), …]) not yet written
-        self._backlog: list[tuple[bytes, list[tuple[int, int, object]]]] = []
+        # (frames, [(where each record's frame ends in them, the record), …]) not yet written
+        self._backlog: list[tuple[bytes, list[tuple[int, object]]]] = []
         self._backlog_records = 0
         self._open: dict[str, bytes] = {}  # slot → BEGIN frame of a request still running
         self._thread = threading.Thread(target=self._run, name="usage-spool", daemon=True)
@@ -133,8 +133,8 @@ class Writer:
                 _, record, slot = item
                 framed = segments.frame(segments.RECORD, segments.payload(slot, encode(record)))
                 out.append(framed)
-                records.append((at, at + len(framed), record))
                 at += len(framed)
+                records.append((at, record))
                 if slot is not None:
                     self._open.pop(slot, None)
             elif tag == BEGIN:
@@ -178,7 +178,7 @@ class Writer:
         base = end - size
         placed, previous = [], base
         for chunk, records in backlog:
-            for start, stop, record in records:
+            for stop, record in records:
                 placed.append((seq, previous, base + stop, record))
                 previous = base + stop
             base += len(chunk)
