@@ -115,10 +115,13 @@ class Lane:
         """Records the writer wrote (on the loop, in spool order): kept for the next read, and
         a wake-up once they make a batch."""
         memory = self._memory
-        memory.extend(written)
         self._offered = written[-1][0], written[-1][2]
-        for _ in range(len(memory) - self._memory_cap):
-            memory.popleft()
+        if self.failing:  # it will read the spool once its sink is back: memory would only grow
+            memory.clear()
+        else:
+            memory.extend(written)
+            for _ in range(len(memory) - self._memory_cap):
+                memory.popleft()
         self.fresh += len(written)
         if self.fresh >= self.batch_size:
             self.wake.set()

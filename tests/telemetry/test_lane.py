@@ -212,7 +212,7 @@ async def test_a_gap_in_memory_falls_back_to_the_spool_and_loses_nothing(tmp_pat
     # A sink down while 300 records are written: memory keeps 4 batches, the rest only the spool
     # has; the spool rolls to new segments, carrying a running request's BEGIN. Once the sink is
     # back, every record arrives once, in order, and the lane ends at the spool's end.
-    sink = Recorder("castai", fail=10)
+    sink = Recorder("castai", fail=10**6)
     spool, pool, lane, w, reads = await _offering(tmp_path, sink, batch_size=10, flush_ms=20, retry_initial=0.01,
                                                   retry_max=0.02)
     spool.segment_bytes = 16 * 1024
@@ -222,6 +222,10 @@ async def test_a_gap_in_memory_falls_back_to_the_spool_and_loses_nothing(tmp_pat
         w.submit((writer.RECORD, record(i), None))
         if i % 25 == 0:
             await asyncio.sleep(0.005)
+    await until(lambda: w.pending() == 0)
+    await asyncio.sleep(0.05)  # the last write offered
+    assert lane.failing and not lane._memory  # a lane whose sink is down keeps nothing in memory
+    sink.fail = 0
     await until(lambda: len(sink.ids) == 300, timeout=20)
     assert sink.ids == [f"rec-{i:08d}" for i in range(300)]
     assert len(reads) > 1  # it did read the spool for what memory no longer held
