@@ -92,13 +92,29 @@ class BytesSerializer(BaseSerializer):
         return value
 
 
+CLOSE_S = 2.0
+
+
+async def bounded(step: Awaitable, what: str, seconds: float = CLOSE_S) -> None:
+    """Await one step of closing a connection for at most `seconds`, then leave it: a Redis that
+    stopped answering must not hold a drain, or a test's teardown, for ever. (`asyncio.wait`, not
+    `wait_for`: that waits on for a step that does not end when cancelled.)"""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        log.warning("state_close_timed_out", step=what, seconds=seconds)
+        return
+    task.result()
+
+
 async def close_cache(cache: BaseCache) -> None:
     """Close an aiocache cache (its Redis client with `aclose`, which aiocache 0.12 does not use)."""
     client = getattr(cache, "client", None)
     if client is not None and hasattr(client, "aclose"):
-        await client.aclose()
+        await bounded(client.aclose(), "cache")
     else:
-        await cache.close()
+        await bounded(cache.close(), "cache")
 
 
 class Store(abc.ABC):

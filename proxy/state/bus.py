@@ -16,6 +16,8 @@ import orjson
 import structlog
 from redis import exceptions as redis_errors
 
+from proxy.state.base import CLOSE_S, bounded
+
 log = structlog.get_logger("proxy.state")
 
 _RETRY_MAX = 5.0
@@ -39,7 +41,7 @@ class Bus:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await asyncio.wait({self._task}, timeout=2 * CLOSE_S)  # its pubsub's close is bounded too
 
     async def _run(self) -> None:
         delay = 0.1
@@ -66,7 +68,7 @@ class Bus:
                 if message is not None:
                     await self._dispatch(message["data"])
         finally:
-            await pubsub.aclose()
+            await bounded(pubsub.aclose(), "pubsub")
 
     async def _dispatch(self, raw: bytes) -> None:
         try:

@@ -30,7 +30,7 @@ import structlog
 from redis import exceptions as redis_errors
 
 from proxy.state import clients, scripts
-from proxy.state.base import Rule, StateUnavailable, Store, Verdict
+from proxy.state.base import Rule, StateUnavailable, Store, Verdict, bounded
 from proxy.state.bus import Bus
 from proxy.state.memory import BUDGET_RETRY_AFTER
 from proxy.state.outage import Batch, Fallback
@@ -139,7 +139,7 @@ class RedisStore(Store):
             await asyncio.wait_for(self.client.zrem(self.prefix + "replicas", self.bus.origin), 1.0)
         except (*_ERRORS, TimeoutError):
             pass
-        await self.client.aclose()
+        await bounded(self.client.aclose(), "client")
 
     async def _deliver(self, topic: str | None, data: dict | None) -> None:
         for name in ([topic] if topic is not None else list(self._listeners)):

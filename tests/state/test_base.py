@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiocache import SimpleMemoryCache
 
 from proxy.state.base import BytesSerializer, Rule, StateUnavailable, Verdict
@@ -81,3 +82,20 @@ def test_store_url_chooses_the_implementation(tmp_path):
         open_store(cfg(storeUrl="redis://127.0.0.1:6379/0"))
     with pytest.raises(ConfigError, match="STORE_URL"):
         open_store(cfg(storeUrl="memcached://x"))
+
+
+async def test_a_closing_step_that_never_ends_is_left_after_its_bound():
+    import time
+
+    from proxy.state.base import bounded
+
+    never = asyncio.get_running_loop().create_future()  # a Redis that stopped answering
+    started = time.monotonic()
+    await bounded(never, "test", seconds=0.2)
+    assert 0.2 <= time.monotonic() - started < 1.5 and never.cancelled()
+
+    async def fails():
+        raise ConnectionError("reset")
+
+    with pytest.raises(ConnectionError):  # a step that ends with an error still says so
+        await bounded(fails(), "test")
