@@ -103,9 +103,9 @@ def _output(result: dict, record: bool) -> None:
     skipped = report.skipped_text(result)
     if skipped:
         print(f"\n{skipped}")
-    hour = report.hour_text(result)
-    if hour:
-        print(f"\n{hour}")
+    for text in (report.hour_text(result), report.speed_text(result)):
+        if text:
+            print(f"\n{text}")
     if result.get("parse"):
         print("\nStream parsing alone (python -m bench.relay_cost: canned reads, in this process):")
         print(report.parse_text(result["parse"]))

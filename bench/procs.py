@@ -143,5 +143,23 @@ class Server:
         self.log.close()
 
 
+# A fixed piece of pure-Python work: the CPU time it takes is the host's speed at that moment. On a
+# shared host (a busy hypervisor) it moves by a quarter within seconds while steal time stays
+# near zero, and every rate the bench measures moves with it.
+_PROBE = ("import time\nbest = 1e9\nfor _ in range(3):\n    t = time.thread_time()\n    s = 0\n"
+          "    for i in range(200_000):\n        s += i * i\n    best = min(best, time.thread_time() - t)\n"
+          "print(best * 1000)")
+
+
+def speed_probe() -> float | None:
+    """Milliseconds of CPU the fixed work took on the server CPU (best of 3), between scenarios."""
+    try:
+        out = subprocess.run(pinned([sys.executable, "-c", _PROBE], SERVER_CPU), capture_output=True, text=True,
+                             timeout=30)
+        return round(float(out.stdout.strip()), 2)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
 def python(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]

@@ -7,6 +7,7 @@ import os
 import pathlib
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 
@@ -246,9 +247,29 @@ def _verdict(op: str, limit: float, value) -> tuple[bool | None, str]:
     return ok, "ok" if ok else f"MISS: {value:g}"
 
 
+SPEED_SPREAD_MAX = 1.15  # slowest / fastest probe above this: the host was not quiet
+
+
+def speed_text(result: dict) -> str | None:
+    """How fast the host ran during the run: the probes taken before each scenario round."""
+    probes = result.get("host_speed_ms") or []
+    if len(probes) < 2:
+        return None
+    low, high = min(probes), max(probes)
+    return (f"Host speed: a fixed Python loop took {low:.1f} to {high:.1f} ms of CPU on the server CPU "
+            f"(median {statistics.median(probes):.1f}) in {len(probes)} probes before the scenario rounds: "
+            f"the slowest {high / low:.2f}x the fastest.")
+
+
 def warnings(result: dict) -> list[str]:
     """What makes this run's numbers less trustworthy, said plainly."""
     out = []
+    probes = result.get("host_speed_ms") or []
+    if len(probes) >= 2 and max(probes) / min(probes) > SPEED_SPREAD_MAX:
+        out.append(f"the host's speed moved {max(probes) / min(probes):.2f}x during the run (a fixed Python loop: "
+                   f"{min(probes):.1f} to {max(probes):.1f} ms of CPU), with no other process on the server CPU to "
+                   "explain it: a shared host; a ratio between targets measured seconds apart can be off by that "
+                   "much, so --repeat and the medians matter, and a floor missed by less is not settled")
     for name in result["targets"]:
         other = _max(result, name, "other_load_on_server_cpu")
         if other is not None and other > 0.1:
@@ -391,7 +412,7 @@ def results_md(result: dict, rows: list[list[str]]) -> str:
     lines += [f"- Warning: {w}" for w in result.get("warnings", [])]
     if result.get("warnings"):
         lines.append("")
-    for text in (skipped_text(result), hour_text(result)):
+    for text in (skipped_text(result), hour_text(result), speed_text(result)):
         if text:
             lines += [text, ""]
     if result.get("parse"):

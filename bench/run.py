@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from bench import drivers, relay_cost, report, wrk
 from bench.dialects import CHAT, CONTENT_EVENTS, DIALECT_SCENARIOS, SKIP_REASON, SPEAKS_DIALECTS, Wire
-from bench.procs import LOAD_CPU, SERVER_CPU, cpu_busy, pinned, pinning
+from bench.procs import LOAD_CPU, SERVER_CPU, cpu_busy, pinned, pinning, speed_probe
 from bench.targets import Target, start_gateway, start_mock, start_passthrough
 
 SCENARIOS = ("c1", "c32", "c256", "s32", "b32", *DIALECT_SCENARIOS, "s1000", "delayed", "idle", "parse")
@@ -254,7 +254,8 @@ def _speaking(name: str, targets: list[Target], results: dict) -> list[Target]:
     return [t for t in targets if t.name in SPEAKS_DIALECTS]
 
 
-async def _measure(targets: list[Target], cfg: Settings, idle_count: int, results: dict) -> None:
+async def _measure(targets: list[Target], cfg: Settings, idle_count: int, results: dict,
+                   speed: list[float]) -> None:
     for target in targets:
         target.rss_start_mb = target.rss()
         await warm(target, cfg)
@@ -266,6 +267,8 @@ async def _measure(targets: list[Target], cfg: Settings, idle_count: int, result
         for number in range(rounds):
             for target in speaking if number % 2 == 0 else speaking[::-1]:
                 log(f"{name} -> {target.name}" + (f" (round {number + 1} of {rounds})" if rounds > 1 else ""))
+                if (probe := await asyncio.to_thread(speed_probe)) is not None:
+                    speed.append(probe)
                 runs[target.name].append(await scenario(name, target, cfg, idle_count))
                 if name == "c32" and cfg.flamegraph and target.name == "gateway" and number == 0:
                     results[target.name]["flamegraph"] = await asyncio.to_thread(flamegraph, target, cfg)
@@ -296,7 +299,8 @@ async def run(cfg: Settings, externals: list[Target], nofile: int) -> dict:
             targets.append(Target("gateway", servers[-1].url, servers[-1], cpu_index=server_cpu))
         targets += externals
         results: dict[str, dict] = {t.name: {} for t in targets}
-        await _measure(targets, cfg, idle_count, results)
+        speed: list[float] = []
+        await _measure(targets, cfg, idle_count, results, speed)
         gateway_log = _log_summary(workdir / "gateway.log") if "gateway" in cfg.builtin else None
     finally:
         for server in reversed(servers):
@@ -314,6 +318,7 @@ async def run(cfg: Settings, externals: list[Target], nofile: int) -> dict:
                                  "rss_idle_mb": t.rss_idle_mb, "rss_end_mb": t.rss_end_mb,
                                  "scenarios": results[t.name]} for t in targets},
             "idle_streams": {"requested": cfg.idle_streams, "used": idle_count, "note": idle_note},
+            "host_speed_ms": speed,
             "gateway_log": gateway_log}
 
 
