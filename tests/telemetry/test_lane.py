@@ -39,6 +39,13 @@ async def _lane(tmp_path, sink, metrics=None, **kw):
     return spool, pool, lane, w
 
 
+async def _stop(spool, pool, lane, w):
+    await lane.close(1)
+    w.stop(5)
+    spool.close()
+    pool.shutdown()
+
+
 async def test_a_failing_batch_is_retried_in_order_until_taken(tmp_path):
     sink = Recorder("castai", fail=3)
     metrics = Metrics()
@@ -53,10 +60,7 @@ async def test_a_failing_batch_is_retried_in_order_until_taken(tmp_path):
     assert all(gap >= 0.05 for gap in gaps)
     assert metrics.sink_retries.labels("castai", "test")._value.get() == 3
     assert metrics.records_sent.labels("castai")._value.get() == 12
-    await lane.close(1)
-    w.stop(5)
-    spool.close()
-    pool.shutdown()
+    await _stop(spool, pool, lane, w)
 
 
 async def test_a_sink_may_take_smaller_batches_than_the_setting(tmp_path):
@@ -74,10 +78,7 @@ async def test_a_sink_may_take_smaller_batches_than_the_setting(tmp_path):
     big = Recorder("big")
     big.batch_size = 1000  # never more than the setting
     assert Lane(big, spool, pool, Telemetry(batch_size=10)).batch_size == 10
-    await lane.close(1)
-    w.stop(5)
-    spool.close()
-    pool.shutdown()
+    await _stop(spool, pool, lane, w)
 
 
 async def test_retry_after_is_honoured(tmp_path):
@@ -88,10 +89,7 @@ async def test_retry_after_is_honoured(tmp_path):
     lane.start()
     await until(lambda: sink.ids)
     assert sink.attempts[1] - sink.attempts[0] >= 0.4
-    await lane.close(1)
-    w.stop(5)
-    spool.close()
-    pool.shutdown()
+    await _stop(spool, pool, lane, w)
 
 
 async def test_closing_during_an_outage_leaves_the_batch_in_the_spool(tmp_path):
@@ -134,10 +132,7 @@ async def test_an_exception_that_is_not_retryable_is_retried_too(tmp_path):
     w.submit((writer.RECORD, record(0), None))
     lane.start()
     await until(lambda: sink.ids)
-    await lane.close(1)
-    w.stop(5)
-    spool.close()
-    pool.shutdown()
+    await _stop(spool, pool, lane, w)
     await asyncio.sleep(0)
 
 
@@ -177,13 +172,6 @@ async def _offering(tmp_path, sink, **kw):
     w = writer.Writer(spool, commit_ms=5, on_written=lambda written: loop.call_soon_threadsafe(lane.offer, written))
     w.start()
     return spool, pool, lane, w, reads
-
-
-async def _stop(spool, pool, lane, w):
-    await lane.close(1)
-    w.stop(5)
-    spool.close()
-    pool.shutdown()
 
 
 async def test_records_just_written_reach_the_sink_from_memory_not_from_the_spool(tmp_path):
