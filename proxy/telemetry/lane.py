@@ -180,8 +180,9 @@ class Lane:
                 await self._idle(self.flush_s)
 
     async def _ack(self, end: Pos, *, read_on: bool) -> tuple[list[UsageRecord], Pos] | None:
-        """Acknowledge up to `end`; after a full batch, read the next in the same trip to the
-        spool's thread (a trip costs a thread switch each way, on the core the requests use)."""
+        """Acknowledge up to `end`; after a full batch, take the next: from memory when it holds
+        it, else read in the same trip to the spool's thread (a trip costs a thread switch each
+        way, on the core the requests use)."""
         loop = asyncio.get_running_loop()
         following = self._take(end, self.batch_size) if read_on else None
         if read_on and following is None and end == self._offered:
