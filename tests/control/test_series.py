@@ -9,7 +9,7 @@ import pytest
 
 from proxy.control import report, series
 from proxy.errors import InvalidRequest
-from proxy.telemetry.store import FIELDS, UsageStore, connect, row
+from proxy.telemetry.store import FIELDS, FIGURES, UsageStore, connect, row
 from tests.conftest import ADMIN_KEY
 from tests.telemetry.helpers import record
 
@@ -218,6 +218,10 @@ def _fill(path: str, count: int, start: float, end: float) -> None:
             db.execute("BEGIN")
             db.executemany(f"INSERT INTO usage ({', '.join(FIELDS)}, model) VALUES "
                            f"({', '.join('?' * (len(FIELDS) + 1))})", rows(first, min(first + 100_000, count)))
+    with db:  # the tag rows the store writes with each record (proxy.telemetry.store.insert), in one go
+        db.execute("BEGIN")
+        db.execute(f"INSERT INTO usage_tags SELECT value, ts, rid, model, provider, api_key_id, {FIGURES} "
+                   "FROM usage, json_each(usage.tags) WHERE usage.tags <> '[]'")
     db.close()
 
 

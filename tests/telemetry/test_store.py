@@ -5,19 +5,39 @@ from __future__ import annotations
 import sqlite3
 import time
 
+import orjson
+import pytest
+
+from proxy.telemetry import store as store_module
 from proxy.telemetry.record import encode
 from proxy.telemetry.store import UsageStore
 from tests.telemetry.helpers import record
 
 
-async def test_a_resent_batch_changes_nothing(tmp_path):
+@pytest.mark.parametrize("returning", [True, False], ids=["returning", "sqlite-before-3.35"])
+async def test_a_resent_batch_changes_nothing(tmp_path, monkeypatch, returning):
+    monkeypatch.setattr(store_module, "_RETURNING", returning)
     store = UsageStore(str(tmp_path / "u.db"))
     batch = [record(i, tags=["team:a", "env:prod"]) for i in range(5)]
     await store.send(batch)
-    await store.send(batch + [record(9)])
+    await store.send(batch + [record(9, tags=["team:b"])])
     assert [r.id for r in await store.records()] == [*(r.id for r in batch), "rec-00000009"]
-    tags = store._db.execute("SELECT COUNT(*) FROM usage_tags").fetchone()[0]
-    assert tags == 10 + 1  # the trigger runs for inserted rows only
+    tags = store._db.execute("SELECT tag, rid, ts, model, status FROM usage_tags ORDER BY rid, tag").fetchall()
+    rows = store._db.execute("SELECT rid, ts, model, status, tags FROM usage ORDER BY rid").fetchall()
+    # tag rows for inserted records only, each carrying its record's row id and figures
+    assert tags == [(tag, rid, ts, model, status) for rid, ts, model, status, tagged in rows
+                    for tag in sorted(orjson.loads(tagged))]
+    assert len(tags) == 10 + 1
+    store.close()
+
+
+def test_a_batch_larger_than_one_statement_gets_every_tag_row(tmp_path):
+    store = UsageStore(str(tmp_path / "u.db"))
+    batch = [record(i, tags=[f"team:t{i % 3}"] if i % 2 else []) for i in range(100)]  # 3+ statements
+    store._write(batch)
+    got = store._db.execute("SELECT u.id, t.tag FROM usage_tags t JOIN usage u ON u.rid = t.rid ORDER BY u.id").fetchall()
+    assert got == [(r.id, r.tags[0]) for r in batch if r.tags]
+    assert store_module._ROWS_PER_INSERT < 100
     store.close()
 
 
@@ -49,7 +69,7 @@ def test_a_store_of_the_first_schema_is_migrated(tmp_path):
     db.close()
     store = UsageStore(path)
     assert [r.id for r in store._records(0)] == ["rec-00000001"]
-    assert store._db.execute("PRAGMA user_version").fetchone()[0] == 3  # version 3 added `endpoint`
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == 4  # 3 added `endpoint`, 4 dropped a trigger
     store.close()
 
 
@@ -67,7 +87,27 @@ def test_a_version_2_store_gets_the_endpoint_column_and_its_rows_read_as_chat(tm
     store = UsageStore(path)
     store._write([record(2, endpoint="messages")])
     assert [(r.id, r.endpoint) for r in store._records(0)] == [("rec-00000001", "chat"), ("rec-00000002", "messages")]
-    assert store._db.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == 4
     assert store._db.execute("SELECT name FROM sqlite_master WHERE name = 'usage_by_endpoint'").fetchone()
     store.close()
     UsageStore(path).close()  # opening it again changes nothing
+
+
+def test_a_version_3_store_loses_its_tag_trigger_and_keeps_its_tag_rows(tmp_path):
+    path = str(tmp_path / "u.db")
+    store = UsageStore(path)
+    store._write([record(1, tags=["team:a"])])
+    store.close()
+    db = sqlite3.connect(path)  # the store as version 3 left it: a trigger wrote the tag rows
+    db.execute("CREATE TRIGGER usage_tags_add AFTER INSERT ON usage WHEN NEW.tags <> '[]' BEGIN "
+               "INSERT OR IGNORE INTO usage_tags (tag, ts, rid) SELECT value, NEW.ts, NEW.rid FROM json_each(NEW.tags); END")
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    store = UsageStore(path)
+    assert store._db.execute("SELECT name FROM sqlite_master WHERE name = 'usage_tags_add'").fetchone() is None
+    assert store._db.execute("PRAGMA user_version").fetchone()[0] == 4
+    store._write([record(2, tags=["team:b"])])
+    got = store._db.execute("SELECT tag, model FROM usage_tags ORDER BY tag").fetchall()
+    assert got == [("team:a", record(1).model_served), ("team:b", record(2).model_served)]
+    store.close()
