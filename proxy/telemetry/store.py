@@ -53,13 +53,18 @@ END;
 PRAGMA user_version = 4;
 """
 _ROW = f"({', '.join('?' * (len(FIELDS) + 1))})"
-_INSERT = f"INSERT OR IGNORE INTO usage ({', '.join(FIELDS)}, model) VALUES {_ROW}"
-# Version 4 writes a record's tag rows itself, for the rows the INSERT returned (a record already
-# stored returns none): up to 3.x a trigger wrote them through json_each, which cost as much
-# as the row and its five indexes together (20 µs a row against 12, one tag a record, this host).
-_TAG_INSERT = f"INSERT OR IGNORE INTO usage_tags VALUES ({', '.join('?' * 13)})"
-_RETURNING = sqlite3.sqlite_version_info >= (3, 35)  # RETURNING came in SQLite 3.35
-_ROWS_PER_INSERT = 999 // (len(FIELDS) + 1)  # bound values under the smallest limit a SQLite is built with
+# A batch is written in a few statements, not a statement a row: sqlite3 lets go of the GIL at
+# every step, and a step that must take it back from a busy event loop waits for the loop to
+# let go (up to the switch interval). A statement a row, the local store fell behind a loaded
+# gateway (~1,000 rows/s kept up with) and its lane read every record back from the spool.
+_MAX_VALUES = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999  # bound values a statement takes
+_ROWS_PER_INSERT = _MAX_VALUES // (len(FIELDS) + 1)
+# Up to 3.x a trigger wrote the tag rows through json_each, row by row; version 4 writes a batch's
+# in one statement (20 µs of CPU a row with one tag before, 10 after, this host). A record
+# stored already finds its tag rows there: the same keys, ignored.
+_TAGS = (f"INSERT OR IGNORE INTO usage_tags SELECT json_extract(t.value, '$[0]'), u.ts, u.rid, u.model, u.provider, "
+         f"u.api_key_id, u.{FIGURES.replace(', ', ', u.')} "
+         "FROM json_each(?) AS t JOIN usage AS u ON u.id = json_extract(t.value, '$[1]')")
 _PRUNE = "DELETE FROM usage WHERE rid IN (SELECT rid FROM usage WHERE ts < ? LIMIT 5000)"
 
 
@@ -71,39 +76,19 @@ def row(record: UsageRecord) -> tuple:
 
 
 @functools.cache
-def _insert_returning(rows: int) -> str:
-    return f"INSERT OR IGNORE INTO usage ({', '.join(FIELDS)}, model) VALUES {', '.join([_ROW] * rows)} RETURNING rid, id"
-
-
-def _tag_rows(record: UsageRecord, rid: int) -> list[tuple]:
-    figures = (record.status, record.prompt_tokens, record.completion_tokens, record.cost_usd, record.savings_usd,
-               record.latency_ms, record.ttft_ms)
-    head = (record.ts, rid, record.model_served or record.model_requested, record.provider, record.api_key_id)
-    return [(tag, *head, *figures) for tag in record.tags]
+def _insert_rows(rows: int) -> str:
+    return f"INSERT OR IGNORE INTO usage ({', '.join(FIELDS)}, model) VALUES {', '.join([_ROW] * rows)}"
 
 
 def insert(db: sqlite3.Connection, records: list[UsageRecord]) -> None:
     """Insert `records` and their tag rows, in the caller's transaction; a record whose id is
     stored already changes nothing."""
-    tagged = [r for r in records if r.tags]
-    if not tagged:
-        db.executemany(_INSERT, [row(r) for r in records])
-        return
-    tags = []
-    if _RETURNING:
-        by_id = {r.id: r for r in tagged}
-        for start in range(0, len(records), _ROWS_PER_INSERT):
-            part = records[start:start + _ROWS_PER_INSERT]
-            values = [value for r in part for value in row(r)]
-            for rid, record_id in db.execute(_insert_returning(len(part)), values).fetchall():
-                if (record := by_id.get(record_id)) is not None:
-                    tags += _tag_rows(record, rid)
-    else:
-        for record in records:
-            cursor = db.execute(_INSERT, row(record))
-            if cursor.rowcount == 1 and record.tags:
-                tags += _tag_rows(record, cursor.lastrowid)
-    db.executemany(_TAG_INSERT, tags)
+    for start in range(0, len(records), _ROWS_PER_INSERT):
+        part = records[start:start + _ROWS_PER_INSERT]
+        db.execute(_insert_rows(len(part)), [value for r in part for value in row(r)])
+    tags = [(tag, r.id) for r in records for tag in r.tags]
+    if tags:
+        db.execute(_TAGS, (orjson.dumps(tags).decode(),))
 
 
 def from_row(values) -> UsageRecord:
@@ -165,14 +150,14 @@ def _migrate(db: sqlite3.Connection) -> None:
 
 class UsageStore:
     name = "local"
-    # Batches of 128: the insert shares the gateway's core with the requests. A commit costs
-    # ~40 µs of CPU whatever its size; a row costs ~61 µs alone, 32 in 16, 21 in 64, 17 in 128, 16
-    # in 512 (this host, 20,000 rows in the table, every index). The records come from memory
-    # (proxy.telemetry.lane), not decoded on the spool's thread, so a bigger batch no longer
-    # holds the GIL through a decode: sqlite3 lets go of it at every row's step, and one batch
-    # of 500 once held the loop back ~3 ms (c1 p99 3.7 ms against 1.7 with 16). Remote sinks keep
-    # `telemetry.batchSize`.
-    batch_size = 128
+    # Batches of up to 512 (`telemetry.batchSize` when smaller): the insert shares the gateway's
+    # core with the requests. A batch is four statements (BEGIN, its rows, their tags, COMMIT) whatever
+    # its size, and each costs the store's thread a wait for the GIL when the loop is busy, so a
+    # batch of 128 held up to ~3,000 records/s under load, less than a saturated core serves:
+    # the lane fell ever further behind and read every record back from the spool. The records
+    # come from memory (proxy.telemetry.lane), not decoded here; a batch holds the GIL only to
+    # turn records into rows (~0.7 µs each), and sqlite3 lets go of it while a statement runs.
+    batch_size = 512
 
     def __init__(self, path: str) -> None:
         self.path = path

@@ -9,6 +9,7 @@ that the oldest are dropped and counted.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
@@ -57,10 +58,14 @@ class Writer:
         self._backlog_records = 0
         self._open: dict[str, bytes] = {}  # slot → BEGIN frame of a request still running
         self._thread = threading.Thread(target=self._run, name="usage-spool", daemon=True)
+        self._after_records: tuple[int, int] | None = None  # the end of the last write with a record in it
         self._submitted = 0  # items handed over (written by the submitting thread only)
         self._taken = 0  # items taken off the queue (written by this writer's thread only)
 
     def start(self) -> None:
+        if self.on_written is not None:
+            with contextlib.suppress(KeyError):  # a spool not opened yet: the first write starts the chain
+                self._after_records = self.spool.end()  # where a lane reading it all stands
         self._thread.start()
 
     def submit(self, item: tuple) -> None:
@@ -177,6 +182,12 @@ class Writer:
         seq, end = self.spool.end()
         base = end - size
         placed, previous = [], base
+        after = self._after_records
+        if after is not None and after[0] == seq and after[1] <= base:
+            # Only BEGIN and END frames lie between the last record written and this write, so a
+            # read from there returns this write's first record: a lane stands there, and takes
+            # it from memory rather than read the spool for want of a record-less write's frames.
+            previous = after[1]
         for chunk, records in backlog:
             for stop, record in records:
                 placed.append((seq, previous, base + stop, record))
@@ -185,6 +196,7 @@ class Writer:
         if placed:
             last = placed[-1]
             placed[-1] = (seq, last[1], end, last[3])  # only BEGIN and END frames follow it
+            self._after_records = (seq, end)
         return placed
 
     def _failed(self, exc: OSError) -> None:

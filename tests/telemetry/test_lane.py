@@ -196,6 +196,30 @@ async def test_records_just_written_reach_the_sink_from_memory_not_from_the_spoo
     await _stop(spool, pool, lane, w)
 
 
+async def test_writes_of_begin_frames_alone_do_not_send_the_lane_to_the_spool(tmp_path):
+    # Under load many writes hold only BEGIN frames (no request ended within them): the first record
+    # after them is still where the lane stands, so it comes from memory. Before, each such write
+    # looked like a gap, and a loaded gateway's local store read every record back from disk.
+    sink = Recorder("local")
+    sink.batch_size = 8
+    spool, pool, lane, w, reads = await _offering(tmp_path, sink, batch_size=8, flush_ms=5000)
+    lane.start()
+    await until(lambda: reads)  # the first read finds the spool empty
+    n = 0
+    for round_ in range(10):
+        begins = [(writer.BEGIN, f"run{round_:03d}{i:018x}", {"ts": 1.0, "route": "chat"}) for i in range(5)]
+        w.submit((writer.BATCH, begins))  # requests that start, and end in a later write
+        await until(lambda: w.pending() == 0)
+        await asyncio.sleep(0.01)  # written on their own, before the records
+        w.submit((writer.BATCH, [(writer.RECORD, record(n + i), None) for i in range(8)]))
+        n += 8
+        await until(lambda n=n: len(sink.ids) == n)
+    assert sink.ids == [f"rec-{i:08d}" for i in range(80)]
+    assert len(reads) == 1, reads  # only the first, before anything was written
+    await until(lambda: lane.position == spool.end())
+    await _stop(spool, pool, lane, w)
+
+
 async def test_a_gap_in_memory_falls_back_to_the_spool_and_loses_nothing(tmp_path):
     # A sink down while 300 records are written: memory keeps 4 batches, the rest only the spool
     # has; the spool rolls to new segments, carrying a running request's BEGIN. Once the sink is
