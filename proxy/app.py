@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 from aiohttp import web
 
@@ -9,6 +11,7 @@ from proxy.config import Config
 from proxy.control import admin, budget, health, models, openapi, ui, usage
 from proxy.control import catalogs as catalog
 from proxy.edge import limits, server
+from proxy.edge.drain import Drain
 from proxy.edge.server import error_response
 from proxy.errors import InvalidRequest, NotFound, PayloadTooLarge, ProxyError
 from proxy.gateway import GATEWAY, Gateway
@@ -17,7 +20,7 @@ from proxy.pipeline import responses_api as responses
 from proxy.pipeline import serve as chat
 from proxy.pipeline.outcome import new_id
 from proxy.pipeline.parts import PARTS
-from proxy.telemetry import journal
+from proxy.telemetry.journal import Journal
 
 log = structlog.get_logger("proxy.app")
 
@@ -48,30 +51,76 @@ def _status_error(exc: web.HTTPException) -> ProxyError:
     return ProxyError(exc.reason or "request failed", status=exc.status, code=None)
 
 
-@web.middleware
-async def errors(http_request: web.Request, handler):
-    """The one error boundary: everything leaves in OpenAI's shape, nothing as a trace."""
-    refused = server.framing_error(http_request)  # framing the HTTP parser let through (request smuggling)
-    if refused is not None and not (isinstance(refused, PayloadTooLarge) and http_request.match_info.handler
-                                    in _DATA_PLANE):  # those answer a 413 themselves, with a usage record
-        if dialect_of(http_request.path) is None:
-            return server.closing(refused)
-        refused.closes = True  # as `server.closing`: nothing pipelined behind it is read
-        return _error(refused, http_request.path)
-    try:
-        return await handler(http_request)
-    except ProxyError as error:
-        return _error(error, http_request.path)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
+def _boundary(http_request: web.Request, exc: BaseException) -> web.Response:
+    """The error answer for what a handler raised: OpenAI's shape (Anthropic's on its routes), never a trace."""
+    if isinstance(exc, ProxyError):
+        return _error(exc, http_request.path)
+    if isinstance(exc, web.HTTPException):
         response = _error(_status_error(exc), http_request.path)
         if "Allow" in exc.headers:  # a 405 lists the methods the path does serve (RFC 9110)
             response.headers["Allow"] = exc.headers["Allow"]
         return response
-    except Exception:
-        log.exception("unhandled", path=http_request.path)
-        return _error(ProxyError("internal error"), http_request.path)
+    log.exception("unhandled", path=http_request.path, exc_info=exc)
+    return _error(ProxyError("internal error"), http_request.path)
+
+
+def _refused(http_request: web.Request) -> web.Response | None:
+    """An answer for framing the HTTP parser let through (request smuggling), or None."""
+    refused = server.framing_error(http_request)
+    if refused is None or (isinstance(refused, PayloadTooLarge) and http_request.match_info.handler in _DATA_PLANE):
+        return None  # those answer a 413 themselves, with a usage record
+    if dialect_of(http_request.path) is None:
+        return server.closing(refused)
+    refused.closes = True  # as `server.closing`: nothing pipelined behind it is read
+    return _error(refused, http_request.path)
+
+
+@web.middleware
+async def errors(http_request: web.Request, handler):
+    """The one error boundary: everything leaves in OpenAI's shape, nothing as a trace."""
+    refused = _refused(http_request)
+    if refused is not None:
+        return refused
+    try:
+        return await handler(http_request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _boundary(http_request, exc)
+    except Exception as exc:
+        return _boundary(http_request, exc)
+
+
+def edge(journal: Journal, drain: Drain):
+    """The gateway app's one middleware: the error boundary (as `errors`), the drain's count of
+    handlers in flight, and the journal of data-plane requests. One coroutine frame a request
+    where three middlewares (and aiohttp's own, for any) cost four."""
+
+    @web.middleware
+    async def middleware(http_request: web.Request, handler):
+        refused = _refused(http_request)
+        if refused is not None:
+            return refused
+        task = asyncio.current_task()
+        drain.enter(task)
+        opened = None
+        try:
+            opened = journal.open(http_request)
+            response = await handler(http_request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            response = _boundary(http_request, exc)
+        except Exception as exc:
+            response = _boundary(http_request, exc)
+        finally:
+            if opened is not None:
+                journal.close(opened)
+            drain.leave(task)
+        drain.answering(response)
+        return response
+
+    return middleware
 
 
 def add_routes(app: web.Application) -> None:
@@ -113,12 +162,14 @@ def build_health(gw: Gateway) -> web.Application:
 
 
 def build(cfg: Config, gateway: Gateway | None = None) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=cfg.limits.max_body_bytes)
     gw = gateway or Gateway(cfg)
+    drain = Drain(gw, cfg.drain)  # run by the CLI on SIGTERM (proxy.cli)
+    app = web.Application(middlewares=[edge(Journal(gw.batcher, gw.auth), drain)],
+                          client_max_size=cfg.limits.max_body_bytes)
     app[GATEWAY] = gw
     app[PARTS] = gw.parts
+    drain.install(app)
     limits.install(app, cfg.limits, gw.metrics)  # fast 503s: in-flight and memory caps
-    app.middlewares.append(journal.middleware(gw.batcher, gw.auth))  # in-flight journal; whenFull: reject gate
 
     async def lifecycle(app: web.Application):
         await gw.start()

@@ -23,15 +23,14 @@ async def _serve(cfg: Config, reuse_port: bool) -> None:
     from proxy import logs
     from proxy.app import build, build_health
     from proxy.edge import supervisor
-    from proxy.edge.drain import Drain
+    from proxy.edge.drain import DRAIN
     from proxy.edge.server import Runner
     from proxy.gateway import GATEWAY
 
     logs.configure(cfg.log_level)
     app = build(cfg)
     gw = app[GATEWAY]
-    drain = Drain(gw, cfg.drain)
-    drain.install(app)
+    drain = app[DRAIN]
     # The drain owns the deadlines (proxy.edge.drain); aiohttp's own shutdown wait is a backstop.
     # Runner: aiohttp's, plus header/keep-alive limits, the connection cap and the header and
     # body deadlines (proxy.edge.server: slow or malformed clients).

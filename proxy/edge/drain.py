@@ -31,7 +31,17 @@ _CUT = Unavailable("the gateway is shutting down: this stream was ended at the d
 CUT_EVENT = b"data: " + _CUT.to_json() + b"\n\n"
 
 
+def streaming(http_request: web.Request, response: web.StreamResponse) -> None:
+    """Call before a stream's headers go: the drain ends it with an error event at its deadline,
+    and its connection closes after it when it starts while draining."""
+    drain = http_request.app.get(DRAIN)
+    if drain is not None:
+        drain._streaming(response)
+
+
 class Drain:
+    """Tracks the handlers in flight (and which of them stream) and runs the drain on a signal."""
+
     def __init__(self, gw, cfg: DrainConfig) -> None:
         self.gw = gw
         self.cfg = cfg
@@ -43,30 +53,30 @@ class Drain:
         self._started = 0.0
 
     def install(self, app: web.Application) -> None:
-        """Track handlers and their streams (before the app is frozen)."""
+        """Make the drain the app's (`DRAIN`): the app's middleware tracks each handler with `enter`
+        and `leave`, and a stream registers itself with `streaming` before its headers go."""
+        app[DRAIN] = self
 
-        @web.middleware
-        async def track(http_request: web.Request, handler):
-            task = asyncio.current_task()
-            self.tasks[task] = None
-            self._idle.clear()
-            try:
-                return await handler(http_request)
-            finally:
-                self.tasks.pop(task, None)
-                if not self.tasks:
-                    self._idle.set()
+    def enter(self, task: asyncio.Task) -> None:
+        self.tasks[task] = None
+        self._idle.clear()
 
-        app.middlewares.append(track)
-        app.on_response_prepare.append(self._prepared)
+    def leave(self, task: asyncio.Task) -> None:
+        self.tasks.pop(task, None)
+        if not self.tasks:
+            self._idle.set()
 
-    async def _prepared(self, http_request: web.Request, response: web.StreamResponse) -> None:
+    def answering(self, response: web.StreamResponse) -> None:
+        """A handler's answer, before aiohttp sends it: while draining, its connection closes after it."""
+        if self.gw.draining and not response.prepared:
+            response.force_close()
+
+    def _streaming(self, response: web.StreamResponse) -> None:
         if self.gw.draining:
             response.force_close()
-            response.headers["Connection"] = "close"  # aiohttp settled its headers before this hook
         task = asyncio.current_task()
-        if task in self.tasks and response.content_type == "text/event-stream":
-            self.tasks[task] = response
+        if task in self.tasks:
+            self.tasks[task] = response  # written a terminal error event at the deadline
 
     def begin(self, signum: int = signal.SIGTERM) -> None:
         """The signal handler: readiness fails now; a second signal hurries the drain along."""
@@ -112,3 +122,6 @@ class Drain:
         await asyncio.wait(running, timeout=2.0)
         log.warning("drain_deadline", cut=len(running), detail="requests still running at the drain deadline "
                     "were ended; their usage records are written")
+
+
+DRAIN = web.AppKey("proxy.edge.drain", Drain)

@@ -29,6 +29,7 @@ from aiohttp import web
 
 from proxy.config import Cache as CacheConfig
 from proxy.dialects.base import Replayed
+from proxy.edge import drain
 from proxy.pipeline import replay
 from proxy.pipeline.relay import HEADERS as STREAM_HEADERS
 from proxy.providers.base import ChatRequest, ParserStep, StreamParser, Usage
@@ -125,6 +126,7 @@ class ResponseCache:
             body = entry.body if dialect is None else dialect.answer(entry.body)
             return web.Response(body=body, content_type="application/json", headers=headers)
         out = web.StreamResponse(status=200, headers={**STREAM_HEADERS, **headers})
+        drain.streaming(http_request, out)
         await out.prepare(http_request)
         events = replay.to_chunks(entry.body, request.wants_usage)
         await out.write(events if dialect is None else dialect.stream(events))

@@ -17,6 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.dialects.base import DialectStream
+from proxy.edge import drain
 from proxy.errors import ProxyError, UpstreamError, UpstreamTimeout
 from proxy.providers.base import Usage
 from proxy.upstream.attempts import Attempts
@@ -76,6 +77,7 @@ class Relay:
         transport = http_request.transport
         unsent = transport.get_write_buffer_size if transport is not None else None
         try:
+            drain.streaming(http_request, out)
             await out.prepare(http_request)  # the client may have gone while the provider answered
             self.first_byte_at = time.monotonic()
             async with Watchdog(idle, deadline, unsent) as watchdog:

@@ -1,10 +1,11 @@
-"""The in-flight journal, and telemetry's admission gate, as one middleware on the data plane.
+"""The in-flight journal, and telemetry's admission gate, on the data plane (opened and closed
+around each request by the app's one middleware, proxy.app).
 
 Journal: a chat or embeddings request is journalled when it arrives (a BEGIN frame, written by
 the same spool writer as the records, so no request waits for it) and closed by its usage record
 (or an END frame). After a crash every request that began and never closed is reported as
 `aborted_unknown`: it may have reached the provider and been charged, and nothing else will
-report it. The middleware does not read the body, so such a record carries the caller, the
+report it. The journal does not read the body, so such a record carries the caller, the
 route and the header tags (`X-Tags`, `X-LiteLLM-Tags`), and an empty model.
 
 Gate (no request without its record, docs/reliability.md): with `telemetry.whenFull: reject`, new requests get 503 with
@@ -86,24 +87,32 @@ def aborted(slot: str, body: bytes, cluster_id: str | None) -> UsageRecord:
         error_type="gateway_restarted", tags=tags, ts=begin.ts, endpoint=begin.route)
 
 
-def middleware(batcher, auth):
-    """The journal and gate for the data plane (chat and embeddings POSTs): `batcher` (its Batcher) keeps the
-    journal, `auth` (proxy.pipeline.auth.Authenticator) names the caller in each BEGIN frame."""
+class Journal:
+    """The journal and gate for the data plane (chat, embeddings, messages and responses POSTs):
+    `batcher` (its Batcher) keeps the journal, `auth` (proxy.pipeline.auth.Authenticator) names
+    the caller in each BEGIN frame."""
 
-    @web.middleware
-    async def journal(http_request: web.Request, handler):
+    __slots__ = ("batcher", "auth")
+
+    def __init__(self, batcher, auth) -> None:
+        self.batcher = batcher
+        self.auth = auth
+
+    def open(self, http_request: web.Request) -> tuple[Slot, contextvars.Token] | None:
+        """Journal a data-plane request (None for any other); raises Unavailable while its record
+        could not be kept (`whenFull: reject`). Its record, made in the request's context, closes it."""
         if http_request.method != "POST" or not http_request.path.endswith(_RECORDED):
-            return await handler(http_request)
+            return None
+        batcher = self.batcher
         if batcher.refusing:
             raise Unavailable("usage records cannot be kept right now, so requests are refused "
                               "(telemetry.whenFull: reject)", retry_after=_RETRY_AFTER_S,
                               code="usage_recording_unavailable")
-        slot = batcher.begin(begin_info(http_request, auth))
-        token = CURRENT.set(slot)
-        try:
-            return await handler(http_request)
-        finally:
-            CURRENT.reset(token)
-            batcher.end(slot)
+        slot = batcher.begin(begin_info(http_request, self.auth))
+        return slot, CURRENT.set(slot)
 
-    return journal
+    def close(self, opened: tuple[Slot, contextvars.Token]) -> None:
+        """The handler returned or failed: an END frame unless its record closed the slot."""
+        slot, token = opened
+        CURRENT.reset(token)
+        self.batcher.end(slot)

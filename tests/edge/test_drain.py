@@ -9,6 +9,7 @@ import time
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from proxy.edge.drain import CUT_EVENT
 from tests.conftest import openai_provider
@@ -98,3 +99,35 @@ async def test_sigint_skips_the_accept_window(tmp_path, fake_openai, gateway_pro
     gw.proc.send_signal(signal.SIGINT)
     assert await gw.wait(25) == 0
     assert time.monotonic() - signalled < 5
+
+
+async def test_while_draining_answers_and_streams_close_their_connections(gateway, fake_openai):
+    gw = await gateway({"providers": [openai_provider(fake_openai)]})
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    async with gw.post("/v1/chat/completions", json=body) as r:
+        assert r.status == 200 and r.headers.get("Connection", "keep-alive").lower() == "keep-alive"
+    gw.gw.draining = True  # as Drain.begin sets it on SIGTERM
+    async with gw.post("/v1/chat/completions", json=body) as r:
+        assert r.status == 200 and r.headers["Connection"].lower() == "close"
+    async with gw.post("/v1/chat/completions", json={**body, "stream": True}) as r:
+        assert r.status == 200 and r.headers["Connection"].lower() == "close"
+        assert (await r.read()).endswith(b"data: [DONE]\n\n")
+    async with gw.post("/v1/chat/completions", json={**body, "model": "nope"}) as r:  # an error answer too
+        assert r.status == 404 and r.headers["Connection"].lower() == "close"
+    async with gw.get("/healthz") as r:
+        assert r.headers["Connection"].lower() == "close"
+
+
+async def test_the_drain_knows_each_running_handler_and_which_of_them_stream(gateway, fake_openai):
+    from proxy.edge.drain import DRAIN
+
+    fake_openai.on("long", Behaviour(delay_chunk=0.2))
+    gw = await gateway({"providers": [openai_provider(fake_openai, models=("gpt-4o-mini", "long"))]})
+    drain = gw.app[DRAIN]
+    body = {"model": "long", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with gw.post("/v1/chat/completions", json=body) as r:
+        await r.content.readany()
+        assert len(drain.tasks) == 1 and isinstance(next(iter(drain.tasks.values())), web.StreamResponse)
+        await r.read()
+    await asyncio.sleep(0.05)
+    assert drain.tasks == {} and drain._idle.is_set()
