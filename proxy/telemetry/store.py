@@ -57,8 +57,11 @@ _ROW = f"({', '.join('?' * (len(FIELDS) + 1))})"
 # every step, and a step that must take it back from a busy event loop waits for the loop to
 # let go (up to the switch interval). A statement a row, the local store fell behind a loaded
 # gateway (~1,000 rows/s kept up with) and its lane read every record back from the spool.
-_MAX_VALUES = 32_766 if sqlite3.sqlite_version_info >= (3, 32) else 999  # bound values a statement takes
-_ROWS_PER_INSERT = _MAX_VALUES // (len(FIELDS) + 1)
+# Each statement size is prepared once and kept (by sqlite3's statement cache and here): a size
+# for every length of batch would keep one a length, ~60 MB for lengths 1 to 200. So a batch goes
+# in pieces of 128 rows, and the rest in pieces of 64, 32, …, 1: eight statements in all, at
+# most eight pieces (~4,000 bound values in the largest: under SQLite's 32,766; 999 before 3.32).
+_ROWS_PER_INSERT = 128 if sqlite3.sqlite_version_info >= (3, 32) else 32
 # Up to 3.x a trigger wrote the tag rows through json_each, row by row; version 4 writes a batch's
 # in one statement (20 µs of CPU a row with one tag before, 10 after, this host). A record
 # stored already finds its tag rows there: the same keys, ignored.
@@ -83,9 +86,12 @@ def _insert_rows(rows: int) -> str:
 def insert(db: sqlite3.Connection, records: list[UsageRecord]) -> None:
     """Insert `records` and their tag rows, in the caller's transaction; a record whose id is
     stored already changes nothing."""
-    for start in range(0, len(records), _ROWS_PER_INSERT):
-        part = records[start:start + _ROWS_PER_INSERT]
-        db.execute(_insert_rows(len(part)), [value for r in part for value in row(r)])
+    start, left = 0, len(records)
+    while left:
+        size = _ROWS_PER_INSERT if left >= _ROWS_PER_INSERT else 1 << (left.bit_length() - 1)
+        part = records[start:start + size]
+        db.execute(_insert_rows(size), [value for r in part for value in row(r)])
+        start, left = start + size, left - size
     tags = [(tag, r.id) for r in records for tag in r.tags]
     if tags:
         db.execute(_TAGS, (orjson.dumps(tags).decode(),))
@@ -151,9 +157,9 @@ def _migrate(db: sqlite3.Connection) -> None:
 class UsageStore:
     name = "local"
     # Batches of up to 512 (`telemetry.batchSize` when smaller): the insert shares the gateway's
-    # core with the requests. A batch is four statements (BEGIN, its rows, their tags, COMMIT) whatever
-    # its size, and each costs the store's thread a wait for the GIL when the loop is busy, so a
-    # batch of 128 held up to ~3,000 records/s under load, less than a saturated core serves:
+    # core with the requests. A batch is a few statements (BEGIN, its rows in pieces of 128, their
+    # tags, COMMIT), and each costs the store's thread a wait for the GIL when the loop is busy: a
+    # statement a row and batches of 128 kept up with ~3,000 records/s, less than a loaded core serves:
     # the lane fell ever further behind and read every record back from the spool. The records
     # come from memory (proxy.telemetry.lane), not decoded here; a batch holds the GIL only to
     # turn records into rows (~0.7 µs each), and sqlite3 lets go of it while a statement runs.

@@ -109,3 +109,16 @@ def test_a_version_3_store_loses_its_tag_trigger_and_keeps_its_tag_rows(tmp_path
     got = store._db.execute("SELECT tag, model FROM usage_tags ORDER BY tag").fetchall()
     assert got == [("team:a", record(1).model_served), ("team:b", record(2).model_served)]
     store.close()
+
+
+def test_batches_of_every_length_use_eight_statement_sizes_at_most(tmp_path):
+    # a statement a batch length kept one prepared statement per length (~60 MB for 1 to 200)
+    store_module._insert_rows.cache_clear()  # what other tests prepared
+    store = UsageStore(str(tmp_path / "u.db"))
+    n = 0
+    for size in range(1, 300):
+        store._write([record(n + i) for i in range(size)])
+        n += size
+    assert store._db.execute("SELECT COUNT(*) FROM usage").fetchone()[0] == n
+    assert store_module._insert_rows.cache_info().currsize <= 8
+    store.close()
