@@ -174,12 +174,19 @@ async def _offering(tmp_path, sink, **kw):
     return spool, pool, lane, w, reads
 
 
-async def test_records_just_written_reach_the_sink_from_memory_not_from_the_spool(tmp_path):
+async def _local_lane_started(tmp_path):
+    """A local-store-like sink (batches of 8) on a lane offered what the writer writes, started
+    and past its first read, which finds the spool empty."""
     sink = Recorder("local")
     sink.batch_size = 8
-    spool, pool, lane, w, reads = await _offering(tmp_path, sink, batch_size=8, flush_ms=5000)
-    lane.start()
-    await until(lambda: reads)  # the first read finds the spool empty
+    started = await _offering(tmp_path, sink, batch_size=8, flush_ms=5000)
+    started[2].start()
+    await until(lambda: started[4])
+    return sink, started
+
+
+async def test_records_just_written_reach_the_sink_from_memory_not_from_the_spool(tmp_path):
+    sink, (spool, pool, lane, w, reads) = await _local_lane_started(tmp_path)
     n = 0
     for _ in range(20):  # 20 writes of 8 records, among requests' BEGIN and END frames
         items = []
@@ -200,11 +207,7 @@ async def test_writes_of_begin_frames_alone_do_not_send_the_lane_to_the_spool(tm
     # Under load many writes hold only BEGIN frames (no request ended within them): the first record
     # after them is still where the lane stands, so it comes from memory. Before, each such write
     # looked like a gap, and a loaded gateway's local store read every record back from disk.
-    sink = Recorder("local")
-    sink.batch_size = 8
-    spool, pool, lane, w, reads = await _offering(tmp_path, sink, batch_size=8, flush_ms=5000)
-    lane.start()
-    await until(lambda: reads)  # the first read finds the spool empty
+    sink, (spool, pool, lane, w, reads) = await _local_lane_started(tmp_path)
     n = 0
     for round_ in range(10):
         begins = [(writer.BEGIN, f"run{round_:03d}{i:018x}", {"ts": 1.0, "route": "chat"}) for i in range(5)]
