@@ -56,11 +56,11 @@ _ROW = f"({', '.join('?' * (len(FIELDS) + 1))})"
 # A batch is written in a few statements, not a statement a row: sqlite3 lets go of the GIL at
 # every step, and a step that must take it back from a busy event loop waits for the loop to
 # let go (up to the switch interval). A statement a row, the local store fell behind a loaded
-# gateway (~1,000 rows/s kept up with) and its lane read every record back from the spool.
+# gateway (~3,000 rows/s kept up with) and its lane read every record back from the spool.
 # Each statement size is prepared once and kept (by sqlite3's statement cache and here): a size
 # for every length of batch would keep one a length, ~60 MB for lengths 1 to 200. So a batch goes
-# in pieces of 128 rows, and the rest in pieces of 64, 32, …, 1: eight statements in all, at
-# most eight pieces (~4,000 bound values in the largest: under SQLite's 32,766; 999 before 3.32).
+# in pieces of 128 rows, and the rest in at most seven pieces of 64, 32, …, 1: eight statements in
+# all (~4,000 bound values in the largest: under SQLite's 32,766; pieces of 32 before 3.32's 999).
 _ROWS_PER_INSERT = 128 if sqlite3.sqlite_version_info >= (3, 32) else 32
 # Up to 3.x a trigger wrote the tag rows through json_each, row by row; version 4 writes a batch's
 # in one statement (20 µs of CPU a row with one tag before, 10 after, this host). A record
