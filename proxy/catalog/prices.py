@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import re
 from collections.abc import Mapping
@@ -26,8 +27,10 @@ _SNAPSHOT = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{3,4})$")
 # A cross-region inference profile (`us.anthropic.claude-…`, `global.…`) runs the listed model at its
 # list price; newer models are served only through one, and unpriced they would record a cost of 0.
 _PROFILE = re.compile(r"^(?:us|us-gov|eu|apac|jp|au|ca|global)\.(?=[a-z0-9-]+\.)")
+_FOUND_MAX = 4096
 
 
+@functools.lru_cache(maxsize=4096)  # a few models, asked for at every request; bounded: the names come from providers
 def _base(model: str) -> str:
     """`model` without a snapshot suffix or a cross-region profile prefix."""
     return _SNAPSHOT.sub("", _PROFILE.sub("", model))
@@ -45,13 +48,25 @@ class Prices:
 
     def __init__(self, overrides: Mapping[str, Price] | None = None) -> None:
         self.table = {**bundled(), **(overrides or {})}
+        # What `get` found for (model, provider): a record asks for its served and its requested
+        # model's price at every request, and a snapshot's name (`gpt-4o-mini-2024-07-18`) costs
+        # three lookups and two regular expressions to resolve. Bounded: the names come from providers.
+        self._found: dict[tuple[str, str | None], Price | None] = {}
 
     def get(self, model: str | None, provider: str | None = None) -> Price | None:
         if not model:
             return None
+        key = (model, provider)
+        try:
+            return self._found[key]
+        except KeyError:
+            pass
         found = self._lookup(model, provider)
         if found is None and (base := _base(model)) != model:
             found = self._lookup(base, provider)
+        if len(self._found) >= _FOUND_MAX:
+            self._found.clear()
+        self._found[key] = found
         return found
 
     @staticmethod

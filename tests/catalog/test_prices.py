@@ -88,3 +88,17 @@ def test_a_cross_region_inference_profile_is_priced_as_its_model():
         assert prices.get(profile + "anthropic.claude-sonnet-4-20250514-v1:0") == listed
     assert Prices.same_model("us.anthropic.claude-sonnet-4-20250514-v1:0", "anthropic.claude-sonnet-4-20250514-v1:0")
     assert prices.get("us.unknown-model") is None  # a prefix alone prices nothing
+
+
+def test_what_get_found_is_kept_per_model_and_provider_and_bounded(monkeypatch):
+    from proxy.catalog import prices as module
+
+    prices = Prices({"azure-eu/gpt-4o-mini": Price(input=3.0, output=3.0)})
+    listed, azure = prices.get("gpt-4o-mini"), prices.get("gpt-4o-mini", "azure-eu")
+    for _ in range(2):  # the second time from what was kept: the same answers, the provider told apart
+        assert prices.get("gpt-4o-mini-2024-07-18") == listed and prices.get("no-such-model") is None
+        assert prices.get("gpt-4o-mini-2024-07-18", "azure-eu") == azure != listed
+    monkeypatch.setattr(module, "_FOUND_MAX", 10)
+    for i in range(50):  # names a provider made up: what is kept stays bounded
+        assert prices.get(f"made-up-{i}") is None
+    assert len(prices._found) <= 10 and prices.get("gpt-4o-mini") == listed
