@@ -23,6 +23,7 @@ import argparse
 import datetime
 import json
 import pathlib
+import shutil
 import statistics
 import sys
 import tempfile
@@ -96,6 +97,7 @@ def run(rounds: int, seconds: float, scenarios: list[str]) -> dict:
         for server in servers.values():
             server.stop()
         mock.stop()
+        shutil.rmtree(workdir, ignore_errors=True)  # the gateway's spool and store of the run
 
 
 def _line(name: str, result: dict) -> str:
