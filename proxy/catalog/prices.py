@@ -27,10 +27,10 @@ _SNAPSHOT = re.compile(r"(?:-\d{4}-\d{2}-\d{2}|-\d{8}|-\d{3,4})$")
 # A cross-region inference profile (`us.anthropic.claude-…`, `global.…`) runs the listed model at its
 # list price; newer models are served only through one, and unpriced they would record a cost of 0.
 _PROFILE = re.compile(r"^(?:us|us-gov|eu|apac|jp|au|ca|global)\.(?=[a-z0-9-]+\.)")
-_FOUND_MAX = 4096
+_NAMES_KEPT = 4096  # model names whose answers are kept: a few in use, bounded since providers name them
 
 
-@functools.lru_cache(maxsize=4096)  # a few models, asked for at every request; bounded: the names come from providers
+@functools.lru_cache(maxsize=_NAMES_KEPT)  # a few models, asked for at every request
 def _base(model: str) -> str:
     """`model` without a snapshot suffix or a cross-region profile prefix."""
     return _SNAPSHOT.sub("", _PROFILE.sub("", model))
@@ -50,7 +50,7 @@ class Prices:
         self.table = {**bundled(), **(overrides or {})}
         # What `get` found for (model, provider): a record asks for its served and its requested
         # model's price at every request, and a snapshot's name (`gpt-4o-mini-2024-07-18`) costs
-        # three lookups and two regular expressions to resolve. Bounded: the names come from providers.
+        # three lookups and two regular expressions to resolve.
         self._found: dict[tuple[str, str | None], Price | None] = {}
 
     def get(self, model: str | None, provider: str | None = None) -> Price | None:
@@ -64,7 +64,7 @@ class Prices:
         found = self._lookup(model, provider)
         if found is None and (base := _base(model)) != model:
             found = self._lookup(base, provider)
-        if len(self._found) >= _FOUND_MAX:
+        if len(self._found) >= _NAMES_KEPT:
             self._found.clear()
         self._found[key] = found
         return found

@@ -98,7 +98,7 @@ def test_what_get_found_is_kept_per_model_and_provider_and_bounded(monkeypatch):
     for _ in range(2):  # the second time from what was kept: the same answers, the provider told apart
         assert prices.get("gpt-4o-mini-2024-07-18") == listed and prices.get("no-such-model") is None
         assert prices.get("gpt-4o-mini-2024-07-18", "azure-eu") == azure != listed
-    monkeypatch.setattr(module, "_FOUND_MAX", 10)
+    monkeypatch.setattr(module, "_NAMES_KEPT", 10)
     for i in range(50):  # names a provider made up: what is kept stays bounded
         assert prices.get(f"made-up-{i}") is None
     assert len(prices._found) <= 10 and prices.get("gpt-4o-mini") == listed
