@@ -119,9 +119,10 @@ class PassthroughParser:
     """Relays OpenAI SSE bytes as they are; drops the usage-only chunk the caller did not ask for.
 
     Its Python work is per read, not per event: the framer cuts the read at its last complete
-    event, data lines are counted with one `bytes.count`, and the events that matter (a finish
-    reason, usage, an error: a key whose value is not null) are found with `bytes.find` and only
-    they are decoded. The read goes back whole unless the usage chunk is cut out of it. A
+    event, the events that matter (a finish reason, usage, an error: a key whose value is not
+    null) are found with `bytes.find` and only they are decoded, and data lines are counted with
+    one `bytes.count` while the provider's usage is unknown (an abort's estimate counts them; a
+    read that brings the usage is not counted). The read goes back whole unless the usage chunk is cut out of it. A
     translated dialect request (proxy.dialects) gets this parser too: the dialect's stream
     decodes each event of what it relays, so no per-event decoding is added here.
     """
@@ -156,33 +157,39 @@ class PassthroughParser:
                 region = region[1:]
                 if not region:
                     return b""
-        data = region.count(b"\ndata:") + region.startswith(b"data:")
-        if not data:
+        if not region.startswith(b"data:") and region.find(b"\ndata:") == -1:
             return region  # comments (keep-alives) only
-        self.events += data
-        if region.find(_DONE, -16) != -1 and _ends_done(region):  # only the tail can end the stream
+        done = region.find(_DONE, -16) != -1 and _ends_done(region)  # only the tail can end the stream
+        if done:
             self.done = True
-            data -= 1
         keys = self._keys or self._spacing(region)
         spans = _notable(region, keys, framer.sep) if keys is not None else None
-        if not spans:
-            self.content_events += data
-            return region  # no notable event: the common read
-        return self._read_notable(region, spans, data)
+        inspected, relayed = 0, region
+        if spans:
+            relayed, inspected = self._read_notable(region, spans)
+        if self.usage is not None and self.error is None:
+            # The provider counted the tokens: nothing will be estimated from this read's content
+            # events, so they are not counted (a burst carries a whole stream and its usage in one
+            # read, and a count is the one pass over all of it). One event at least came.
+            self.events += inspected or 1
+            return relayed
+        data = region.count(b"\ndata:") + region.startswith(b"data:")
+        self.events += data
+        self.content_events += max(data - done - inspected, 0)  # _inspect counted the notable ones
+        return relayed
 
-    def _read_notable(self, region: bytes, spans: list[tuple[int, int]], data: int) -> bytes:
-        """Decode the notable events; `data` counts the read's data events, less a [DONE]."""
-        dropped = []
+    def _read_notable(self, region: bytes, spans: list[tuple[int, int]]) -> tuple[bytes, int]:
+        """Decode the notable events; the read without the ones dropped, and how many were decoded."""
+        dropped, inspected = [], 0
         for span in spans:
             for event in self._framer.events(region[span[0]:span[1]]):
-                data -= 1  # counted by _inspect when it is content
+                inspected += 1
                 if not self._inspect(event):
                     dropped.append(span)
-        self.content_events += max(data, 0)
         if not dropped:
-            return region
+            return region, inspected
         self._drop_lf = dropped[-1][1] == len(region) and region[-1:] == b"\r"
-        return _without(region, dropped)
+        return _without(region, dropped), inspected
 
     def _spacing(self, region: bytes) -> tuple[bytes, ...] | None:
         """The keys to look for, spaced as this stream's encoder spaces them (`"key":` or `"key": `)."""

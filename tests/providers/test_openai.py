@@ -32,7 +32,9 @@ def test_passthrough_is_byte_exact_and_drops_only_the_unasked_usage_chunk():
     dropped = PassthroughParser(drop_usage_chunk=True)
     out = dropped.feed(raw)
     assert out == raw.replace(events[-2], b"") and dropped.usage.total_tokens == 22
-    assert dropped.content_events == len(Behaviour().content) + 2  # role chunk, content, finish chunk
+    unasked = PassthroughParser(drop_usage_chunk=True)
+    unasked.feed(b"".join(stream_events("m", Behaviour(), include_usage=False)))
+    assert unasked.content_events == len(Behaviour().content) + 2  # role chunk, content, finish chunk
 
 
 def test_error_event_and_invalid_json_are_handled():
@@ -54,17 +56,22 @@ def _state(parser) -> tuple:
 
 def test_passthrough_reads_the_same_however_the_stream_is_cut_lf_or_crlf():
     """Per read, not per event: every two-way cut of the stream, in both line endings a provider
-    may use, relays the same bytes and reads the same usage, finish, [DONE] and counts."""
-    events = stream_events("m", Behaviour(content=["a", "b"]), include_usage=True)
-    for eol in (b"\n", b"\r\n"):
-        cut = [event.replace(b"\n", eol) for event in events]
-        raw = b"".join(cut)
-        expected = raw.replace(cut[-2], b"")  # the usage-only chunk, not asked for
-        for i in range(len(raw) + 1):
-            parser = PassthroughParser(drop_usage_chunk=True)
-            assert _feed(parser, [raw[:i], raw[i:]]) == expected, i
-            assert _state(parser)[:4] == (len(events), len(events) - 2, True, True), i
-            assert parser.usage.completion_tokens == 10 and parser.model == "m", i
+    may use, relays the same bytes and reads the same usage, finish and [DONE]; without usage
+    (what an abort's estimate counts on) the same counts."""
+    for usage in (True, False):
+        events = stream_events("m", Behaviour(content=["a", "b"]), include_usage=usage)
+        for eol in (b"\n", b"\r\n"):
+            cut = [event.replace(b"\n", eol) for event in events]
+            raw = b"".join(cut)
+            expected = raw.replace(cut[-2], b"") if usage else raw  # the usage-only chunk, not asked for
+            for i in range(len(raw) + 1):
+                parser = PassthroughParser(drop_usage_chunk=True)
+                assert _feed(parser, [raw[:i], raw[i:]]) == expected, i
+                assert parser.done and parser.finished and parser.model == "m", i
+                if usage:
+                    assert parser.usage.completion_tokens == 10, i
+                else:
+                    assert parser.usage is None and _state(parser)[:2] == (len(events), len(events) - 1), i
 
 
 def test_passthrough_a_hundred_events_per_read():
@@ -72,7 +79,27 @@ def test_passthrough_a_hundred_events_per_read():
     reads = [b"".join(events[i:i + 100]) for i in range(0, len(events), 100)]
     parser = PassthroughParser(drop_usage_chunk=True)
     assert _feed(parser, reads) == b"".join(events[:-2] + events[-1:])
-    assert _state(parser)[:4] == (len(events), 302, True, True) and parser.usage.total_tokens == 22
+    assert parser.done and parser.finished and parser.usage.total_tokens == 22
+    events = events[:-2] + events[-1:]  # no usage: the content events relayed are the estimate
+    reads = [b"".join(events[i:i + 100]) for i in range(0, len(events), 100)]
+    parser = PassthroughParser(drop_usage_chunk=True)
+    assert _feed(parser, reads) == b"".join(events)
+    assert _state(parser)[:4] == (len(events), 302, True, True) and parser.usage is None
+
+
+def test_passthrough_counts_no_content_once_the_provider_reported_usage():
+    """Content events are counted for an abort's estimate. A read that brings the provider's
+    usage (a burst: a whole stream in one read) is not counted, nor any read after it; the events
+    seen still say the stream has begun."""
+    events = stream_events("m", Behaviour(content=["w "] * 97), include_usage=True)
+    parser = PassthroughParser(drop_usage_chunk=True)
+    parser.feed(b"".join(events))
+    assert parser.usage.completion_tokens == 10 and parser.content_events == 1  # the finish chunk, decoded
+    assert parser.events == 2 and parser.done  # the finish and usage chunks, decoded
+    split = PassthroughParser(drop_usage_chunk=True)
+    split.feed(b"".join(events[:50]))
+    split.feed(b"".join(events[50:]))
+    assert split.content_events == 50 + 1 and split.usage is not None  # the first read counted, exactly
 
 
 def test_passthrough_python_work_is_per_read(monkeypatch):
@@ -97,7 +124,7 @@ def test_passthrough_python_work_is_per_read(monkeypatch):
     events = stream_events("m", Behaviour(content=["w "] * 97), include_usage=True)
     parser = PassthroughParser(drop_usage_chunk=True)
     parser.feed(b"".join(events))
-    assert parser.content_events == 99 and parser.usage is not None
+    assert parser.finished and parser.usage is not None
     assert calls == {"lines": 0, "decoded": 2}
 
 
@@ -135,7 +162,7 @@ def test_passthrough_finds_an_error_event_among_many_and_reads_the_last_usage():
 
     counting = PassthroughParser(drop_usage_chunk=True)
     raw = with_usage(events[1], 1) + with_usage(events[2], 2) + events[3]
-    assert counting.feed(raw) == raw and counting.usage.completion_tokens == 2 and counting.content_events == 3
+    assert counting.feed(raw) == raw and counting.usage.completion_tokens == 2
 
 
 def test_passthrough_takes_streams_framed_otherwise_through_the_full_decoder():
