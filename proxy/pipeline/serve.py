@@ -156,7 +156,7 @@ def _decode(http_request: web.Request, body: bytes, kind: str, dialect: Dialect 
         translation.prompt_estimate = found.prompt_estimate
     found.request = request
     found.model_requested = request.model  # before cost routing replaces `auto`
-    found.tags = tagging.merge(request.tags, http_request.headers)
+    found.tags = tagging.merge(request.tags, http_request.headers, http_request.get(journal.HEADER_TAGS))
     return request, translation
 
 

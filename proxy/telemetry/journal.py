@@ -61,9 +61,14 @@ _begin = msgspec.json.Decoder(Begin)
 RESOLVED = web.RequestKey("proxy.pipeline.auth.resolved", object)  # what the journal found of the caller; reused
 
 
+HEADER_TAGS = web.RequestKey("proxy.telemetry.journal.header_tags", tuple)  # tagging.header_values(); reused
+
+
 def begin_info(http_request: web.Request, auth) -> Begin:
     headers = http_request.headers
-    tags = ",".join(v for name in tagging.HEADERS if (v := headers.get(name))) or None
+    values = http_request[HEADER_TAGS] = tagging.header_values(headers)
+    x_tags, litellm = values
+    tags = (f"{x_tags},{litellm}" if litellm else x_tags) if x_tags else litellm or None
     found = http_request[RESOLVED] = auth.resolve(headers)
     caller = None if found is None or isinstance(found, str) else found.id
     path = http_request.path

@@ -34,10 +34,18 @@ _NONE: tuple = (None, None)
 _checked: dict[tuple, list[str]] = {_NONE: []}  # header values already merged and valid, with no body tags
 
 
-def merge(body_tags: list[str] | None, headers) -> list[str]:
-    """Merge, de-duplicate (first seen wins the order) and validate; 400 names the bad tag."""
+def header_values(headers) -> tuple[str | None, str | None]:
+    """The `X-Tags` and `X-LiteLLM-Tags` values (a case-blind lookup each: the usage journal
+    reads them once per request and the pipeline reuses them)."""
     get = headers.get
-    values = (get(_X_TAGS), get(_LITELLM_TAGS))
+    return get(_X_TAGS), get(_LITELLM_TAGS)
+
+
+def merge(body_tags: list[str] | None, headers, values: tuple[str | None, str | None] | None = None) -> list[str]:
+    """Merge, de-duplicate (first seen wins the order) and validate; 400 names the bad tag.
+    `values`: what `header_values(headers)` returned already, if it was asked."""
+    if values is None:
+        values = header_values(headers)
     if not body_tags:  # the usual case: the same headers on every request of an app
         known = _checked.get(values)
         if known is not None:

@@ -38,8 +38,14 @@ def test_the_begin_knows_the_caller_the_route_and_the_header_tags():
         path = "/openai/v1/embeddings"
         headers = {"Authorization": "Bearer sk-team-a", "X-Tags": "a:b", "X-LiteLLM-Tags": "c:d"}
 
-    info = journal.begin_info(Request(), Authenticator(cfg))
+    request = Request()
+    info = journal.begin_info(request, Authenticator(cfg))
     assert (info.route, info.caller, info.tags) == ("embeddings", "team-a", "a:b,c:d")
+    assert request[journal.HEADER_TAGS] == ("a:b", "c:d")  # read once; the pipeline's tags reuse them
+    for headers, tags in [({"X-Tags": "a:b"}, "a:b"), ({"X-LiteLLM-Tags": "c:d"}, "c:d"),
+                          ({"X-Tags": "", "X-LiteLLM-Tags": "c:d"}, "c:d"), ({"X-Tags": ""}, None), ({}, None)]:
+        Request.headers = {"Authorization": "Bearer sk-team-a", **headers}
+        assert journal.begin_info(Request(), Authenticator(cfg)).tags == tags, headers
     Request.headers = {"Authorization": "Bearer wrong"}
     assert journal.begin_info(Request(), Authenticator(cfg)).caller is None
     for path in ("/openai/v1/responses", "/v1/responses", "/responses"):  # the Responses API's routes

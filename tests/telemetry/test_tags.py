@@ -13,6 +13,9 @@ from proxy.telemetry.tags import merge
 def test_merge_order_and_dedupe():
     assert merge(["a:1", "b:2"], {"X-Tags": "b:2, c:3", "X-LiteLLM-Tags": "a:1,d:4"}) == ["a:1", "b:2", "c:3", "d:4"]
     assert merge(None, {}) == []
+    # header values read already (by the usage journal) are not looked up again
+    assert merge(["a:1"], {"X-Tags": "z:9"}, ("b:2", "a:1")) == ["a:1", "b:2"]
+    assert merge(None, {"X-Tags": "z:9"}, (None, None)) == []
 
 
 @pytest.mark.parametrize("tag", ["a:b", "A.b_c-d:9", "x" * 64 + ":" + "y" * 64, "k:v.v"])
