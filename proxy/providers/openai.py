@@ -121,8 +121,8 @@ class PassthroughParser:
     Its Python work is per read, not per event: the framer cuts the read at its last complete
     event, the events that matter (a finish reason, usage, an error: a key whose value is not
     null) are found with `bytes.find` and only they are decoded, and data lines are counted with
-    one `bytes.count` while the provider's usage is unknown (an abort's estimate counts them; a
-    read that brings the usage is not counted). The read goes back whole unless the usage chunk is cut out of it. A
+    one `bytes.count` while the provider's usage is unknown (an abort's estimate counts them; from
+    the read that brings the usage on, `events` and `content_events` stop counting). The read goes back whole unless the usage chunk is cut out of it. A
     translated dialect request (proxy.dialects) gets this parser too: the dialect's stream
     decodes each event of what it relays, so no per-event decoding is added here.
     """
@@ -157,26 +157,36 @@ class PassthroughParser:
                 region = region[1:]
                 if not region:
                     return b""
-        if not region.startswith(b"data:") and region.find(b"\ndata:") == -1:
-            return region  # comments (keep-alives) only
         done = region.find(_DONE, -16) != -1 and _ends_done(region)  # only the tail can end the stream
         if done:
             self.done = True
         keys = self._keys or self._spacing(region)
         spans = _notable(region, keys, framer.sep) if keys is not None else None
-        inspected, relayed = 0, region
-        if spans:
-            relayed, inspected = self._read_notable(region, spans)
-        if self.usage is not None and self.error is None:
+        if not spans:  # no notable event: the common read (the count inlined, as _count)
+            if self.usage is None:
+                data = region.count(b"\ndata:") + region.startswith(b"data:")
+                self.events += data
+                if data > done:
+                    self.content_events += data - done
+            return region
+        relayed, inspected = self._read_notable(region, spans)
+        if self.usage is None or self.error is not None:
+            self._count(region, done, inspected)
+        else:
             # The provider counted the tokens: nothing will be estimated from this read's content
             # events, so they are not counted (a burst carries a whole stream and its usage in one
-            # read, and a count is the one pass over all of it). One event at least came.
-            self.events += inspected or 1
-            return relayed
+            # read, and a count is the one pass over all of it); nor are later reads'.
+            self.events += inspected
+        return relayed
+
+    def _count(self, region: bytes, done: bool, inspected: int) -> None:
+        """Count the read's data events, for an abort's estimate; `_inspect` counted the content
+        of the `inspected` ones."""
         data = region.count(b"\ndata:") + region.startswith(b"data:")
         self.events += data
-        self.content_events += max(data - done - inspected, 0)  # _inspect counted the notable ones
-        return relayed
+        data -= done + inspected
+        if data > 0:
+            self.content_events += data
 
     def _read_notable(self, region: bytes, spans: list[tuple[int, int]]) -> tuple[bytes, int]:
         """Decode the notable events; the read without the ones dropped, and how many were decoded."""
