@@ -121,10 +121,11 @@ class PassthroughParser:
     Its Python work is per read, not per event: the framer cuts the read at its last complete
     event, the events that matter (a finish reason, usage, an error: a key whose value is not
     null) are found with `bytes.find` and only they are decoded, and data lines are counted with
-    one `bytes.count` while the provider's usage is unknown (an abort's estimate counts them; from
-    the read that brings the usage on, `events` and `content_events` stop counting). The read goes back whole unless the usage chunk is cut out of it. A
-    translated dialect request (proxy.dialects) gets this parser too: the dialect's stream
-    decodes each event of what it relays, so no per-event decoding is added here.
+    one `bytes.count` while the provider's usage is unknown (an abort's estimate counts them;
+    from the read that brings the usage on, `events` and `content_events` stop counting). The
+    read goes back whole unless the usage chunk is cut out of it. A translated dialect request
+    (proxy.dialects) gets this parser too: the dialect's stream decodes each event of what it
+    relays, so no per-event decoding is added here.
     """
 
     __slots__ = ("_framer", "_keys", "_drop_usage", "_drop_lf", "usage", "model", "events", "content_events",
