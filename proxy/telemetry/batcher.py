@@ -1,7 +1,7 @@
 """The batcher: the request path hands over records without waiting; each sink gets them in batches.
 
-    put(record) ──▶ writer thread ──▶ spool (disk, group commit) ──▶ lane per sink ──▶ sink.send
-                                                                     (N records or T ms)
+    put(record) ──▶ hand-over (≤ 2 ms) ──▶ spool (disk; the writer thread syncs: group commit) ──▶
+                    lane per sink (N records or T ms) ──▶ sink.send
 
 Every record is on disk moments (~2 ms) after `put` (a kill -9 loses nothing handed over; a power cut
 at most the `commit_ms` window), and leaves the spool only once every sink acknowledged it. Each
@@ -76,7 +76,9 @@ class Batcher:
     def _handover(self) -> None:
         if self._held:
             held, self._held = self._held, []
-            self.writer.submit((writer.BATCH, held))
+            # Written here, on the loop, unless the writer's thread must take them (proxy.telemetry.writer)
+            if not (self._running and self.writer.write_now(held)):
+                self.writer.submit((writer.BATCH, held))
 
     # -- the request path: never waits, never raises ------------------------------------
     def put(self, record: UsageRecord) -> None:

@@ -165,6 +165,11 @@ class Spool:
     def sync(self) -> None:
         os.fdatasync(self._fd)
 
+    @property
+    def writable(self) -> bool:
+        """An active segment is open: `append` needs no new file first (the writer's thread makes one)."""
+        return self._fd >= 0
+
     def wants_roll(self) -> bool:
         return self._sizes[self._active] >= self.segment_bytes
 

@@ -161,3 +161,105 @@ def test_a_batch_is_written_in_one_go_and_a_begin_closed_within_it_is_left_out(t
         recovery.scan(path.read_bytes())
     assert recovery.records == 2 and recovery.open_begins() == {}
     assert w.stop(5)
+
+
+# -- the loop's own writes (write_now) --------------------------------------------------------
+
+def _records_in(spool) -> list[str]:
+    from proxy.telemetry.lane import read_records
+
+    return [r.id for r in read_records(spool, "local", 10_000)[0]]
+
+
+def test_the_loop_writes_at_once_and_the_thread_syncs_with_a_wake_up_per_commit_window(tmp_path):
+    spool = _spool(tmp_path)
+    syncs = []
+    real_sync = spool.sync
+    spool.sync = lambda: (syncs.append(time.monotonic()), real_sync())
+    w = writer.Writer(spool, commit_ms=50)
+    rounds = []  # each time the thread woke (an item, or its sync's timeout)
+    real_take = w._take
+    w._take = lambda timeout: (rounds.append(timeout), real_take(timeout))[1]
+    w.start()
+    began = time.monotonic()
+    assert w.write_now([(writer.RECORD, record(0), None)])
+    assert spool.bytes > 0 and _records_in(spool) == ["rec-00000000"]  # in the file before it returned
+    _wait(lambda: syncs)
+    assert syncs[0] - began < 0.1
+    for i in range(1, 101):  # a hand-over every 2 ms, as the batcher makes under load
+        assert w.write_now([(writer.RECORD, record(i), None)])
+        time.sleep(0.002)
+    span = time.monotonic() - began
+    _wait(lambda: not w._dirty)
+    assert len(rounds) <= 3 + 2 * span / 0.05  # not one per write: the point of it
+    assert len(syncs) <= 2 + (syncs[-1] - syncs[0]) / 0.05
+    assert w.pending() == 0 and len(_records_in(spool)) == 101
+    assert w.stop(5)
+    assert not w.write_now([(writer.RECORD, record(200), None)])  # stopped: nothing syncs it any more
+    spool.close()
+
+
+def test_the_loop_leaves_its_items_to_the_thread_while_earlier_ones_wait_so_order_holds(tmp_path):
+    spool = _spool(tmp_path)
+    w = writer.Writer(spool, commit_ms=5)
+    slot = "s" * 24
+    w.submit((writer.BEGIN, slot, {"ts": 1.0, "route": "chat"}))  # queued; the thread is not running yet
+    assert not w.write_now([(writer.RECORD, record(1), slot)])  # its record must not land before it
+    assert spool.bytes == 0
+    w.submit((writer.BATCH, [(writer.RECORD, record(1), slot)]))  # what the batcher does then
+    w.start()
+    _barrier(w)
+    assert w.write_now([(writer.RECORD, record(2), None)])  # nothing waits any more
+    _barrier(w)
+    from proxy.telemetry.spool import Recovery
+    recovery = Recovery()
+    for path in sorted(tmp_path.rglob("*.seg")):
+        recovery.scan(path.read_bytes())
+    assert recovery.open_begins() == {}  # the BEGIN, then its record: closed
+    assert _records_in(spool) == ["rec-00000001", "rec-00000002"]
+    assert w.stop(5)
+    spool.close()
+
+
+def test_while_the_disk_refuses_the_loop_hands_over_and_nothing_is_lost(tmp_path):
+    spool = _spool(tmp_path)
+    refuse = {"on": True}
+    real_append = spool.append
+
+    def append(data):
+        if refuse["on"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_append(data)
+
+    spool.append = append
+    w = writer.Writer(spool, commit_ms=10, queue_size=1000, metrics=Metrics())
+    w.start()
+    assert w.write_now([(writer.RECORD, record(0), None)])  # tried here, refused: kept, the thread retries
+    assert w.failing and w.pending() == 1
+    assert not w.write_now([(writer.RECORD, record(1), None)])  # failing: the thread's to write
+    w.submit((writer.BATCH, [(writer.RECORD, record(1), None)]))
+    refuse["on"] = False
+    _wait(lambda: not w.failing and w.pending() == 0, timeout=3)
+    assert _records_in(spool) == ["rec-00000000", "rec-00000001"]
+    assert w.write_now([(writer.RECORD, record(2), None)])  # writable again: back on the loop
+    assert w.stop(5)
+    spool.close()
+
+
+def test_a_roll_the_loop_s_write_makes_due_is_the_thread_s_and_carries_running_begins(tmp_path):
+    spool = _spool(tmp_path, segment_bytes=4096)
+    w = writer.Writer(spool, commit_ms=5)
+    w.start()
+    assert w.write_now([(writer.BEGIN, "b" * 24, {"ts": 1.0, "route": "chat"})])
+    for i in range(100):
+        assert w.write_now([(writer.RECORD, record(i), None)]) or (
+            w.submit((writer.BATCH, [(writer.RECORD, record(i), None)])) or True)
+    _barrier(w)
+    assert len(list(spool.dir.glob("*.seg"))) > 1  # rolled, by the thread
+    assert w.stop(5)
+    spool.close()
+    for oldest in sorted(spool.dir.glob("*.seg"))[:-1]:
+        oldest.unlink()
+    again = Spool(tmp_path)
+    assert list(again.open().open_begins()) == ["b" * 24]  # carried into the newest segment
+    again.close()
