@@ -177,6 +177,11 @@ class Response:
                 conn.transport.resume_reading()
         return data
 
+    @property
+    def complete(self) -> bool:
+        """All of the body has arrived and been handed out: `chunk()` has nothing more to give."""
+        return self._done and not self._parts and self._error is None
+
     def close(self) -> None:
         """Done with the answer: a connection still receiving it is closed, not reused."""
         self._parts.clear()

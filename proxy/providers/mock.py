@@ -60,6 +60,10 @@ class MockResponse:
         self._next += 1
         return self._chunks[self._next - 1]
 
+    @property
+    def complete(self) -> bool:
+        return self._next >= len(self._chunks)
+
     def close(self) -> None:
         self._next = len(self._chunks)
 

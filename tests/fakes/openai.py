@@ -38,6 +38,7 @@ class Behaviour:
     message: dict | None = None  # non-stream: the choice's message instead of `content` (tool calls)
     deltas: list[dict] | None = None  # stream: the choice's deltas instead of `content` (tool call pieces)
     finish: str = "stop"
+    burst: bool = False  # stream: the whole answer (head, every event) in one write, as a cached answer comes
 
 
 @dataclasses.dataclass
@@ -109,6 +110,10 @@ class FakeOpenAI:
             self.closed_at.append(time.monotonic())
 
     async def _stream(self, request: web.Request, body: dict, b: Behaviour) -> web.StreamResponse:
+        if b.burst:
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return web.Response(body=b"".join(stream_events(body["model"], b, include_usage)),
+                                headers={"Content-Type": "text/event-stream; charset=utf-8", **b.headers})
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8", **b.headers})
         await out.prepare(request)
         if b.end == "error_first":
