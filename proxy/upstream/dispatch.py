@@ -78,8 +78,8 @@ class Watchdog:
     async def __aenter__(self) -> Watchdog:
         # asyncio.timeout's protocol, by hand (it cost more than the rest of the watchdog): the
         # timer cancels the task; leaving the block turns that cancellation into TimeoutError.
-        self._loop = asyncio.get_running_loop()
-        task = self._task = asyncio.current_task()
+        loop = self._loop = asyncio.get_running_loop()
+        task = self._task = asyncio.current_task(loop)  # given the loop: no second look-up (a getpid on 3.11)
         self._cancelling = task.cancelling()
         self.last = self._loop.time()
         if self.progress is not None:
