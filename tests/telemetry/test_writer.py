@@ -27,6 +27,20 @@ def _spool(tmp_path, **kw) -> Spool:
     return spool
 
 
+def _refusing(spool: Spool) -> dict:
+    """Make the spool's appends fail with ENOSPC while the returned switch's "on" is true."""
+    refuse = {"on": True}
+    real_append = spool.append
+
+    def append(data):
+        if refuse["on"]:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_append(data)
+
+    spool.append = append
+    return refuse
+
+
 def _barrier(w: writer.Writer) -> None:
     done = threading.Event()
     w.submit((writer.BARRIER, done.set))
@@ -59,15 +73,7 @@ def test_a_record_is_in_the_file_at_once_and_synced_within_the_commit_window(tmp
 def test_when_the_disk_refuses_records_wait_in_memory_then_land(tmp_path):
     spool = _spool(tmp_path)
     metrics = Metrics()
-    refuse = {"on": True}
-    real_append = spool.append
-
-    def append(data):
-        if refuse["on"]:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_append(data)
-
-    spool.append = append
+    refuse = _refusing(spool)
     w = writer.Writer(spool, commit_ms=10, queue_size=1000, metrics=metrics)
     w.start()
     for i in range(20):
@@ -223,15 +229,7 @@ def test_the_loop_leaves_its_items_to_the_thread_while_earlier_ones_wait_so_orde
 
 def test_while_the_disk_refuses_the_loop_hands_over_and_nothing_is_lost(tmp_path):
     spool = _spool(tmp_path)
-    refuse = {"on": True}
-    real_append = spool.append
-
-    def append(data):
-        if refuse["on"]:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        real_append(data)
-
-    spool.append = append
+    refuse = _refusing(spool)
     w = writer.Writer(spool, commit_ms=10, queue_size=1000, metrics=Metrics())
     w.start()
     assert w.write_now([(writer.RECORD, record(0), None)])  # tried here, refused: kept, the thread retries
