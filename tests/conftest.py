@@ -66,6 +66,25 @@ class Running:
         return found
 
 
+def count_writes_to_clients(monkeypatch, port: int) -> list[int]:
+    """The size of each write the gateway's server (on `port`) makes to a client socket: not the
+    fake provider's, not the client's."""
+    from aiohttp import http_writer
+
+    writes: list[int] = []
+    for name in ("_write", "_writelines"):
+        real = getattr(http_writer.StreamWriter, name)
+
+        def counted(self, data, _real=real, _name=name):
+            transport = self._protocol.transport
+            if transport is not None and transport.get_extra_info("sockname")[1] == port:
+                writes.append(len(data) if _name == "_write" else sum(len(part) for part in data))
+            return _real(self, data)
+
+        monkeypatch.setattr(http_writer.StreamWriter, name, counted)
+    return writes
+
+
 @pytest.fixture
 async def gateway(aiohttp_server, tmp_path):
     """`await gateway({...config...})` serves a gateway on loopback; config keys are camelCase."""

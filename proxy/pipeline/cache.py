@@ -32,6 +32,7 @@ from proxy.dialects.base import Replayed
 from proxy.edge import drain
 from proxy.pipeline import replay
 from proxy.pipeline.relay import HEADERS as STREAM_HEADERS
+from proxy.pipeline.relay import SSEResponse
 from proxy.providers.base import ChatRequest, ParserStep, StreamParser, Usage
 from proxy.state.base import Store, close_cache
 
@@ -125,11 +126,11 @@ class ResponseCache:
         if not request.stream:
             body = entry.body if dialect is None else dialect.answer(entry.body)
             return web.Response(body=body, content_type="application/json", headers=headers)
-        out = web.StreamResponse(status=200, headers={**STREAM_HEADERS, **headers})
+        out = SSEResponse(status=200, headers={**STREAM_HEADERS, **headers})
         drain.streaming(http_request, out)
         await out.prepare(http_request)
         events = replay.to_chunks(entry.body, request.wants_usage)
-        await out.write(events if dialect is None else dialect.stream(events))
+        await out.write_eof(events if dialect is None else dialect.stream(events))  # head, events, end: one write
         return out
 
     def tap(self, opened) -> Tap:

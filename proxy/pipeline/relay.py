@@ -30,7 +30,7 @@ HEADERS = {
 }
 
 
-class _Stream(web.StreamResponse):
+class SSEResponse(web.StreamResponse):
     """An SSE answer whose head waits for its first bytes and goes out in the same write, as a
     `web.Response`'s does (aiohttp's switch for it), and whose last bytes go out with the end of
     the chunked body: a stream that arrived whole (a burst) is one write to the client, not three.
@@ -79,7 +79,7 @@ class Relay:
         headers = {**HEADERS, "X-Request-Id": self.request_id} if dialect is None else \
             {**HEADERS, "X-Request-Id": self.request_id, **dialect.headers}
         frame = error_event if dialect is None else dialect.error_frame
-        out = _Stream(status=200, headers=headers)
+        out = SSEResponse(status=200, headers=headers)
         parser, upstream = opened.parser, opened.response
         ending: ProxyError | None = None
         loop = asyncio.get_running_loop()

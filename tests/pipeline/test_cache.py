@@ -6,7 +6,7 @@ import orjson
 import pytest
 
 from proxy.pipeline.auth import digest
-from tests.conftest import openai_provider
+from tests.conftest import count_writes_to_clients, openai_provider
 from tests.fakes.openai import Behaviour
 
 MESSAGES = [{"role": "user", "content": "Say hello"}]
@@ -78,10 +78,11 @@ async def test_one_caller_never_sees_another_callers_answers(gateway, fake_opena
     assert (await post(gw, body, {**USE, "X-API-Key": "key-a"}))[1]["X-Cache"] == "hit"
 
 
-async def test_a_plain_answer_is_replayed_as_a_stream(gateway, fake_openai):
+async def test_a_plain_answer_is_replayed_as_a_stream(gateway, fake_openai, monkeypatch):
     gw = await gateway(config(fake_openai))
     _, _, plain = await post(gw, {"model": "gpt-4o-mini", "messages": MESSAGES}, USE)
     await gw.records()
+    writes = count_writes_to_clients(monkeypatch, gw.port)
     status, headers, raw = await post(gw, {"model": "gpt-4o-mini", "messages": MESSAGES, "stream": True,
                                            "stream_options": {"include_usage": True}}, USE)
     assert status == 200 and headers["X-Cache"] == "hit" and headers["Content-Type"].startswith("text/event-stream")
@@ -93,6 +94,7 @@ async def test_a_plain_answer_is_replayed_as_a_stream(gateway, fake_openai):
     assert text == orjson.loads(plain)["choices"][0]["message"]["content"]
     assert chunks[-1]["usage"]["total_tokens"] == 22 and chunks[-2]["choices"][0]["finish_reason"] == "stop"
     assert len(fake_openai.requests) == 1
+    assert len(writes) == 1  # the head, every event and the chunked end in one write
 
 
 async def test_a_streamed_answer_is_stored_and_serves_plain_requests(gateway, fake_openai):

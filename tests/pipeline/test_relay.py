@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import openai_provider
+from tests.conftest import count_writes_to_clients, openai_provider
 from tests.fakes.openai import Behaviour
 
 MESSAGES = [{"role": "user", "content": "count"}]
@@ -288,31 +288,12 @@ async def test_headers_of_a_stream(gateway, fake_openai):
         await resp.read()
 
 
-def _count_writes_to_clients(monkeypatch, port: int) -> list[int]:
-    """The size of each write the gateway's server (on `port`) makes to a client socket: not the
-    fake provider's, not the client's."""
-    from aiohttp import http_writer
-
-    writes: list[int] = []
-    for name in ("_write", "_writelines"):
-        real = getattr(http_writer.StreamWriter, name)
-
-        def counted(self, data, _real=real, _name=name):
-            transport = self._protocol.transport
-            if transport is not None and transport.get_extra_info("sockname")[1] == port:
-                writes.append(len(data) if _name == "_write" else sum(len(part) for part in data))
-            return _real(self, data)
-
-        monkeypatch.setattr(http_writer.StreamWriter, name, counted)
-    return writes
-
-
 async def test_a_stream_that_arrives_whole_goes_to_the_client_in_one_write(gateway, fake_openai, monkeypatch):
     """Head, every event and the chunked body's end of a burst leave in one write (each write wakes
     the client's side), byte for byte what the provider sent but the usage chunk."""
     fake_openai.on("whole", Behaviour(content=[f"t{i} " for i in range(100)], burst=True))
     gw = await gateway({"providers": [openai_provider(fake_openai, models=("whole",))]})
-    writes = _count_writes_to_clients(monkeypatch, gw.port)
+    writes = count_writes_to_clients(monkeypatch, gw.port)
     async with gw.post("/v1/chat/completions", json=_stream_body("whole")) as resp:
         assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/event-stream")
         events = _events(await resp.read())
@@ -330,7 +311,7 @@ async def test_a_paced_stream_sends_its_head_with_its_first_events_at_once(gatew
     before the provider sends the rest."""
     fake_openai.on("paced", Behaviour(content=["a", "b", "c", "d"], delay_chunk=0.2))
     gw = await gateway({"providers": [openai_provider(fake_openai, models=("paced",))]})
-    writes = _count_writes_to_clients(monkeypatch, gw.port)
+    writes = count_writes_to_clients(monkeypatch, gw.port)
     started = time.monotonic()
     async with gw.post("/v1/chat/completions", json=_stream_body("paced")) as resp:
         first = await resp.content.readuntil(b"\n\n")
