@@ -92,7 +92,7 @@ class Relay:
             await out.prepare(http_request)  # the client may have gone while the provider answered
             self.first_byte_at = time.monotonic()
             async with Watchdog(idle, deadline, unsent) as watchdog:
-                if _complete(upstream):
+                if upstream.complete:
                     last = opened.first
                 else:
                     await out.write(opened.first)  # with the head; b"": the head alone, now
@@ -100,7 +100,7 @@ class Relay:
                     watchdog.touch()
                     data = parser.feed(chunk)
                     if data:
-                        if _complete(upstream):
+                        if upstream.complete:
                             last += data
                         else:
                             await out.write(data)
@@ -137,11 +137,6 @@ class Relay:
         if self.error_type == "client_stalled":
             http_request.transport.abort()  # a reset: nothing more can reach a client that stopped reading
         return out
-
-
-def _complete(upstream) -> bool:
-    """The provider's answer has all arrived and been read: no more bytes will follow."""
-    return getattr(upstream, "complete", False)
 
 
 def _client_stalled(http_request: web.Request) -> bool:
