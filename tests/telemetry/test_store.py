@@ -47,6 +47,16 @@ async def test_records_come_back_as_they_went_in(tmp_path):
     store.close()
 
 
+def test_nones_and_bools_are_stored_as_null_and_integers(tmp_path):
+    # the adapters that make them cheap to bind must not change what lands in the columns
+    store = UsageStore(str(tmp_path / "u.db"))
+    store._write([record(1, stream=True, cache_hit=False, ttft_ms=None, error_type=None)])
+    got = store._db.execute("SELECT typeof(stream), stream, typeof(cache_hit), cache_hit, typeof(ttft_ms), "
+                            "typeof(error_type) FROM usage").fetchone()
+    assert got == ("integer", 1, "integer", 0, "null", "null")
+    store.close()
+
+
 async def test_retention_prunes_old_records_and_their_tags(tmp_path):
     store = UsageStore(str(tmp_path / "u.db"))
     now = time.time()
