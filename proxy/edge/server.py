@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 from proxy.config import Limits
 from proxy.edge.aiohttp_support import check_aiohttp
 from proxy.errors import InvalidRequest, PayloadTooLarge, ProxyError
+from proxy.net.turn import EndOfTurn, HeldTransport
 
 log = structlog.get_logger("proxy.edge.server")
 
@@ -276,15 +277,17 @@ class Reader(asyncio.BufferedProtocol):
     SMALL_READ until a handler reads its body within the body budget, then LARGE_READ. One buffer
     serves every connection of a server: a read and its hand-over happen in one callback."""
 
-    __slots__ = ("handler", "_buffer", "_small")
+    __slots__ = ("handler", "_buffer", "_small", "_turn")
 
-    def __init__(self, handler: GuardedHandler, buffer: memoryview, small: memoryview) -> None:
+    def __init__(self, handler: GuardedHandler, buffer: memoryview, small: memoryview, turn: EndOfTurn) -> None:
         self.handler = handler
         self._buffer = buffer
         self._small = small
+        self._turn = turn
 
     def connection_made(self, transport) -> None:
-        self.handler.connection_made(transport)
+        # aiohttp writes the answers through it: they go out at the end of the turn (proxy.net.turn)
+        self.handler.connection_made(HeldTransport(transport, self._turn))
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.handler.connection_lost(exc)
@@ -316,10 +319,11 @@ class GuardedServer(web.Server):
         self.guard = guard
         self._buffer = memoryview(bytearray(LARGE_READ))  # every read of this server's connections
         self._small = self._buffer[:SMALL_READ]
+        self._turn = EndOfTurn(self._loop)  # every connection's answers, written together
 
     def __call__(self) -> Reader:
         return Reader(GuardedHandler(self, loop=self._loop, guard=self.guard, **self._kwargs), self._buffer,
-                      self._small)
+                      self._small, self._turn)
 
     def connection_made(self, handler, transport) -> None:
         super().connection_made(handler, transport)

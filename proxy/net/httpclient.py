@@ -53,6 +53,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.net import tunnel
 from proxy.net.egress import Egress, Route
 from proxy.net.egress import why as egress_why
+from proxy.net.turn import EndOfTurn
 
 MAX_HEAD = 64 * 1024  # bytes of an answer's status line and headers
 _URL_CACHE_MAX = 1024
@@ -256,7 +257,7 @@ class _Connection(asyncio.Protocol):
     """One connection to an origin, answering one request at a time."""
 
     __slots__ = ("loop", "client", "origin", "transport", "parser", "response", "closed", "idle_since", "reused",
-                 "fd", "_head_bytes", "_headers", "_decompress", "_flushed")
+                 "fd", "_head_bytes", "_headers", "_decompress", "_flushed", "_unsent")
 
     def __init__(self, client: Client, origin: _Origin) -> None:
         self.loop = client.loop
@@ -273,15 +274,27 @@ class _Connection(asyncio.Protocol):
         self._headers: CIMultiDict | None = None
         self._decompress = True
         self._flushed = True
+        self._unsent: list[bytes] | None = None
 
     def send(self, data: list[bytes], response: Response, decompress: bool) -> None:
+        """Take the request; it is written with the others of this turn of the loop (proxy.net.turn)."""
         self.response = response
         self._decompress = decompress
         self._head_bytes = 0
         self._headers = CIMultiDict()
-        transport = self.transport
-        if self.closed or transport.is_closing():
+        if self.closed or self.transport.is_closing():
             raise ResetBeforeSent("the connection closed before the request was written")
+        self._flushed = False  # not written until `_write` says so: a reset before then is safe to retry
+        self._unsent = data
+        self.client.end_of_turn(self._write)
+
+    def _write(self) -> None:
+        data, self._unsent = self._unsent, None
+        transport = self.transport
+        # The request ended before its turn (cancelled, or the connection lost: connection_lost
+        # failed it as not written): nothing to send.
+        if data is None or self.response is None or self.closed or transport.is_closing():
+            return
         transport.writelines(data)
         # A send refused at once (the provider's reset already here) closes the transport: none of
         # it left, so it counts as not written, like bytes still waiting in the buffer.
@@ -426,6 +439,7 @@ class Client:
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
         self._poll = select.poll()
+        self.end_of_turn = EndOfTurn(self.loop)  # where requests are written (proxy.net.turn)
 
     async def request(self, method: str, url: str, headers: dict[str, str], body: bytes, *,
                       connect_timeout: float, decompress: bool = True, fresh: bool = False,

@@ -540,3 +540,39 @@ async def test_a_request_the_provider_read_whole_is_not_called_unsent(client):
         assert server.done.is_set() and server.requests == 1
     finally:
         server.stop()
+
+
+async def _held_request(client, url: str):
+    """Start a request on a pooled connection, with the client's end of turn caught: (the task,
+    the held write)."""
+    held = []
+    client.end_of_turn = held.append  # an instance attribute over the client's own
+    task = asyncio.create_task(_post(client, url))
+    await asyncio.sleep(0)  # the task ran until it waits for the head
+    del client.end_of_turn
+    assert len(held) == 1  # taken, and held for the end of the turn rather than written
+    return task, held[0]
+
+
+async def test_a_request_is_written_when_its_turn_ends(wire, client):
+    w = await wire(OK)
+    assert await _body(await _post(client, w.url + "/first")) == b"{}"
+    task, write = await _held_request(client, w.url + "/second")
+    assert not write.__self__._flushed  # a reset now would be one of a request never sent
+    write()
+    assert await _body(await task) == b"{}"
+    assert [r.split(b" ")[1] for r in w.requests] == [b"/first", b"/second"]
+
+
+async def test_a_request_whose_connection_dies_before_its_turn_ends_is_never_written(wire, client):
+    w = await wire(OK)
+    assert await _body(await _post(client, w.url + "/first")) == b"{}"
+    task, write = await _held_request(client, w.url + "/second")
+    write.__self__.transport.abort()  # the provider's reset, seen in the same turn
+    await asyncio.sleep(0)  # connection_lost
+    write()
+    with pytest.raises(httpclient.ResetBeforeSent) as caught:
+        await task
+    assert caught.value.stale  # not written, on a reused connection: the caller may send it again
+    await asyncio.sleep(0.05)
+    assert len(w.requests) == 1
