@@ -38,7 +38,7 @@ from prometheus_client.registry import Collector
 from proxy.config import Limits
 from proxy.edge.aiohttp_support import check_aiohttp
 from proxy.errors import InvalidRequest, PayloadTooLarge, ProxyError
-from proxy.net.turn import EndOfTurn, HeldTransport
+from proxy.net.turn import EndOfTurn, HeldTransport, end_of_turn
 
 log = structlog.get_logger("proxy.edge.server")
 
@@ -319,7 +319,7 @@ class GuardedServer(web.Server):
         self.guard = guard
         self._buffer = memoryview(bytearray(LARGE_READ))  # every read of this server's connections
         self._small = self._buffer[:SMALL_READ]
-        self._turn = EndOfTurn(self._loop)  # every connection's answers, written together
+        self._turn = end_of_turn(self._loop)  # every connection's answers, written together
 
     def __call__(self) -> Reader:
         return Reader(GuardedHandler(self, loop=self._loop, guard=self.guard, **self._kwargs), self._buffer,

@@ -53,7 +53,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.net import tunnel
 from proxy.net.egress import Egress, Route
 from proxy.net.egress import why as egress_why
-from proxy.net.turn import EndOfTurn
+from proxy.net.turn import end_of_turn
 
 MAX_HEAD = 64 * 1024  # bytes of an answer's status line and headers
 _URL_CACHE_MAX = 1024
@@ -439,7 +439,7 @@ class Client:
         self._sweeper: asyncio.TimerHandle | None = None
         self._closed = False
         self._poll = select.poll()
-        self.end_of_turn = EndOfTurn(self.loop)  # where requests are written (proxy.net.turn)
+        self.end_of_turn = end_of_turn(self.loop)  # where requests are written (proxy.net.turn)
 
     async def request(self, method: str, url: str, headers: dict[str, str], body: bytes, *,
                       connect_timeout: float, decompress: bool = True, fresh: bool = False,

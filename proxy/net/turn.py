@@ -14,30 +14,59 @@ spends on other requests anyway: at one connection it is one more pass of an idl
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Callable
 
 
 class EndOfTurn:
-    """Calls held until the callbacks due in this turn of the loop have run, then made in order."""
+    """Writes held until the callbacks due in this turn of the loop have run, then made in order;
+    then the work that was waiting for them (`after`)."""
 
-    __slots__ = ("_loop", "_due")
+    __slots__ = ("_loop", "_due", "_after")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._due: list[Callable[[], None]] = []
+        self._after: list[tuple] = []
 
-    def __call__(self, fn: Callable[[], None]) -> None:
-        if not self._due:
+    def __call__(self, write: Callable[[], None]) -> None:
+        if not self._due and not self._after:
             self._loop.call_soon(self._run)  # after everything already scheduled: the rest of the turn
-        self._due.append(fn)
+        self._due.append(write)
+
+    def after(self, fn: Callable, *args) -> None:
+        """Call `fn(*args)` once this turn's writes are out, those held later in the turn too: the
+        bookkeeping of a request whose answer aiohttp writes once the handler has returned."""
+        if not self._due and not self._after:
+            self._loop.call_soon(self._run)
+        self._after.append((fn, args))
 
     def _run(self) -> None:
         due, self._due = self._due, []
-        for fn in due:
+        for write in due:
             try:
-                fn()
+                write()
             except Exception as exc:  # one broken write must not hold back the others' bytes
                 self._loop.call_exception_handler({"message": "a held write failed", "exception": exc})
+        after, self._after = self._after, []
+        for fn, args in after:
+            try:
+                fn(*args)
+            except Exception as exc:
+                self._loop.call_exception_handler({"message": "work after the writes failed", "exception": exc})
+
+
+_turns: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def end_of_turn(loop: asyncio.AbstractEventLoop | None = None) -> EndOfTurn:
+    """The loop's one `EndOfTurn`, shared by the client's requests, the server's answers and what
+    waits for them: one call a turn for all of them."""
+    loop = loop or asyncio.get_running_loop()
+    turn = _turns.get(loop)
+    if turn is None:
+        turn = _turns[loop] = EndOfTurn(loop)
+    return turn
 
 
 class HeldTransport:

@@ -22,6 +22,7 @@ from proxy.dialects.base import Dialect
 from proxy.edge.limits import ADMISSION, BodyBuffer
 from proxy.edge.server import GuardedHandler, error_response
 from proxy.errors import PayloadTooLarge, ProxyError
+from proxy.net.turn import end_of_turn
 from proxy.pipeline import autoroute
 from proxy.pipeline.auth import Caller
 from proxy.pipeline.cache import Entry
@@ -99,8 +100,10 @@ async def serve(http_request: web.Request, kind: str, dialect: Dialect | None = 
         metrics.in_flight -= 1
         attempts.release()
         if not found.aborted:
-            # The record is built on the next loop turn, after aiohttp has written the answer.
-            asyncio.get_running_loop().call_soon(_end, parts, found)
+            # The record is built once the answer has left: aiohttp writes it after this returns,
+            # and the server holds it to the end of this turn (proxy.net.turn). Scheduled now as a
+            # callback, it would come before the write and hold the answer back by its work.
+            end_of_turn().after(_end, parts, found)
 
 
 async def _run(http_request: web.Request, parts: Parts, found: _Found, kind: str,

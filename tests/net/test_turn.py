@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from proxy.net.turn import EndOfTurn, HeldTransport
+from proxy.net.turn import EndOfTurn, HeldTransport, end_of_turn
 
 
 class _Quiet(asyncio.Protocol):
@@ -78,6 +78,26 @@ async def test_the_calls_held_in_a_turn_are_made_together_after_what_was_due_bef
     turn(lambda: order.append("second write"))
     await _turn_ends()
     assert order == ["due before", "first write", "second write", "due after the first"]
+
+
+async def test_work_after_the_writes_waits_for_writes_held_later_in_the_turn():
+    # a handler's bookkeeping is asked for before aiohttp writes its answer: it must not hold the
+    # answer back by its own work
+    turn, order = EndOfTurn(asyncio.get_running_loop()), []
+    turn.after(order.append, "the record")
+    turn(lambda: order.append("the answer"))
+    await _turn_ends()
+    assert order == ["the answer", "the record"]
+
+
+async def test_a_loop_has_one_end_of_turn():
+    loop = asyncio.get_running_loop()
+    assert end_of_turn() is end_of_turn(loop)
+    other = asyncio.new_event_loop()
+    try:
+        assert end_of_turn(other) is not end_of_turn(loop)
+    finally:
+        other.close()
 
 
 async def test_a_failing_held_call_does_not_hold_back_the_others():
