@@ -42,13 +42,15 @@ class EndOfTurn:
         self._after.append((fn, args))
 
     def _run(self) -> None:
+        # Both taken at once: a write or an `after` asked for while these run finds both lists
+        # empty and schedules the next run, rather than joining a list already being emptied.
         due, self._due = self._due, []
+        after, self._after = self._after, []
         for write in due:
             try:
                 write()
             except Exception as exc:  # one broken write must not hold back the others' bytes
                 self._loop.call_exception_handler({"message": "a held write failed", "exception": exc})
-        after, self._after = self._after, []
         for fn, args in after:
             try:
                 fn(*args)

@@ -159,3 +159,18 @@ async def test_bytes_held_for_a_peer_that_reset_are_dropped_quietly(pair):
     await _turn_ends()  # nothing raised, nothing reported
     assert held.is_closing()
     await asyncio.wait_for(protocol.lost, 2)
+
+
+async def test_what_a_held_call_holds_while_the_turn_ends_is_made_at_the_next_turns_end():
+    turn, order = EndOfTurn(asyncio.get_running_loop()), []
+
+    def write() -> None:
+        order.append("a write")
+        turn(lambda: order.append("the write it caused"))
+        turn.after(order.append, "work it caused")
+
+    turn(write)
+    turn.after(order.append, "the record")
+    await _turn_ends()
+    await _turn_ends()
+    assert order == ["a write", "the record", "the write it caused", "work it caused"]
