@@ -15,6 +15,7 @@ anyway: at one connection it is one more pass of an idle loop (~0.02 ms).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import weakref
 from collections.abc import Callable
 
@@ -37,10 +38,11 @@ class EndOfTurn:
 
     def after(self, fn: Callable, *args) -> None:
         """Call `fn(*args)` once this turn's writes are out, those held later in the turn too: the
-        bookkeeping of a request whose answer aiohttp writes once the handler has returned."""
+        bookkeeping of a request whose answer aiohttp writes once the handler has returned. In
+        the caller's context, as `call_soon` would (a record finds its request's journal slot there)."""
         if not self._due and not self._after:
             self._loop.call_soon(self._run)
-        self._after.append((fn, args))
+        self._after.append((contextvars.copy_context(), fn, args))
 
     def _run(self) -> None:
         # Both taken at once: a write or an `after` asked for while these run finds both lists
@@ -52,9 +54,9 @@ class EndOfTurn:
                 write()
             except Exception as exc:  # one broken write must not hold back the others' bytes
                 self._loop.call_exception_handler({"message": "a held write failed", "exception": exc})
-        for fn, args in after:
+        for context, fn, args in after:
             try:
-                fn(*args)
+                context.run(fn, *args)
             except Exception as exc:
                 self._loop.call_exception_handler({"message": "work after the writes failed", "exception": exc})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import socket
 
 import pytest
@@ -88,6 +89,24 @@ async def test_work_after_the_writes_waits_for_writes_held_later_in_the_turn():
     turn(lambda: order.append("the answer"))
     await _turn_ends()
     assert order == ["the answer", "the record"]
+
+
+_REQUEST = contextvars.ContextVar("request")
+
+
+async def test_work_after_the_writes_runs_in_the_context_it_was_asked_from():
+    # the record of a request finds its journal slot in a context variable: run in the context of
+    # whichever request's write opened the turn, it closed that request's slot instead
+    turn, seen = EndOfTurn(asyncio.get_running_loop()), []
+
+    async def request(name: str) -> None:
+        _REQUEST.set(name)
+        turn(lambda: None)  # a write held for this request
+        turn.after(lambda: seen.append(_REQUEST.get()))
+
+    await asyncio.gather(request("a"), request("b"))
+    await _turn_ends()
+    assert seen == ["a", "b"]
 
 
 async def test_a_loop_has_one_end_of_turn():
