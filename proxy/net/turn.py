@@ -24,24 +24,31 @@ class EndOfTurn:
     """Writes held until the callbacks due in this turn of the loop have run, then made in order;
     then the work that was waiting for them (`after`)."""
 
-    __slots__ = ("_loop", "_due", "_after")
+    __slots__ = ("_loop", "_due", "_after", "_context")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._due: list[Callable[[], None]] = []
         self._after: list[tuple] = []
+        # The writes run in a context of their own, not in that of the request whose write
+        # happened to open the turn (nor do the callbacks their transports schedule).
+        self._context = contextvars.Context()
 
     def __call__(self, write: Callable[[], None]) -> None:
         if not self._due and not self._after:
-            self._loop.call_soon(self._run)  # after everything already scheduled: the rest of the turn
+            self._schedule()
         self._due.append(write)
+
+    def _schedule(self) -> None:
+        # after everything already scheduled: the rest of the turn
+        self._loop.call_soon(self._run, context=self._context)
 
     def after(self, fn: Callable, *args) -> None:
         """Call `fn(*args)` once this turn's writes are out, those held later in the turn too: the
         bookkeeping of a request whose answer aiohttp writes once the handler has returned. In
         the caller's context, as `call_soon` would (a record finds its request's journal slot there)."""
         if not self._due and not self._after:
-            self._loop.call_soon(self._run)
+            self._schedule()
         self._after.append((contextvars.copy_context(), fn, args))
 
     def _run(self) -> None:

@@ -101,12 +101,13 @@ async def test_work_after_the_writes_runs_in_the_context_it_was_asked_from():
 
     async def request(name: str) -> None:
         _REQUEST.set(name)
-        turn(lambda: None)  # a write held for this request
-        turn.after(lambda: seen.append(_REQUEST.get()))
+        turn(lambda: seen.append(("write", _REQUEST.get(None))))  # a write held for this request
+        turn.after(lambda: seen.append(("after", _REQUEST.get())))
 
     await asyncio.gather(request("a"), request("b"))
     await _turn_ends()
-    assert seen == ["a", "b"]
+    # the writes belong to no request; each request's work finds its own
+    assert seen == [("write", None), ("write", None), ("after", "a"), ("after", "b")]
 
 
 async def test_a_loop_has_one_end_of_turn():
