@@ -291,9 +291,9 @@ class _Connection(asyncio.Protocol):
     def _write(self) -> None:
         data, self._unsent = self._unsent, None
         transport = self.transport
-        # The request ended before its turn (cancelled, or the connection lost: connection_lost
-        # failed it as not written): nothing to send.
-        if data is None or self.response is None or self.closed or transport.is_closing():
+        # The request ended before its turn (cancelled: aborted; or the connection lost:
+        # connection_lost failed it as not written): nothing to send.
+        if self.closed or transport.is_closing():
             return
         transport.writelines(data)
         # A send refused at once (the provider's reset already here) closes the transport: none of
