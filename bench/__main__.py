@@ -55,6 +55,8 @@ def parser() -> argparse.ArgumentParser:
                    help="rounds of c1, c32, c256, s32, b32, the dialect scenarios and delayed, targets interleaved; "
                         "figures are medians "
                         "(3 or 5 on a noisy machine)")
+    p.add_argument("--slice", type=float, default=1.0, metavar="S", dest="slice_s",
+                   help="seconds per slice of c1, c32, c256 and b32, taken in turn across the targets (0: none)")
     p.add_argument("--python-driver", action="store_true", help="use the Python driver even when wrk is installed")
     p.add_argument("--flamegraph", action="store_true", help="py-spy flame graph of the gateway under c32 load")
     p.add_argument("--record", action="store_true", help="also rewrite bench/RESULTS.md with this run")
@@ -80,6 +82,7 @@ def settings(args: argparse.Namespace) -> Settings:
         keep=args.keep,
         mock_port=args.mock_port,
         repeat=max(args.repeat, 1),
+        slice_s=max(args.slice_s, 0.0),
     )
 
 
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join(["python", "-m", "bench", *(sys.argv[1:] if argv is None else argv)]),
         "machine": report.machine(), "versions": report.versions(), "pinned": pinning(),
         "settings": {k: getattr(cfg, k) for k in ("duration", "stall_ms", "delayed_ttfb_ms", "delayed_chunk_ms",
-                                                  "paced_chunk_ms", "use_wrk", "repeat")},
+                                                  "paced_chunk_ms", "use_wrk", "repeat", "slice_s")},
     })
     report.derive(result)
     result["goals"] = report.goals(result)

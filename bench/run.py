@@ -5,11 +5,19 @@ compare numbers taken minutes apart at most, on the same machine state. With `re
 load scenarios run N rounds, the targets' order reversed every other round, and each figure is
 the median of the N (counts of requests, errors and stalls are summed): on a host whose speed
 drifts, a ratio of medians of interleaved runs moves far less than one of two single runs.
+
+Within a round, the scenarios whose figures are counts over time (c1, c32, c256, b32) are cut
+into slices of about a second, taken in turn across the targets (A B C, C B A, A B C, …): a
+host whose speed flips within seconds then spreads its moods over every target alike, where
+five seconds of one target and then five of the next could catch one mood each. A slice's CPU
+time is read once the server has gone quiet, so the work a load leaves behind (the gateway's
+last records being stored) counts for the target that made it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import os
 import pathlib
@@ -31,6 +39,9 @@ SCENARIOS = ("c1", "c32", "c256", "s32", "b32", *DIALECT_SCENARIOS, "s1000", "de
 REPEATED = ("c1", "c32", "c256", "s32", "b32", *DIALECT_SCENARIOS, "delayed")
 LOAD = SCENARIOS[:-1]  # run against each target; `parse` runs in this process, once
 _SUMMED = frozenset({"requests", "errors", "events", "streams", "completed", "timeouts", "stalls", "server_cpu_s"})
+# cut into slices of `Settings.slice_s`, interleaved across the targets (the paced and delayed
+# streams last longer than a slice, and the dialect scenarios run on the gateway alone)
+SLICED = ("c1", "c32", "c256", "b32")
 BUILTIN = ("direct", "passthrough", "gateway")
 MODEL = "bench-model"
 BURST_MODEL = "bench-burst"  # the mock writes the whole stream at once
@@ -55,6 +66,12 @@ class Settings:
     keep: bool = False
     mock_port: int = 0
     repeat: int = 1
+    slice_s: float = 1.0  # 0: no slices
+
+    def slices(self, scenario: str) -> int:
+        if scenario not in SLICED or self.slice_s <= 0:
+            return 1
+        return max(int(self.duration / self.slice_s), 1)
 
     @property
     def delayed_model(self) -> str:
@@ -129,6 +146,20 @@ async def scenario(name: str, target: Target, cfg: Settings, idle_count: int) ->
         gc.enable()
 
 
+async def _quiet(target: Target, limit: float = 2.0) -> float | None:
+    """The server's CPU time once it has gone quiet after a load (at most `limit` s of waiting):
+    records still being stored, connections still closing, belong to the load that left them."""
+    last = target.cpu()
+    deadline = time.monotonic() + limit
+    while last is not None and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        now = target.cpu()
+        if now is None or now - last < 0.015:  # at most a clock tick in 100 ms: quiet
+            return now
+        last = now
+    return last
+
+
 async def _scenario(name: str, target: Target, cfg: Settings, idle_count: int) -> dict:
     cpu0, start = target.cpu(), time.monotonic()
     busy0 = cpu_busy(target.cpu_index) if target.cpu_index is not None else None
@@ -154,21 +185,23 @@ async def _scenario(name: str, target: Target, cfg: Settings, idle_count: int) -
         result = await _streams(target, 16, cfg.delayed_model, cfg, ramp=length)
     else:
         result = await _idle(target, idle_count, cfg)
-    cpu1, elapsed = target.cpu(), time.monotonic() - start
+    elapsed = time.monotonic() - start
+    if load0 is not None:  # near 1.0: the load generator and mock, not the server, set the pace
+        result["load_cpu_busy"] = round((cpu_busy(int(LOAD_CPU)) - load0) / elapsed, 3)
+    cpu1 = await _quiet(target)
+    spent = time.monotonic() - start  # the load and what it left behind
     if cpu0 is not None and cpu1 is not None:
         cpu = cpu1 - cpu0
         result["server_cpu_s"] = round(cpu, 2)
-        result["server_cpu_util"] = round(cpu / elapsed, 3)
+        result["server_cpu_util"] = round(cpu / elapsed, 3)  # per second of load
         if cpu > 0 and result.get("requests"):
             result["req_per_cpu_s"] = round(result["requests"] / cpu, 1)
         if cpu > 0 and result.get("events"):
             result["chunks_per_cpu_s"] = round(result["events"] / cpu, 1)
         if busy0 is not None:
             # Busy time of the server's CPU not spent by the server: other processes competing.
-            other = (cpu_busy(target.cpu_index) - busy0 - cpu) / elapsed
+            other = (cpu_busy(target.cpu_index) - busy0 - cpu) / spent
             result["other_load_on_server_cpu"] = round(max(other, 0.0), 3)
-    if load0 is not None:  # near 1.0: the load generator and mock, not the server, set the pace
-        result["load_cpu_busy"] = round((cpu_busy(int(LOAD_CPU)) - load0) / elapsed, 3)
     result["rss_mb"] = target.rss()
     return result
 
@@ -213,6 +246,47 @@ def flamegraph(target: Target, cfg: Settings) -> dict:
     return {"svg": str(out), "load": load}
 
 
+# a round's figures from its slices: rates again from the summed counts, time and CPU; latency
+# percentiles the median of the slices' (the drivers keep no samples); worst cases the worst
+_RATES = {"rps": ("requests", "duration_s"), "req_per_cpu_s": ("requests", "server_cpu_s"),
+          "chunks_per_cpu_s": ("events", "server_cpu_s")}
+_WORST = frozenset({"max_gap_ms", "other_load_on_server_cpu"})
+_WEIGHTED = frozenset({"chunks_per_s", "server_cpu_util", "load_cpu_busy"})
+
+
+def joined(parts: list[dict]) -> dict:
+    """One round of a scenario from its slices."""
+    if len(parts) == 1:
+        return parts[0]
+    out: dict = {}
+    weights = [part.get("duration_s") or 0 for part in parts]
+    for key, first in parts[0].items():
+        values = [part.get(key) for part in parts]
+        if isinstance(first, bool) or not all(isinstance(v, int | float) for v in values):
+            out[key] = first
+        elif key in _SUMMED or key == "duration_s":
+            out[key] = round(sum(values), 3)
+        elif key in _WORST:
+            out[key] = max(values)
+        elif key in _WEIGHTED and sum(weights) > 0:
+            out[key] = round(sum(v * w for v, w in zip(values, weights, strict=True)) / sum(weights), 3)
+        elif key == "rss_mb":
+            out[key] = values[-1]
+        else:
+            out[key] = statistics.median(values)
+    for key, (count, per) in _RATES.items():
+        if key in out and out.get(per):
+            out[key] = round(out[count] / out[per], 1)
+    kinds = [part["error_kinds"] for part in parts if isinstance(part.get("error_kinds"), dict)]
+    if kinds:
+        out["error_kinds"] = {k: sum(each.get(k, 0) for each in kinds) for k in kinds[0]}
+    out["slices"] = len(parts)
+    for figure in ("rps", "req_per_cpu_s", "chunks_per_cpu_s"):
+        if figure in parts[0]:
+            out[f"{figure}_slices"] = [part.get(figure) for part in parts]
+    return out
+
+
 def combine(runs: list[dict]) -> dict:
     """One scenario's figures from several rounds: medians, counts summed, every round's RPS kept."""
     if len(runs) == 1:
@@ -233,6 +307,8 @@ def combine(runs: list[dict]) -> dict:
     for figure in ("rps", "chunks_per_s", "req_per_cpu_s", "chunks_per_cpu_s", "p50_ms"):
         if figure in runs[0]:
             out[f"{figure}_rounds"] = [run.get(figure) for run in runs]
+        if f"{figure}_slices" in runs[0]:
+            out[f"{figure}_slices"] = [run.get(f"{figure}_slices") for run in runs]
     return out
 
 
@@ -264,15 +340,24 @@ async def _measure(targets: list[Target], cfg: Settings, idle_count: int, result
         rounds = cfg.repeat if name in REPEATED else 1
         runs: dict[str, list[dict]] = {target.name: [] for target in targets}
         speaking = _speaking(name, targets, results)
+        slices = cfg.slices(name)
+        sliced = dataclasses.replace(cfg, duration=cfg.duration / slices)
         for number in range(rounds):
-            for target in speaking if number % 2 == 0 else speaking[::-1]:
-                log(f"{name} -> {target.name}" + (f" (round {number + 1} of {rounds})" if rounds > 1 else ""))
-                if (probe := await asyncio.to_thread(speed_probe)) is not None:
-                    speed.append(probe)
-                runs[target.name].append(await scenario(name, target, cfg, idle_count))
-                if name == "c32" and cfg.flamegraph and target.name == "gateway" and number == 0:
-                    results[target.name]["flamegraph"] = await asyncio.to_thread(flamegraph, target, cfg)
-                await asyncio.sleep(0.3)
+            order = speaking if number % 2 == 0 else speaking[::-1]
+            parts: dict[str, list[dict]] = {target.name: [] for target in order}
+            for part in range(slices):
+                for target in order if part % 2 == 0 else order[::-1]:
+                    if part == 0:
+                        log(f"{name} -> {target.name}" + (f" (round {number + 1} of {rounds})" if rounds > 1 else "")
+                            + (f", in {slices} slices" if slices > 1 else ""))
+                        if (probe := await asyncio.to_thread(speed_probe)) is not None:
+                            speed.append(probe)
+                    parts[target.name].append(await scenario(name, target, sliced, idle_count))
+                    if name == "c32" and cfg.flamegraph and target.name == "gateway" and number == part == 0:
+                        results[target.name]["flamegraph"] = await asyncio.to_thread(flamegraph, target, cfg)
+                    await asyncio.sleep(0.3)
+            for target in order:
+                runs[target.name].append(joined(parts[target.name]))
         for target in speaking:
             results[target.name][name] = combine(runs[target.name])
     for target in targets:
