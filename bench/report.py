@@ -62,10 +62,16 @@ def _per_cpu(chat: str) -> str:
 
 
 def vs_chat(result: dict, name: str) -> dict:
-    """Each dialect scenario's rate per server CPU-s over its chat twin's on the same target, same run."""
-    return {f"{sc}_{_per_cpu(chat)}_vs_{chat}": _div(_get(result, name, sc, _per_cpu(chat)),
-                                                     _get(result, name, chat, _per_cpu(chat)))
-            for sc, (_, chat) in DIALECT_SCENARIOS.items()}
+    """Each dialect scenario's rate per server CPU-s over its chat twin's on the same target: the
+    twin measured beside it, slice for slice (`twin_…`); a run saved before that, the twin's own
+    scenario in the same run."""
+    out = {}
+    for sc, (_, chat) in DIALECT_SCENARIOS.items():
+        key = _per_cpu(chat)
+        twin = _get(result, name, sc, f"twin_{key}")
+        out[f"{sc}_{key}_vs_{chat}"] = _div(_get(result, name, sc, key),
+                                            twin if twin is not None else _get(result, name, chat, key))
+    return out
 
 
 def _dialect(result: dict, name: str, scenario: str, key: str, derived: str | None = None):

@@ -251,6 +251,7 @@ def flamegraph(target: Target, cfg: Settings) -> dict:
 _RATES = {"rps": ("requests", "duration_s"), "req_per_cpu_s": ("requests", "server_cpu_s"),
           "chunks_per_cpu_s": ("events", "server_cpu_s")}
 _WORST = frozenset({"max_gap_ms", "other_load_on_server_cpu"})
+_TWIN_FIGURES = ("rps", "req_per_cpu_s", "chunks_per_cpu_s", "errors")
 _WEIGHTED = frozenset({"chunks_per_s", "server_cpu_util", "load_cpu_busy"})
 
 
@@ -340,24 +341,39 @@ async def _measure(targets: list[Target], cfg: Settings, idle_count: int, result
         rounds = cfg.repeat if name in REPEATED else 1
         runs: dict[str, list[dict]] = {target.name: [] for target in targets}
         speaking = _speaking(name, targets, results)
-        slices = cfg.slices(name)
+        # A dialect scenario's floor is a ratio to its chat twin on the same gateway: the twin runs
+        # beside it, slice for slice, rather than minutes earlier in its own place in the run.
+        twin = DIALECT_SCENARIOS[name][1] if name in DIALECT_SCENARIOS else None
+        slices = cfg.slices(twin or name)
         sliced = dataclasses.replace(cfg, duration=cfg.duration / slices)
         for number in range(rounds):
             order = speaking if number % 2 == 0 else speaking[::-1]
             parts: dict[str, list[dict]] = {target.name: [] for target in order}
+            beside: dict[str, list[dict]] = {target.name: [] for target in order}
             for part in range(slices):
                 for target in order if part % 2 == 0 else order[::-1]:
                     if part == 0:
                         log(f"{name} -> {target.name}" + (f" (round {number + 1} of {rounds})" if rounds > 1 else "")
-                            + (f", in {slices} slices" if slices > 1 else ""))
+                            + (f", in {slices} slices" if slices > 1 else "") + (f", beside {twin}" if twin else ""))
                         if (probe := await asyncio.to_thread(speed_probe)) is not None:
                             speed.append(probe)
+                    if twin and (number + part) % 2:
+                        beside[target.name].append(await scenario(twin, target, sliced, idle_count))
+                        await asyncio.sleep(0.3)
                     parts[target.name].append(await scenario(name, target, sliced, idle_count))
+                    if twin and not (number + part) % 2:
+                        await asyncio.sleep(0.3)
+                        beside[target.name].append(await scenario(twin, target, sliced, idle_count))
                     if name == "c32" and cfg.flamegraph and target.name == "gateway" and number == part == 0:
                         results[target.name]["flamegraph"] = await asyncio.to_thread(flamegraph, target, cfg)
                     await asyncio.sleep(0.3)
             for target in order:
-                runs[target.name].append(joined(parts[target.name]))
+                got = joined(parts[target.name])
+                if twin:
+                    got["twin"] = twin
+                    got.update({f"twin_{key}": value for key, value in joined(beside[target.name]).items()
+                                if key in _TWIN_FIGURES})
+                runs[target.name].append(got)
         for target in speaking:
             results[target.name][name] = combine(runs[target.name])
     for target in targets:

@@ -21,3 +21,14 @@ def test_a_host_whose_speed_moved_gets_a_warning_and_a_quiet_one_does_not():
                                         "CPU (median 21.0) in 3 probes before the scenario rounds: the slowest "
                                         "1.10x the fastest.")
     assert report.speed_text({"targets": {}}) is None  # a saved run from before the probe
+
+
+def test_a_dialect_scenario_is_compared_with_its_twin_measured_beside_it():
+    def result(r32: dict) -> dict:
+        return {"targets": {"gateway": {"scenarios": {"c32": {"req_per_cpu_s": 5000.0}, "r32": r32}}}}
+
+    beside = result({"req_per_cpu_s": 4000.0, "twin": "c32", "twin_req_per_cpu_s": 4400.0})
+    assert report.vs_chat(beside, "gateway")["r32_req_per_cpu_s_vs_c32"] == round(4000 / 4400, 3)
+    # a run saved before the twins ran beside: the chat scenario of the same run
+    before = result({"req_per_cpu_s": 4000.0})
+    assert report.vs_chat(before, "gateway")["r32_req_per_cpu_s_vs_c32"] == 0.8
