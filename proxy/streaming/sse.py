@@ -181,11 +181,12 @@ class Framer:
         each of the many reads it arrives in."""
         eol = self.eol
         if eol is None:
-            eol = self._line_ending(buf)
+            cr = buf.find(b"\r")
+            eol = self._line_ending(buf, cr)
             if eol is None:  # no line has ended yet
                 self._rest = buf
                 return b""
-            if not eol or not _uniform(buf, eol):
+            if not eol or cr != -1 and not _uniform(buf, eol):  # no CR at all: every line ends in LF
                 return self._fall_back(buf)
         elif not _uniform(buf[held - 1:] if held else buf, eol):
             return self._fall_back(buf)
@@ -202,11 +203,12 @@ class Framer:
         self._rest = buf[end:]
         return buf[:end] if self._rest else buf
 
-    def _line_ending(self, buf: bytes) -> bytes | None:
-        """The stream's line ending from its first line: b"" when it is not one the fast path takes."""
+    def _line_ending(self, buf: bytes, cr: int) -> bytes | None:
+        """The stream's line ending from its first line (`cr`: where the first CR is, or -1): b""
+        when it is not one the fast path takes."""
         if buf[:1] == _BOM[:1]:
             return b""  # a byte order mark (or what may become one): the decoder strips it
-        lf, cr = buf.find(b"\n"), buf.find(b"\r")
+        lf = buf.find(b"\n")
         if lf == -1:  # no LF yet: undecided while a CR, if any, is the last byte (an LF may follow)
             return None if cr == -1 or cr == len(buf) - 1 else b""
         eol = b"\n" if cr == -1 or cr > lf else b"\r\n" if cr == lf - 1 else b""
