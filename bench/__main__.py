@@ -56,7 +56,7 @@ def parser() -> argparse.ArgumentParser:
                         "figures are medians "
                         "(3 or 5 on a noisy machine)")
     p.add_argument("--slice", type=float, default=1.0, metavar="S", dest="slice_s",
-                   help="seconds per slice of c1, c32, c256 and b32, taken in turn across the targets (0: none)")
+                   help="seconds per slice of c1, c32, c256, s32 and b32, taken in turn across the targets (0: none)")
     p.add_argument("--python-driver", action="store_true", help="use the Python driver even when wrk is installed")
     p.add_argument("--flamegraph", action="store_true", help="py-spy flame graph of the gateway under c32 load")
     p.add_argument("--record", action="store_true", help="also rewrite bench/RESULTS.md with this run")

@@ -6,7 +6,7 @@ load scenarios run N rounds, the targets' order reversed every other round, and 
 the median of the N (counts of requests, errors and stalls are summed): on a host whose speed
 drifts, a ratio of medians of interleaved runs moves far less than one of two single runs.
 
-Within a round, the scenarios whose figures are counts over time (c1, c32, c256, b32) are cut
+Within a round, the scenarios whose figures are counts over time (c1, c32, c256, s32, b32) are cut
 into slices of about a second, taken in turn across the targets (A B C, C B A, A B C, …): a
 host whose speed flips within seconds then spreads its moods over every target alike, where
 five seconds of one target and then five of the next could catch one mood each. A slice's CPU
@@ -39,9 +39,9 @@ SCENARIOS = ("c1", "c32", "c256", "s32", "b32", *DIALECT_SCENARIOS, "s1000", "de
 REPEATED = ("c1", "c32", "c256", "s32", "b32", *DIALECT_SCENARIOS, "delayed")
 LOAD = SCENARIOS[:-1]  # run against each target; `parse` runs in this process, once
 _SUMMED = frozenset({"requests", "errors", "events", "streams", "completed", "timeouts", "stalls", "server_cpu_s"})
-# cut into slices of `Settings.slice_s`, interleaved across the targets (the paced and delayed
-# streams last longer than a slice, and the dialect scenarios run on the gateway alone)
-SLICED = ("c1", "c32", "c256", "b32")
+# cut into slices of `Settings.slice_s`, interleaved across the targets (s32's streams last a few
+# ms: the mock sends a chunk a turn of its loop; the delayed and s1000 ones last longer than a slice)
+SLICED = ("c1", "c32", "c256", "s32", "b32")
 BUILTIN = ("direct", "passthrough", "gateway")
 MODEL = "bench-model"
 BURST_MODEL = "bench-burst"  # the mock writes the whole stream at once
