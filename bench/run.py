@@ -255,6 +255,13 @@ _TWIN_FIGURES = ("rps", "req_per_cpu_s", "chunks_per_cpu_s", "errors")
 _WEIGHTED = frozenset({"chunks_per_s", "server_cpu_util", "load_cpu_busy"})
 
 
+def _sum_error_kinds(runs: list[dict], out: dict) -> None:
+    """wrk's errors by kind, summed over slices or rounds."""
+    kinds = [run["error_kinds"] for run in runs if isinstance(run.get("error_kinds"), dict)]
+    if kinds:
+        out["error_kinds"] = {k: sum(each.get(k, 0) for each in kinds) for k in kinds[0]}
+
+
 def joined(parts: list[dict]) -> dict:
     """One round of a scenario from its slices."""
     if len(parts) == 1:
@@ -278,9 +285,7 @@ def joined(parts: list[dict]) -> dict:
     for key, (count, per) in _RATES.items():
         if key in out and out.get(per):
             out[key] = round(out[count] / out[per], 1)
-    kinds = [part["error_kinds"] for part in parts if isinstance(part.get("error_kinds"), dict)]
-    if kinds:
-        out["error_kinds"] = {k: sum(each.get(k, 0) for each in kinds) for k in kinds[0]}
+    _sum_error_kinds(parts, out)
     out["slices"] = len(parts)
     for figure in ("rps", "req_per_cpu_s", "chunks_per_cpu_s"):
         if figure in parts[0]:
@@ -301,9 +306,7 @@ def combine(runs: list[dict]) -> dict:
             out[key] = sum(values)
         else:
             out[key] = statistics.median(values)
-    kinds = [run["error_kinds"] for run in runs if isinstance(run.get("error_kinds"), dict)]
-    if kinds:
-        out["error_kinds"] = {k: sum(each.get(k, 0) for each in kinds) for k in kinds[0]}
+    _sum_error_kinds(runs, out)
     out["rounds"] = len(runs)
     for figure in ("rps", "chunks_per_s", "req_per_cpu_s", "chunks_per_cpu_s", "p50_ms"):
         if figure in runs[0]:
@@ -350,6 +353,7 @@ async def _measure(targets: list[Target], cfg: Settings, idle_count: int, result
             order = speaking if number % 2 == 0 else speaking[::-1]
             parts: dict[str, list[dict]] = {target.name: [] for target in order}
             beside: dict[str, list[dict]] = {target.name: [] for target in order}
+            pair = [(name, parts), (twin, beside)] if twin else [(name, parts)]
             for part in range(slices):
                 for target in order if part % 2 == 0 else order[::-1]:
                     if part == 0:
@@ -357,16 +361,11 @@ async def _measure(targets: list[Target], cfg: Settings, idle_count: int, result
                             + (f", in {slices} slices" if slices > 1 else "") + (f", beside {twin}" if twin else ""))
                         if (probe := await asyncio.to_thread(speed_probe)) is not None:
                             speed.append(probe)
-                    if twin and (number + part) % 2:
-                        beside[target.name].append(await scenario(twin, target, sliced, idle_count))
+                    for what, into in pair if (number + part) % 2 == 0 else pair[::-1]:
+                        into[target.name].append(await scenario(what, target, sliced, idle_count))
                         await asyncio.sleep(0.3)
-                    parts[target.name].append(await scenario(name, target, sliced, idle_count))
-                    if twin and not (number + part) % 2:
-                        await asyncio.sleep(0.3)
-                        beside[target.name].append(await scenario(twin, target, sliced, idle_count))
                     if name == "c32" and cfg.flamegraph and target.name == "gateway" and number == part == 0:
                         results[target.name]["flamegraph"] = await asyncio.to_thread(flamegraph, target, cfg)
-                    await asyncio.sleep(0.3)
             for target in order:
                 got = joined(parts[target.name])
                 if twin:

@@ -186,7 +186,7 @@ class Framer:
             if eol is None:  # no line has ended yet
                 self._rest = buf
                 return b""
-            if not eol or cr != -1 and not _uniform(buf, eol):  # no CR at all: every line ends in LF
+            if not eol or (cr != -1 and not _uniform(buf, eol)):  # no CR at all: every line ends in LF
                 return self._fall_back(buf)
         elif not _uniform(buf[held - 1:] if held else buf, eol):
             return self._fall_back(buf)
